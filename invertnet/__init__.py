@@ -1,0 +1,1 @@
+"""invertnet (minimal, in progress)."""

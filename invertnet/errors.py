@@ -1,0 +1,62 @@
+"""Exceptions raised by invertnet.
+
+Every error that bad input can trigger derives from :class:`InvertnetError`, so
+callers (and the CLI) can catch them in one place. Each class also derives from
+the built-in exception a Python user expects (``ValueError`` or ``TypeError``),
+and every message states what was expected, what came, and how to fix it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AdjointMismatchError",
+    "InvalidCReLUOutputError",
+    "InvertnetError",
+    "LayerNotFoundError",
+    "NotAChainError",
+    "ShapeError",
+    "TooLargeError",
+    "UnsupportedLayerError",
+    "ImageReadError",
+    "WeightsError",
+]
+
+
+class InvertnetError(Exception):
+    """Base class of every error invertnet raises on bad input."""
+
+
+class ShapeError(InvertnetError, ValueError):
+    """A tensor has the wrong number of dimensions or the wrong size."""
+
+
+class InvalidCReLUOutputError(InvertnetError, ValueError):
+    """A tensor cannot be the output of CReLU (or of the chosen variant)."""
+
+
+class AdjointMismatchError(InvertnetError, ValueError):
+    """The dot test ``<A x, y> == <x, A^T y>`` failed."""
+
+
+class TooLargeError(InvertnetError, ValueError):
+    """An operation would materialise more memory than allowed."""
+
+
+class UnsupportedLayerError(InvertnetError, TypeError):
+    """A module that invertnet does not know how to invert."""
+
+
+class LayerNotFoundError(InvertnetError, ValueError):
+    """A layer name that the model does not have."""
+
+
+class NotAChainError(InvertnetError, ValueError):
+    """A model whose forward pass is not a chain of named submodules."""
+
+
+class ImageReadError(InvertnetError, ValueError):
+    """An image file that is missing, unreadable or of an unusable shape."""
+
+
+class WeightsError(InvertnetError, ValueError):
+    """A weights file that is missing, unreadable or does not fit the model."""

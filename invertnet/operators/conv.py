@@ -1,0 +1,189 @@
+r"""A 2-D convolution as a linear operator.
+
+For a bias-free convolution with weight :math:`W` of shape ``(C_out, C_in/g, kh, kw)``,
+
+.. math::
+
+    A = P \, S,
+
+where :math:`S` (im2col) pads the input and extracts every receptive field as a column of
+length ``C_in * kh * kw`` (channel-major, as :func:`torch.nn.functional.unfold`), and
+:math:`P = \mathrm{blockdiag}(P_1, \dots, P_g)` applies each group's patch matrix
+:math:`P_k` (``C_out/g x C_in/g*kh*kw``, the group's filters as rows) to every column.
+
+- forward: :math:`A x` (``F.conv2d``; the bias is *not* added: subtract it from responses first);
+- adjoint: :math:`A^T y` (``F.conv_transpose2d`` with the ``output_padding`` that restores the
+  input size, then the adjoint of the padding), verified by :func:`~invertnet.operators.dottest`;
+- :math:`S` and :math:`S^T` (``patches`` / ``patches_adjoint``): :math:`S` is a selection, so
+  :math:`S^T S = \mathrm{diag}(c)` with :math:`c` the number of receptive fields covering each
+  input pixel (``coverage``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from invertnet._checks import pair
+from invertnet.errors import ShapeError
+from invertnet.operators.base import LinearOperator
+from invertnet.operators.padding import PADDING_MODES, Padding
+
+__all__ = ["ConvOperator"]
+
+
+class ConvOperator(LinearOperator):
+    """The linear part of a 2-D convolution on inputs of a fixed size.
+
+    Parameters
+    ----------
+    weight : torch.Tensor
+        Filters, shape ``(C_out, C_in // groups, kh, kw)``. The operator computes in the dtype
+        and on the device of its input; the weight is cast to them.
+    input_size : (int, int)
+        Height and width of the input.
+    stride, dilation : int or (int, int)
+    padding : int, (int, int) or (left, right, top, bottom)
+        As in ``nn.Conv2d`` (an int or a pair pads symmetrically); a 4-tuple is in
+        :func:`torch.nn.functional.pad` order.
+    groups : int
+    padding_mode : {"zeros", "circular", "reflect", "replicate"}
+
+    Examples
+    --------
+    >>> import torch
+    >>> from invertnet.operators import ConvOperator
+    >>> conv = torch.nn.Conv2d(3, 8, 3, stride=2, padding=1)
+    >>> op = ConvOperator.from_conv(conv, (32, 32))
+    >>> op.out_shape
+    (8, 16, 16)
+    """
+
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        input_size: tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, ...] = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        padding_mode: str = "zeros",
+    ) -> None:
+        if not isinstance(weight, torch.Tensor) or weight.ndim != 4:
+            got = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
+            raise ShapeError(f"ConvOperator: expected a weight of shape (C_out, C_in/groups, kh, kw), got {got}")
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(f"ConvOperator: expected padding_mode in {PADDING_MODES}, got {padding_mode!r}")
+        c_out, c_in_group, kh, kw = weight.shape
+        if c_out % groups:
+            raise ShapeError(f"ConvOperator: {c_out} filters do not split into groups={groups}")
+        h, w = pair(input_size, "input_size")
+        self.weight = weight.detach()
+        self.stride = pair(stride, "stride")
+        self.dilation = pair(dilation, "dilation")
+        self.groups = groups
+        self.kernel_size = (kh, kw)
+        if isinstance(padding, int) or len(padding) <= 2:
+            ph, pw = pair(padding, "padding")
+            pads = (pw, pw, ph, ph)
+        elif len(padding) == 4:
+            pads = tuple(int(p) for p in padding)
+        else:
+            raise ShapeError(f"ConvOperator: expected padding as an int, (h, w) or (left, right, top, bottom), got {padding}")
+        self.pad = Padding(pads, padding_mode, (h, w))
+        hp, wp = self.pad.output_size
+        ho = (hp - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
+        wo = (wp - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
+        if ho < 1 or wo < 1:
+            raise ShapeError(
+                f"ConvOperator: input {h}x{w} (padded {hp}x{wp}) is smaller than the dilated kernel "
+                f"{self.dilation[0] * (kh - 1) + 1}x{self.dilation[1] * (kw - 1) + 1}; use a larger input"
+            )
+        self.in_shape = (c_in_group * groups, h, w)
+        self.out_shape = (c_out, ho, wo)
+        # zero padding with equal sides runs inside conv2d / conv_transpose2d; other cases pad explicitly
+        left, right, top, bottom = pads
+        self._native_padding = (top, left) if padding_mode == "zeros" and left == right and top == bottom else None
+        target = (h, w) if self._native_padding is not None else (hp, wp)
+        native = self._native_padding or (0, 0)
+        self._output_padding = tuple(
+            target[i] - ((self.out_shape[1 + i] - 1) * self.stride[i] - 2 * native[i]
+                         + self.dilation[i] * (self.kernel_size[i] - 1) + 1)
+            for i in range(2)
+        )
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, input_size: tuple[int, int]) -> ConvOperator:
+        """The operator of an ``nn.Conv2d`` (its bias is left out) on inputs of ``input_size``."""
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"ConvOperator.from_conv: expected an nn.Conv2d, got {type(conv).__name__}")
+        return cls(
+            conv.weight,
+            input_size,
+            stride=conv.stride,
+            padding=tuple(conv._reversed_padding_repeated_twice),
+            dilation=conv.dilation,
+            groups=conv.groups,
+            padding_mode=conv.padding_mode,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"ConvOperator(in_shape={self.in_shape}, out_shape={self.out_shape}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, pads={self.pad.pads}, dilation={self.dilation}, groups={self.groups}, "
+            f"padding_mode={self.pad.mode!r})"
+        )
+
+    def _weight(self, like: torch.Tensor) -> torch.Tensor:
+        return self.weight.to(device=like.device, dtype=like.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._check(x, self.in_shape, "forward")
+        if self._native_padding is not None:
+            return F.conv2d(x, self._weight(x), None, self.stride, self._native_padding, self.dilation, self.groups)
+        return F.conv2d(self.pad(x), self._weight(x), None, self.stride, 0, self.dilation, self.groups)
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        y = self._check(y, self.out_shape, "adjoint")
+        u = F.conv_transpose2d(
+            y, self._weight(y), None, self.stride, self._native_padding or 0, self._output_padding, self.groups,
+            self.dilation,
+        )
+        return u if self._native_padding is not None else self.pad.adjoint(u)
+
+    # --- the factorisation A = P S --------------------------------------------------------
+    @property
+    def patch_size(self) -> int:
+        """Entries of one receptive field of one group, ``C_in/g * kh * kw``."""
+        return self.weight.shape[1] * self.kernel_size[0] * self.kernel_size[1]
+
+    def patch_matrices(self, like: torch.Tensor | None = None) -> torch.Tensor:
+        """The groups' patch matrices :math:`P_k`, shape ``(groups, C_out/g, C_in/g*kh*kw)``."""
+        w = self.weight if like is None else self._weight(like)
+        return w.reshape(self.groups, w.shape[0] // self.groups, self.patch_size)
+
+    def patches(self, x: torch.Tensor) -> torch.Tensor:
+        """:math:`S x`: every receptive field as a column, shape ``(N, C_in*kh*kw, L)``."""
+        x = self._check(x, self.in_shape, "patches")
+        return F.unfold(self.pad(x), self.kernel_size, self.dilation, 0, self.stride)
+
+    def patches_adjoint(self, p: torch.Tensor) -> torch.Tensor:
+        """:math:`S^T p`: add every column back where it was taken from (col2im, then the padding's adjoint)."""
+        return self.pad.adjoint(F.fold(p, self.pad.output_size, self.kernel_size, self.dilation, 0, self.stride))
+
+    def coverage(self, device: torch.device | str | None = None, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """How many receptive fields read each input pixel, shape ``(H, W)`` (the diagonal of :math:`S^T S`)."""
+        one = ConvOperator(
+            torch.ones(1, 1, *self.kernel_size, dtype=dtype, device=device), self.in_shape[1:],
+            self.stride, self.pad.pads, self.dilation, 1, self.pad.mode,
+        )
+        ones = torch.ones(1, self.kernel_size[0] * self.kernel_size[1], one.out_shape[1] * one.out_shape[2],
+                          dtype=dtype, device=device)
+        return one.patches_adjoint(ones)[0, 0]
+
+    def apply_patch_matrices(self, p: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
+        """Apply one matrix per group to the columns ``p``: ``(N, g*k, L) -> (N, g*m, L)`` for ``(g, m, k)`` matrices."""
+        n, _, length = p.shape
+        g, m, k = matrices.shape
+        return torch.matmul(matrices.unsqueeze(0), p.reshape(n, g, k, length)).reshape(n, g * m, length)
