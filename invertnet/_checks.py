@@ -10,10 +10,7 @@ from invertnet.errors import ShapeError
 def require_tensor(x: object, name: str) -> torch.Tensor:
     """Return ``x`` if it is a tensor, else raise a ``TypeError`` saying what came."""
     if not isinstance(x, torch.Tensor):
-        raise TypeError(
-            f"{name}: expected a torch.Tensor, got {type(x).__name__}; "
-            "convert with torch.as_tensor(...)"
-        )
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}; convert with torch.as_tensor(...)")
     return x
 
 
@@ -35,4 +32,3 @@ def pair(value: int | tuple[int, ...], name: str) -> tuple[int, int]:
     if len(value) != 2:
         raise ShapeError(f"{name}: expected an int or a pair (h, w), got {value!r}")
     return (int(value[0]), int(value[1]))
-

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __all__ = [
     "AdjointMismatchError",
+    "ImageReadError",
     "InvalidCReLUOutputError",
     "InvertnetError",
     "LayerNotFoundError",
@@ -17,7 +18,6 @@ __all__ = [
     "ShapeError",
     "TooLargeError",
     "UnsupportedLayerError",
-    "ImageReadError",
     "WeightsError",
 ]
 

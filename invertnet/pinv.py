@@ -37,7 +37,7 @@ __all__ = ["CONV_METHODS", "SolveInfo", "conv_pinv", "patch_pinv", "pinv_rtol"]
 
 @dataclass(frozen=True)
 class SolveInfo:
-    """How a pseudo-inverse was computed.
+    r"""How a pseudo-inverse was computed.
 
     Attributes
     ----------
@@ -93,19 +93,18 @@ def _linear_response(conv: nn.Conv2d | ConvOperator, op: ConvOperator, y: object
     return y
 
 
-_PATCH_PINV_CACHE: weakref.WeakKeyDictionary[torch.Tensor, dict[tuple, tuple[int, torch.Tensor]]] = (
-    weakref.WeakKeyDictionary()
-)
+_PATCH_PINV_CACHE: weakref.WeakKeyDictionary[
+    nn.Module | ConvOperator, dict[tuple, tuple[tuple[int, int], torch.Tensor]]
+] = weakref.WeakKeyDictionary()
 
 
 def _patch_pinvs(
     conv: nn.Conv2d | ConvOperator, op: ConvOperator, like: torch.Tensor, rtol: float | None
 ) -> torch.Tensor:
-    """The groups' :math:`P_k^+`, cached per weight tensor, dtype, device and cutoff (refreshed when the weight changes)."""
-    weight = conv.weight
+    """The groups' :math:`P_k^+`, cached per layer, dtype, device and cutoff (refreshed when the weight changes)."""
     key = (like.dtype, like.device, rtol)
-    entries = _PATCH_PINV_CACHE.setdefault(weight, {})
-    version = weight._version
+    entries = _PATCH_PINV_CACHE.setdefault(conv, {})
+    version = (conv.weight.data_ptr(), conv.weight._version)
     if key in entries and entries[key][0] == version:
         return entries[key][1]
     matrices = op.patch_matrices(like)
@@ -182,13 +181,25 @@ CONV_METHODS: dict[str, tuple[str, bool]] = {
 
 @overload
 def conv_pinv(
-    conv: nn.Conv2d | ConvOperator, y: torch.Tensor, input_size: tuple[int, int], method: str = ...,
-    *, rtol: float | None = ..., max_entries: int = ..., return_info: Literal[False] = ...,
+    conv: nn.Conv2d | ConvOperator,
+    y: torch.Tensor,
+    input_size: tuple[int, int],
+    method: str = ...,
+    *,
+    rtol: float | None = ...,
+    max_entries: int = ...,
+    return_info: Literal[False] = ...,
 ) -> torch.Tensor: ...
 @overload
 def conv_pinv(
-    conv: nn.Conv2d | ConvOperator, y: torch.Tensor, input_size: tuple[int, int], method: str = ...,
-    *, rtol: float | None = ..., max_entries: int = ..., return_info: Literal[True],
+    conv: nn.Conv2d | ConvOperator,
+    y: torch.Tensor,
+    input_size: tuple[int, int],
+    method: str = ...,
+    *,
+    rtol: float | None = ...,
+    max_entries: int = ...,
+    return_info: Literal[True],
 ) -> tuple[torch.Tensor, SolveInfo]: ...
 def conv_pinv(
     conv: nn.Conv2d | ConvOperator,
@@ -243,5 +254,7 @@ def conv_pinv(
         x_hat = _dense_pinv(op, z, rtol, max_entries)
     if not return_info:
         return x_hat
-    residual = (op.forward(x_hat) - z).flatten(1).norm(dim=1) / z.flatten(1).norm(dim=1).clamp(min=torch.finfo(z.dtype).tiny)
-    return x_hat, SolveInfo(method, CONV_METHODS[method][1], 0, float(residual.max()), True)
+    residual = (op.forward(x_hat) - z).flatten(1).norm(dim=1) / z.flatten(1).norm(dim=1).clamp(
+        min=torch.finfo(z.dtype).tiny
+    )
+    return x_hat, SolveInfo(method, CONV_METHODS[method][1], 0, float(residual.detach().max()), True)

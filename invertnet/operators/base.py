@@ -24,7 +24,7 @@ DENSE_MAX_ENTRIES = 2**27
 
 
 class LinearOperator(ABC):
-    """A linear map between batched tensors, :math:`A: \\mathbb{R}^{n} \\to \\mathbb{R}^{m}`.
+    r"""A linear map between batched tensors, :math:`A: \mathbb{R}^{n} \to \mathbb{R}^{m}`.
 
     Attributes
     ----------

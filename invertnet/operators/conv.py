@@ -90,7 +90,9 @@ class ConvOperator(LinearOperator):
         elif len(padding) == 4:
             pads = tuple(int(p) for p in padding)
         else:
-            raise ShapeError(f"ConvOperator: expected padding as an int, (h, w) or (left, right, top, bottom), got {padding}")
+            raise ShapeError(
+                f"ConvOperator: expected padding as an int, (h, w) or (left, right, top, bottom), got {padding}"
+            )
         self.pad = Padding(pads, padding_mode, (h, w))
         hp, wp = self.pad.output_size
         ho = (hp - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
@@ -108,8 +110,13 @@ class ConvOperator(LinearOperator):
         target = (h, w) if self._native_padding is not None else (hp, wp)
         native = self._native_padding or (0, 0)
         self._output_padding = tuple(
-            target[i] - ((self.out_shape[1 + i] - 1) * self.stride[i] - 2 * native[i]
-                         + self.dilation[i] * (self.kernel_size[i] - 1) + 1)
+            target[i]
+            - (
+                (self.out_shape[1 + i] - 1) * self.stride[i]
+                - 2 * native[i]
+                + self.dilation[i] * (self.kernel_size[i] - 1)
+                + 1
+            )
             for i in range(2)
         )
 
@@ -147,7 +154,13 @@ class ConvOperator(LinearOperator):
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         y = self._check(y, self.out_shape, "adjoint")
         u = F.conv_transpose2d(
-            y, self._weight(y), None, self.stride, self._native_padding or 0, self._output_padding, self.groups,
+            y,
+            self._weight(y),
+            None,
+            self.stride,
+            self._native_padding or 0,
+            self._output_padding,
+            self.groups,
             self.dilation,
         )
         return u if self._native_padding is not None else self.pad.adjoint(u)
@@ -175,15 +188,25 @@ class ConvOperator(LinearOperator):
     def coverage(self, device: torch.device | str | None = None, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """How many receptive fields read each input pixel, shape ``(H, W)`` (the diagonal of :math:`S^T S`)."""
         one = ConvOperator(
-            torch.ones(1, 1, *self.kernel_size, dtype=dtype, device=device), self.in_shape[1:],
-            self.stride, self.pad.pads, self.dilation, 1, self.pad.mode,
+            torch.ones(1, 1, *self.kernel_size, dtype=dtype, device=device),
+            self.in_shape[1:],
+            self.stride,
+            self.pad.pads,
+            self.dilation,
+            1,
+            self.pad.mode,
         )
-        ones = torch.ones(1, self.kernel_size[0] * self.kernel_size[1], one.out_shape[1] * one.out_shape[2],
-                          dtype=dtype, device=device)
+        ones = torch.ones(
+            1,
+            self.kernel_size[0] * self.kernel_size[1],
+            one.out_shape[1] * one.out_shape[2],
+            dtype=dtype,
+            device=device,
+        )
         return one.patches_adjoint(ones)[0, 0]
 
     def apply_patch_matrices(self, p: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
-        """Apply one matrix per group to the columns ``p``: ``(N, g*k, L) -> (N, g*m, L)`` for ``(g, m, k)`` matrices."""
+        """Apply one ``(m, k)`` matrix per group to the columns ``p``: ``(N, g*k, L) -> (N, g*m, L)``."""
         n, _, length = p.shape
         g, m, k = matrices.shape
         return torch.matmul(matrices.unsqueeze(0), p.reshape(n, g, k, length)).reshape(n, g * m, length)

@@ -43,9 +43,7 @@ class Padding:
                 f"input size {input_size}; use a larger input or another padding mode"
             )
         if mode == "circular" and (max(top, bottom) > h or max(left, right) > w):
-            raise ShapeError(
-                f"Padding: circular padding {pads} needs every pad at most the input size {input_size}"
-            )
+            raise ShapeError(f"Padding: circular padding {pads} needs every pad at most the input size {input_size}")
         self.pads = pads
         self.mode = mode
         self.input_size = (h, w)

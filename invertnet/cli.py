@@ -1,0 +1,233 @@
+"""The ``invertnet`` command line: parse, call the library, print, write files.
+
+Every error from bad input ends as one line on stderr and exit code 2, with no traceback;
+outputs are checked before any work is done, never overwritten without ``--force``, and
+written atomically.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import torch
+
+from invertnet.errors import InvertnetError
+from invertnet.io import load_image, load_weights, save_image
+from invertnet.models import MODELS, build_model
+from invertnet.pinv import CONV_METHODS
+from invertnet.plotting import layer_row_figure, reconstruction_figure, save_figure
+from invertnet.reconstruct import MAXPOOL_MODES, Reconstruction, reconstruct
+from invertnet.trace import find_layer, list_layers
+
+__all__ = ["main"]
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class _OneLineErrors(click.Group):
+    """A group whose errors print as one line on stderr with exit code 2 (also under click's test runner)."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            code = super().main(*args, **kwargs)
+        except click.exceptions.Abort:
+            click.echo("invertnet: aborted", err=True)
+            sys.exit(1)
+        except click.UsageError as err:
+            where = f" (see '{err.ctx.command_path} --help')" if err.ctx is not None else ""
+            _fail(f"{err.format_message()}{where}")
+        except click.ClickException as err:
+            _fail(err.format_message())
+        except (InvertnetError, OSError) as err:
+            _fail(str(err))
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str) -> None:
+    click.echo(f"invertnet: error: {' '.join(message.split())}", err=True)
+    sys.exit(2)
+
+
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise click.BadParameter(
+            f"expected a torch device such as cpu or cuda:0, got {name!r}", param_hint="--device"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise click.BadParameter(
+            "CUDA was asked for, but torch sees no CUDA device; use --device cpu", param_hint="--device"
+        )
+    return device
+
+
+def _model(name: str, weights: Path | None, seed: int, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    model = build_model(name, seed)
+    if weights is not None:
+        load_weights(model, weights)
+    return model.to(device=device, dtype=dtype)
+
+
+def _claim(paths: list[Path], force: bool) -> None:
+    """Refuse outputs that exist (without --force) or cannot be written, before any work is done."""
+    for path in paths:
+        if path.is_dir():
+            raise click.ClickException(f"cannot write {str(path)!r}: it is a directory; give a file name with --out")
+        if path.exists() and not force:
+            raise click.ClickException(f"{str(path)!r} exists; pass --force to overwrite it or choose another --out")
+        if not path.parent.is_dir():
+            raise click.ClickException(f"cannot write {str(path)!r}: directory {str(path.parent)!r} does not exist")
+
+
+def _metrics(result: Reconstruction) -> str:
+    return (
+        f"PSNR {float(result.psnr[0]):6.2f} dB   SSIM {float(result.ssim[0]):.4f}   "
+        f"relative error {float(result.relative_error[0]):.4g}"
+    )
+
+
+def _losses(result: Reconstruction) -> str:
+    """'exact', or which steps lose what, grouped by what they lose."""
+    lost: dict[str, list[str]] = {}
+    for step in result.steps:
+        if not step.exact:
+            lost.setdefault(step.note, []).append(step.name)
+    return "exact" if not lost else "lossy: " + "; ".join(f"{', '.join(names)}: {note}" for note, names in lost.items())
+
+
+model_option = click.option(
+    "--model",
+    "model_name",
+    type=click.Choice(sorted(MODELS)),
+    default="all-cnn-b-crelu",
+    show_default=True,
+    help="Built-in architecture.",
+)
+weights_option = click.option(
+    "--weights",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="State dict (.pt via weights_only=True, or .safetensors); default: Gaussian filters.",
+)
+seed_option = click.option("--seed", type=int, default=0, show_default=True, help="Seed of the Gaussian filters.")
+size_option = click.option(
+    "--size", type=click.IntRange(min=8), default=None, help="Square input size [default: the model's, 224 or 32]."
+)
+
+
+@click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="invertnet")
+def cli() -> None:
+    """Invert convolutional networks: recover what each layer keeps of its input."""
+
+
+@cli.command("reconstruct")
+@click.argument("image", type=click.Path(path_type=Path))
+@click.option("--layer", default=None, help="Layer to reconstruct from, e.g. conv3 (see 'invertnet layers').")
+@click.option(
+    "--all-layers",
+    is_flag=True,
+    help="Reconstruct from each of the model's figure layers (conv1..conv4) and write the paper's figure row.",
+)
+@model_option
+@weights_option
+@seed_option
+@click.option(
+    "--method",
+    type=click.Choice(sorted(CONV_METHODS)),
+    default="patch",
+    show_default=True,
+    help="How convolutions are inverted.",
+)
+@click.option(
+    "--maxpool",
+    type=click.Choice(MAXPOOL_MODES),
+    default="switches",
+    show_default=True,
+    help="Unpool max-pooling with the forward pass's switches, or guess without them.",
+)
+@size_option
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
+@click.option("--dtype", type=click.Choice(sorted(DTYPES)), default="float64", show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Output PNG [default: IMAGE-STEM_LAYER.png, or IMAGE-STEM_layers.png with --all-layers].",
+)
+@click.option("--force", is_flag=True, help="Overwrite existing outputs.")
+def reconstruct_command(
+    image: Path,
+    layer: str | None,
+    all_layers: bool,
+    model_name: str,
+    weights: Path | None,
+    seed: int,
+    method: str,
+    maxpool: str,
+    size: int | None,
+    device: str,
+    dtype: str,
+    out: Path | None,
+    force: bool,
+) -> None:
+    """Reconstruct IMAGE from the features of one layer (or of conv1..conv4 with --all-layers).
+
+    Writes the reconstruction and a side-by-side figure (input | reconstruction | error map),
+    and prints PSNR, SSIM (Wang et al. 2004) and the relative error.
+    """
+    if all_layers == (layer is not None):
+        raise click.UsageError("give exactly one of --layer NAME and --all-layers")
+    spec = MODELS[model_name]
+    if all_layers:
+        out = out or Path(f"{image.stem}_layers.png")
+        outputs = [out]
+    else:
+        out = out or Path(f"{image.stem}_{layer}.png")
+        outputs = [out, out.with_name(f"{out.stem}_figure{out.suffix}")]
+    _claim(outputs, force)
+    model = _model(model_name, weights, seed, _device(device), DTYPES[dtype])
+    layers = spec.figure_layers if all_layers else (layer,)
+    for name in layers:
+        find_layer(model, name)
+    picture, note = load_image(image, size or spec.input_size)
+    if note:
+        click.echo(f"input: {note}")
+    results = []
+    for name in layers:
+        result = reconstruct(model, picture, name, method, maxpool=maxpool)
+        click.echo(f"{name:>8}  {_metrics(result)}   ({_losses(result)})")
+        results.append(result)
+    if all_layers:
+        save_figure(layer_row_figure(results), out)
+        click.echo(f"wrote {out}")
+    else:
+        save_image(results[0].image, outputs[0])
+        save_figure(reconstruction_figure(results[0]), outputs[1])
+        click.echo(f"wrote {outputs[0]} and {outputs[1]}")
+
+
+@cli.command("layers")
+@model_option
+@seed_option
+@size_option
+def layers_command(model_name: str, seed: int, size: int | None) -> None:
+    """List a model's layer names with their output shapes (for --layer)."""
+    spec = MODELS[model_name]
+    side = size or spec.input_size
+    model = build_model(model_name, seed)
+    click.echo(f"{model_name}: {spec.description}; input 3x{side}x{side}")
+    for info in list_layers(model, torch.zeros(1, 3, side, side)):
+        indent = "  " * info.name.count(".")
+        shape = "x".join(map(str, info.output_shape))
+        click.echo(f"  {indent + info.name:<16} {info.kind:<20} {shape}")
+
+
+def main() -> None:
+    """Entry point of the ``invertnet`` console script."""
+    cli()

@@ -1,0 +1,169 @@
+"""Images and weights in and out.
+
+- :func:`load_image`: any file scikit-image reads -> ``(1, 3, S, S)`` float tensor in [0, 1]
+  (greyscale replicated to RGB, RGBA composited over white, centre-cropped to a square, resized
+  with anti-aliasing).
+- :func:`save_image`: a ``(C, H, W)`` or ``(1, C, H, W)`` tensor -> 8-bit PNG, values clipped to
+  [0, 1], written atomically.
+- :func:`load_weights`: a state dict from ``.pt``/``.pth`` (``torch.load(weights_only=True)``: no
+  arbitrary code is unpickled) or ``.safetensors``, loaded strictly into a model.
+- :func:`atomic_write`: write to a temporary file beside the target and rename it into place,
+  so that no half-written file is ever left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from skimage import color, io, transform
+from skimage.util import img_as_float64, img_as_ubyte
+from torch import nn
+
+from invertnet.errors import ImageReadError, WeightsError
+
+__all__ = ["atomic_write", "load_image", "load_state_dict", "load_weights", "save_image"]
+
+
+def load_image(path: str | os.PathLike[str], size: int | None = None) -> tuple[torch.Tensor, str]:
+    """Read an image as a ``(1, 3, H, W)`` float64 tensor in [0, 1], and say what was converted.
+
+    Parameters
+    ----------
+    path : path-like
+    size : int, optional
+        Centre-crop to a square and resize to ``size x size``; ``None`` keeps the image as it is.
+
+    Returns
+    -------
+    (torch.Tensor, str)
+        The image and a note on conversions (empty when none).
+
+    Raises
+    ------
+    ImageReadError
+        Missing or unreadable file, or an array that is not a 2-D greyscale, RGB or RGBA image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"expected an image file, got {str(path)!r}, which does not exist or is not a file")
+    try:
+        array = io.imread(path)
+    except Exception as err:  # scikit-image raises whatever its plugin raises on a corrupt file
+        raise ImageReadError(f"expected an image scikit-image can read, got {str(path)!r}: {err}") from None
+    notes = []
+    if array.ndim == 3 and array.shape[-1] == 4:
+        array, notes = color.rgba2rgb(array, background=(1, 1, 1)), ["RGBA composited over white"]
+    elif array.ndim == 2:
+        array, notes = color.gray2rgb(array), ["greyscale replicated to 3 channels"]
+    if array.ndim != 3 or array.shape[-1] != 3:
+        raise ImageReadError(
+            f"expected a greyscale, RGB or RGBA image, got an array of shape {array.shape} from {str(path)!r}"
+        )
+    array = img_as_float64(array)
+    if size is not None:
+        h, w = array.shape[:2]
+        side = min(h, w)
+        if h != w:
+            top, left = (h - side) // 2, (w - side) // 2
+            array = array[top : top + side, left : left + side]
+            notes.append(f"centre-cropped {h}x{w} -> {side}x{side}")
+        if side != size:
+            array = transform.resize(array, (size, size), anti_aliasing=side > size)
+            notes.append(f"resized {side}x{side} -> {size}x{size}")
+    tensor = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))).unsqueeze(0).clamp(0, 1)
+    return tensor, "; ".join(notes)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (same suffix); rename it onto ``path`` only on success.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> target = pathlib.Path(tempfile.mkdtemp()) / "a.txt"
+    >>> with atomic_write(target) as tmp:
+    ...     _ = tmp.write_text("done")
+    >>> target.read_text()
+    'done'
+    """
+    path = Path(path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_image(image: torch.Tensor, path: str | os.PathLike[str]) -> None:
+    """Write a ``(C, H, W)`` or ``(1, C, H, W)`` tensor in [0, 1] as an 8-bit image (clipped), atomically."""
+    if image.ndim == 4:
+        image = image[0]
+    array = image.detach().cpu().double().clamp(0, 1).numpy().transpose(1, 2, 0)
+    if array.shape[-1] == 1:
+        array = array[..., 0]
+    with atomic_write(path) as tmp:
+        io.imsave(tmp, img_as_ubyte(array), check_contrast=False)
+
+
+def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Read a state dict from ``.safetensors`` or from a torch file with ``weights_only=True``.
+
+    Raises
+    ------
+    WeightsError
+        Missing file, unreadable content, something that is not a mapping of names to tensors,
+        or a file that would need arbitrary code to unpickle.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"expected a weights file, got {str(path)!r}, which does not exist or is not a file")
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise WeightsError("reading .safetensors needs the safetensors package: pip install safetensors") from None
+        try:
+            return load_file(str(path))
+        except Exception as err:  # safetensors raises its own SafetensorError on corrupt headers
+            raise WeightsError(f"expected a valid .safetensors file, got {str(path)!r}: {err}") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling errors come in many types; the file is unusable either way
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise WeightsError(
+            f"expected a state dict saved with torch.save (readable with weights_only=True) or a .safetensors file, "
+            f"got {str(path)!r}: {first}"
+        ) from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(
+            f"expected a mapping of parameter names to tensors in {str(path)!r}, got {type(state).__name__}; "
+            "save model.state_dict(), not the model"
+        )
+    return state
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
+    """Load a state dict file into ``model`` strictly (every name and shape must match); returns ``model``."""
+    state = load_state_dict(path)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        detail = " ".join(lines[1:3])[:300]
+        raise WeightsError(
+            f"expected weights for {type(model).__name__} with the same names and shapes, got {str(path)!r} that does "
+            f"not fit: {detail}; check --model or the file"
+        ) from None
+    return model

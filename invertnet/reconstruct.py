@@ -1,0 +1,423 @@
+r"""Layer-by-layer reconstruction of an input from any layer of a model.
+
+The paper's algorithm (Shang et al. 2016, Sec. 3): take the features :math:`f(x)` of the
+chosen layer and walk back down the chain of modules that produced them, inverting each one:
+undo CReLU (:math:`z = \rho_+ - \rho_-`), apply the pseudo-inverse of the convolution, and so
+on to the image. Every module type has an entry in a registry (:func:`register_inverse`);
+a new layer type joins by registering its inverse, and a new convolution solver joins
+:func:`~invertnet.pinv.conv_pinv` without touching the walk.
+
+What each inverse keeps:
+
+======================  =======================================================  =======
+module                  inverse                                                  exact
+======================  =======================================================  =======
+Conv2d                  :func:`~invertnet.pinv.conv_pinv` with ``method``        if the route is exact for the layer
+CReLU (any slope)       :func:`~invertnet.activations.invert_crelu`              yes
+LeakyReLU (slope > 0)   :math:`y` if :math:`y \ge 0` else :math:`y / a`          yes
+BatchNorm2d (eval)      the affine map undone                                    yes (non-zero scales)
+Dropout, Identity       identity (eval mode)                                     yes
+ReLU                    identity: the negative part is lost (paper's baseline)   no
+AVR                     identity: the sign is lost                               no
+MaxPool2d               unpool with the forward pass's switches (Zeiler &        no
+                        Fergus 2014); ``maxpool="guess"``: spread without them
+AvgPool2d               pseudo-inverse of the averaging operator                 no
+======================  =======================================================  =======
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from invertnet._checks import pair
+from invertnet.activations import AVR, CReLU, invert_crelu, leaky_relu_inverse
+from invertnet.errors import UnsupportedLayerError
+from invertnet.metrics import psnr, relative_error, ssim
+from invertnet.operators import ConvOperator
+from invertnet.pinv import CONV_METHODS, conv_pinv
+from invertnet.trace import LayerRecord, trace
+
+__all__ = [
+    "MAXPOOL_MODES",
+    "InversionContext",
+    "LayerStep",
+    "Reconstruction",
+    "reconstruct",
+    "register_inverse",
+    "supported_layers",
+]
+
+MAXPOOL_MODES = ("switches", "guess")
+
+
+@dataclass(frozen=True)
+class InversionContext:
+    """Settings handed to every layer inverse.
+
+    The convolution ``method``, the max-pool mode, the singular value cutoff, and whether the
+    layer is the top one (whose output are the true features, so CReLU outputs are checked).
+    """
+
+    method: str
+    maxpool: str
+    rtol: float | None
+    top: bool
+
+
+@dataclass
+class StepResult:
+    """What a layer inverse returns: the input estimate, the route taken, exactness and a note."""
+
+    estimate: torch.Tensor
+    route: str
+    exact: bool
+    note: str = ""
+
+
+@dataclass
+class LayerStep:
+    r"""One inverted layer.
+
+    Attributes
+    ----------
+    name, kind : str
+        Qualified module name and class name.
+    route : str
+        How it was inverted (``"invert_crelu"``, ``"patch"``, ``"switches"``, ...).
+    exact : bool
+        Whether this inverse returns the layer's input exactly when given its exact output.
+    estimate : torch.Tensor
+        Estimate of the layer's input.
+    relative_error : torch.Tensor
+        Per image, :math:`\|\hat u - u\| / \|u\|` against the layer's true input :math:`u`.
+    note : str
+        What is lost, when something is.
+    """
+
+    name: str
+    kind: str
+    route: str
+    exact: bool
+    estimate: torch.Tensor
+    relative_error: torch.Tensor
+    note: str = ""
+
+
+@dataclass
+class Reconstruction:
+    """The result of :func:`reconstruct`.
+
+    Attributes
+    ----------
+    image : torch.Tensor
+        The input estimate, ``(N, C, H, W)``.
+    input : torch.Tensor
+        The input it estimates (in the model's dtype and device).
+    features : torch.Tensor
+        The output of ``layer`` that was inverted.
+    layer, method : str
+    steps : list of LayerStep
+        From the chosen layer down to the input.
+    psnr, ssim, relative_error : torch.Tensor
+        Per image, against ``input``, with ``data_range`` (SSIM as Wang et al. 2004).
+    data_range : float
+    """
+
+    image: torch.Tensor
+    input: torch.Tensor
+    features: torch.Tensor
+    layer: str
+    method: str
+    steps: list[LayerStep] = field(default_factory=list)
+    psnr: torch.Tensor = field(default_factory=lambda: torch.empty(0))
+    ssim: torch.Tensor = field(default_factory=lambda: torch.empty(0))
+    relative_error: torch.Tensor = field(default_factory=lambda: torch.empty(0))
+    data_range: float = 1.0
+
+    @property
+    def exact(self) -> bool:
+        """Whether every step is exact (the reconstruction is exact up to rounding)."""
+        return all(step.exact for step in self.steps)
+
+
+LayerInverse = Callable[[nn.Module, LayerRecord, torch.Tensor, InversionContext], StepResult]
+_INVERSES: dict[type[nn.Module], LayerInverse] = {}
+
+
+def register_inverse(*types: type[nn.Module]) -> Callable[[LayerInverse], LayerInverse]:
+    """Register ``fn(module, record, y, ctx) -> StepResult`` as the inverse of modules of ``types``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> class Double(torch.nn.Module):
+    ...     def forward(self, x):
+    ...         return 2 * x
+    >>> @register_inverse(Double)
+    ... def _invert_double(module, record, y, ctx):
+    ...     return StepResult(y / 2, "halve", exact=True)
+    """
+
+    def decorate(fn: LayerInverse) -> LayerInverse:
+        for t in types:
+            _INVERSES[t] = fn
+        return fn
+
+    return decorate
+
+
+def supported_layers() -> list[str]:
+    """Class names of the modules :func:`reconstruct` can invert."""
+    return sorted(t.__name__ for t in _INVERSES)
+
+
+def _inverse_for(module: nn.Module) -> LayerInverse:
+    for cls in type(module).__mro__:
+        if cls in _INVERSES:
+            return _INVERSES[cls]
+    raise UnsupportedLayerError(
+        f"expected a layer invertnet can invert ({', '.join(supported_layers())}), got {type(module).__name__}; "
+        "reconstruct from a layer below it, or register an inverse with invertnet.register_inverse"
+    )
+
+
+def _require_eval(module: nn.Module, name: str) -> None:
+    if module.training:
+        raise ValueError(
+            f"expected {type(module).__name__} {name!r} in eval mode (in training mode it depends on the batch or "
+            "on chance), got training mode; call model.eval() before reconstructing"
+        )
+
+
+@register_inverse(nn.Conv2d)
+def _invert_conv(module: nn.Module, record: LayerRecord, y: torch.Tensor, ctx: InversionContext) -> StepResult:
+    input_size = tuple(record.input.shape[-2:])
+    estimate, info = conv_pinv(module, y, input_size, ctx.method, rtol=ctx.rtol, return_info=True)
+    op = ConvOperator.from_conv(module, input_size)
+    if info.method == "patch":
+        p = op.patch_matrices(y)
+        full_rank = bool((torch.linalg.matrix_rank(p) == op.patch_size).all())
+        covered = bool((op.coverage() > 0).all())
+        exact = full_rank and covered
+        note = (
+            ""
+            if exact
+            else (
+                "patch matrix has fewer filters than patch entries: not the operator's pseudo-inverse"
+                if not full_rank
+                else "some input pixels are read by no receptive field"
+            )
+        )
+    else:
+        exact = False
+        note = f"{info.method}: minimum-norm least-squares solution (exact where the operator is injective)"
+    return StepResult(estimate, info.method, exact, note)
+
+
+@register_inverse(CReLU)
+def _invert_crelu(module: nn.Module, record: LayerRecord, y: torch.Tensor, ctx: InversionContext) -> StepResult:
+    assert isinstance(module, CReLU)
+    return StepResult(
+        invert_crelu(y, module.dim, check=ctx.top, negative_slope=module.negative_slope), "invert_crelu", True
+    )
+
+
+@register_inverse(nn.LeakyReLU)
+def _invert_leaky(module: nn.Module, record: LayerRecord, y: torch.Tensor, ctx: InversionContext) -> StepResult:
+    slope = float(module.negative_slope)
+    if slope > 0:
+        return StepResult(leaky_relu_inverse(y, slope), "leaky_relu_inverse", True)
+    return StepResult(y, "identity", False, f"LeakyReLU with slope {slope} is not bijective: negative part lost")
+
+
+@register_inverse(nn.ReLU)
+def _invert_relu(module: nn.Module, record: LayerRecord, y: torch.Tensor, ctx: InversionContext) -> StepResult:
+    return StepResult(y, "identity", False, "ReLU: negative part lost (the paper's ReLU baseline)")
+
+
+@register_inverse(AVR)
+def _invert_avr(module: nn.Module, record: LayerRecord, y: torch.Tensor, ctx: InversionContext) -> StepResult:
+    return StepResult(y, "identity", False, "AVR: sign lost")
+
+
+@register_inverse(nn.Identity, nn.Dropout, nn.Dropout2d)
+def _invert_identity(module: nn.Module, record: LayerRecord, y: torch.Tensor, ctx: InversionContext) -> StepResult:
+    _require_eval(module, record.name)
+    return StepResult(y, "identity", True)
+
+
+@register_inverse(nn.BatchNorm2d)
+def _invert_batchnorm(module: nn.Module, record: LayerRecord, y: torch.Tensor, ctx: InversionContext) -> StepResult:
+    assert isinstance(module, nn.BatchNorm2d)
+    _require_eval(module, record.name)
+    if module.running_mean is None or module.running_var is None:
+        raise UnsupportedLayerError(
+            f"expected BatchNorm2d {record.name!r} with running statistics, got track_running_stats=False "
+            "(it normalises each batch by itself, which cannot be undone); rebuild it with running statistics"
+        )
+    shape = (1, -1, 1, 1)
+    std = (module.running_var.to(y) + module.eps).sqrt().reshape(shape)
+    mean = module.running_mean.to(y).reshape(shape)
+    if not module.affine:
+        return StepResult(y * std + mean, "affine", True)
+    gamma = module.weight.detach().to(y).reshape(shape)
+    beta = module.bias.detach().to(y).reshape(shape)
+    zero = gamma == 0
+    x = torch.where(zero, mean, (y - beta) / torch.where(zero, 1.0, gamma) * std + mean)
+    lost = int(zero.sum())
+    return StepResult(
+        x, "affine", lost == 0, f"{lost} channels with zero scale: set to the running mean" if lost else ""
+    )
+
+
+def _window_operator(
+    pool: nn.MaxPool2d | nn.AvgPool2d, channels: int, input_size: tuple[int, int], like: torch.Tensor
+) -> ConvOperator:
+    """The pooling windows as a depthwise convolution with uniform weights ``1 / (kh kw)`` and zero padding."""
+    kh, kw = pair(pool.kernel_size, "kernel_size")
+    weight = torch.full((channels, 1, kh, kw), 1.0 / (kh * kw), dtype=like.dtype, device=like.device)
+    dilation = getattr(pool, "dilation", 1)
+    return ConvOperator(weight, input_size, pool.stride or pool.kernel_size, pool.padding, dilation, channels)
+
+
+@register_inverse(nn.MaxPool2d)
+def _invert_maxpool(module: nn.Module, record: LayerRecord, y: torch.Tensor, ctx: InversionContext) -> StepResult:
+    assert isinstance(module, nn.MaxPool2d)
+    c, h, w = record.input.shape[1:]
+    if ctx.maxpool == "switches":
+        _, switches = F.max_pool2d(
+            record.input,
+            module.kernel_size,
+            module.stride,
+            module.padding,
+            module.dilation,
+            module.ceil_mode,
+            return_indices=True,
+        )
+        flat = y.new_zeros(y.shape[0], c, h * w)
+        flat.scatter_reduce_(
+            2, switches.flatten(2).expand(y.shape[0], -1, -1), y.flatten(2), "mean", include_self=False
+        )
+        return StepResult(
+            flat.reshape(-1, c, h, w),
+            "switches",
+            False,
+            "non-maximal values lost; unpooled with the forward pass's switches (Zeiler & Fergus)",
+        )
+    if module.ceil_mode:
+        raise UnsupportedLayerError(
+            f"expected MaxPool2d {record.name!r} without ceil_mode for maxpool='guess', got ceil_mode=True; "
+            "use maxpool='switches'"
+        )
+    op = _window_operator(module, c, (h, w), y)
+    spread = op.patches_adjoint(y.flatten(2).repeat_interleave(op.kernel_size[0] * op.kernel_size[1], dim=1))
+    return StepResult(
+        spread / op.coverage(y.device, y.dtype).clamp(min=1),
+        "guess",
+        False,
+        "a guess: without switches each maximum is spread over its window",
+    )
+
+
+@register_inverse(nn.AvgPool2d)
+def _invert_avgpool(module: nn.Module, record: LayerRecord, y: torch.Tensor, ctx: InversionContext) -> StepResult:
+    assert isinstance(module, nn.AvgPool2d)
+    padded = module.padding not in (0, (0, 0))
+    if module.ceil_mode or module.divisor_override is not None or (padded and not module.count_include_pad):
+        raise UnsupportedLayerError(
+            f"expected AvgPool2d {record.name!r} to be a plain average (no ceil_mode, no divisor_override, "
+            "count_include_pad=True when padded), got a variant whose weights depend on position; "
+            "reconstruct from a layer below it"
+        )
+    op = _window_operator(module, record.input.shape[1], tuple(record.input.shape[-2:]), y)
+    return StepResult(
+        conv_pinv(op, y, op.in_shape[1:], ctx.method, rtol=ctx.rtol),
+        ctx.method,
+        False,
+        "averaging loses detail within each window",
+    )
+
+
+def reconstruct(
+    model: nn.Module,
+    image: torch.Tensor,
+    layer: str,
+    method: str = "patch",
+    *,
+    maxpool: str = "switches",
+    data_range: float = 1.0,
+    rtol: float | None = None,
+) -> Reconstruction:
+    r"""Reconstruct ``image`` from the features of ``layer``, inverting one layer at a time.
+
+    Parameters
+    ----------
+    model : nn.Module
+        ``nn.Sequential`` or any module whose forward is a chain of named submodules, in eval mode
+        where it has BatchNorm or Dropout. Computation runs in its dtype and on its device: use
+        ``model.double()`` for exactness checks.
+    image : torch.Tensor
+        ``(N, C, H, W)``.
+    layer : str
+        Qualified module name; a container (``"conv3"``) means its output.
+    method : str, default "patch"
+        Convolution route, a key of :data:`invertnet.pinv.CONV_METHODS`.
+    maxpool : {"switches", "guess"}
+        Unpool max-pooling with the switches recorded in the forward pass, or spread each maximum
+        over its window (a guess: without switches the positions are lost).
+    data_range : float, default 1.0
+        Span of valid pixel values, for PSNR and SSIM.
+    rtol : float, optional
+        Singular value cutoff of the pseudo-inverses.
+
+    Returns
+    -------
+    Reconstruction
+
+    Examples
+    --------
+    >>> import torch
+    >>> from invertnet import CReLU, reconstruct
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 12, 2), CReLU()).double()
+    >>> x = torch.rand(1, 3, 16, 16, dtype=torch.float64)
+    >>> result = reconstruct(net, x, "1")
+    >>> bool(result.exact), float(result.relative_error) < 1e-10
+    (True, True)
+    """
+    if method not in CONV_METHODS:
+        raise ValueError(f"reconstruct: expected method in {sorted(CONV_METHODS)}, got {method!r}")
+    if maxpool not in MAXPOOL_MODES:
+        raise ValueError(f"reconstruct: expected maxpool in {MAXPOOL_MODES}, got {maxpool!r}")
+    recorded = trace(model, image, layer)
+    inverses = [(record, _inverse_for(record.module)) for record in recorded.records]
+    y = recorded.features
+    steps: list[LayerStep] = []
+    with torch.no_grad():
+        for i, (record, inverse) in enumerate(reversed(inverses)):
+            ctx = InversionContext(method, maxpool, rtol, top=i == 0)
+            result = inverse(record.module, record, y, ctx)
+            y = result.estimate
+            err = relative_error(y, record.input) if y.ndim == 4 else torch.full((y.shape[0],), float("nan"))
+            steps.append(
+                LayerStep(record.name, type(record.module).__name__, result.route, result.exact, y, err, result.note)
+            )
+    original = recorded.records[0].input
+    return Reconstruction(
+        image=y,
+        input=original,
+        features=recorded.features,
+        layer=layer,
+        method=method,
+        steps=steps,
+        psnr=psnr(y, original, data_range),
+        ssim=ssim(y, original, data_range)
+        if min(original.shape[-2:]) >= 11
+        else torch.full_like(steps[-1].relative_error, float("nan")),
+        relative_error=relative_error(y, original),
+        data_range=data_range,
+    )

@@ -1,0 +1,30 @@
+"""Shared fixtures and the tolerance table.
+
+Exactness is proven in float64; float32 results are checked against the float32 column.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from skimage import data
+
+#: (rtol, atol) per dtype for "exact up to rounding" comparisons.
+TOL = {torch.float64: (1e-10, 1e-12), torch.float32: (1e-4, 1e-5)}
+
+
+@pytest.fixture
+def generator() -> torch.Generator:
+    return torch.Generator().manual_seed(1234)
+
+
+@pytest.fixture(scope="session")
+def astronaut() -> torch.Tensor:
+    """scikit-image's bundled astronaut photograph as (1, 3, 512, 512) float64 in [0, 1]."""
+    return torch.from_numpy(data.astronaut().transpose(2, 0, 1).astype(np.float64) / 255).unsqueeze(0)
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype = torch.float64) -> None:
+    rtol, atol = TOL[dtype]
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol)

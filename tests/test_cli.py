@@ -1,0 +1,196 @@
+"""The command line through click's runner, and once as a real process."""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from skimage import io as skio
+
+from invertnet.cli import cli
+from invertnet.models import build_model
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+FAST = ["--model", "convpool-cnn-c-crelu", "--size", "32"]
+
+
+def run(args, tmp_path):
+    """Invoke the CLI in a fresh empty working directory; return the result and the files it left there."""
+    work = Path(tempfile.mkdtemp(dir=tmp_path))
+    previous = Path.cwd()
+    os.chdir(work)
+    try:
+        result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    finally:
+        os.chdir(previous)
+    return result, sorted(p.name for p in work.iterdir())
+
+
+def _one_line_error(result, match):
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("invertnet: error: ")
+    assert match in lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_reconstruct_writes_image_and_figure(tmp_path):
+    result, files = run(["reconstruct", "--layer", "conv2", ASSETS / "astronaut.png", *FAST], tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "conv2" in result.stdout
+    assert "PSNR" in result.stdout
+    assert "SSIM" in result.stdout
+    assert files == ["astronaut_conv2.png", "astronaut_conv2_figure.png"]
+
+
+def test_all_layers_figure(tmp_path):
+    out = tmp_path / "row.png"
+    result, _ = run(["reconstruct", "--all-layers", ASSETS / "chelsea.png", *FAST, "--out", out], tmp_path)
+    assert result.exit_code == 0, result.output
+    assert [line.split()[0] for line in result.stdout.splitlines()[1:5]] == ["conv1", "conv2", "conv3", "conv4"]
+    assert skio.imread(out).ndim == 3
+
+
+def test_greyscale_and_rgba(tmp_path):
+    grey = tmp_path / "grey.png"
+    skio.imsave(grey, np.full((40, 40), 90, np.uint8), check_contrast=False)
+    rgba = tmp_path / "rgba.png"
+    skio.imsave(rgba, np.full((40, 40, 4), 200, np.uint8), check_contrast=False)
+    result, _ = run(["reconstruct", "--layer", "conv1", grey, *FAST], tmp_path)
+    assert result.exit_code == 0
+    assert "greyscale replicated to 3 channels" in result.stdout
+    result, _ = run(["reconstruct", "--layer", "conv1", rgba, *FAST], tmp_path)
+    assert result.exit_code == 0
+    assert "RGBA composited over white" in result.stdout
+
+
+def test_weights_file_is_used(tmp_path):
+    weights = tmp_path / "w.pt"
+    torch.save(build_model("convpool-cnn-c-crelu", seed=7).state_dict(), weights)
+    a, _ = run(["reconstruct", "--layer", "conv1", ASSETS / "coffee.png", *FAST, "--weights", weights], tmp_path)
+    b, _ = run(["reconstruct", "--layer", "conv1", ASSETS / "coffee.png", *FAST, "--seed", "7"], tmp_path)
+    assert a.exit_code == 0
+    assert a.stdout == b.stdout
+
+
+def test_layers_lists_names_and_shapes(tmp_path):
+    result, _ = run(["layers", "--model", "all-cnn-b-crelu"], tmp_path)
+    assert result.exit_code == 0
+    assert "conv1.conv" in result.stdout
+    assert "96x54x54" in result.stdout
+    assert "192x54x54" in result.stdout
+
+
+def test_existing_output_is_kept_without_force(tmp_path):
+    out = tmp_path / "keep.png"
+    out.write_bytes(b"precious")
+    result, _ = run(["reconstruct", "--layer", "conv1", ASSETS / "astronaut.png", *FAST, "--out", out], tmp_path)
+    _one_line_error(result, "exists; pass --force")
+    assert out.read_bytes() == b"precious"
+    result, _ = run(
+        ["reconstruct", "--layer", "conv1", ASSETS / "astronaut.png", *FAST, "--out", out, "--force"], tmp_path
+    )
+    assert result.exit_code == 0
+    assert out.read_bytes() != b"precious"
+
+
+@pytest.mark.parametrize(
+    ("make_args", "match"),
+    [
+        (lambda d: ["reconstruct", "--layer", "conv1", d / "missing.png"], "does not exist"),
+        (lambda d: ["reconstruct", "--layer", "conv1", d / "corrupt.png"], "expected an image scikit-image can read"),
+        (lambda d: ["reconstruct", "--layer", "conv99", ASSETS / "astronaut.png"], "valid names: conv1, conv1.conv"),
+        (
+            lambda d: ["reconstruct", "--layer", "conv1", ASSETS / "astronaut.png", "--weights", d / "corrupt.png"],
+            "expected a state dict saved with torch.save",
+        ),
+        (
+            lambda d: ["reconstruct", "--layer", "conv1", ASSETS / "astronaut.png", "--weights", d / "other.pt"],
+            "expected weights for Sequential with the same names and shapes",
+        ),
+        (
+            lambda d: ["reconstruct", "--layer", "conv1", ASSETS / "astronaut.png", "--out", d / "no" / "x.png"],
+            "does not exist",
+        ),
+        (lambda d: ["reconstruct", "--layer", "conv1", ASSETS / "astronaut.png", "--out", d], "it is a directory"),
+        (lambda d: ["reconstruct", ASSETS / "astronaut.png"], "give exactly one of --layer NAME and --all-layers"),
+        (
+            lambda d: ["reconstruct", "--layer", "conv1", ASSETS / "astronaut.png", "--method", "magic"],
+            "Invalid value for '--method'",
+        ),
+        (
+            lambda d: (
+                ["reconstruct", "--layer", "conv1", ASSETS / "astronaut.png", "--device", "cuda:7"]
+                if not torch.cuda.is_available()
+                else ["reconstruct", "--device", "bogus"]
+            ),
+            "device",
+        ),
+        (lambda d: ["reconstruct", "--layr", "conv1"], "No such option '--layr'"),
+    ],
+    ids=[
+        "missing-image",
+        "corrupt-image",
+        "unknown-layer",
+        "corrupt-weights",
+        "mismatched-weights",
+        "missing-directory",
+        "output-is-directory",
+        "no-layer",
+        "bad-method",
+        "bad-device",
+        "typo",
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, make_args, match):
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG garbage")
+    torch.save(build_model("all-cnn-b-crelu").state_dict(), tmp_path / "other.pt")
+    args = [str(a) for a in make_args(tmp_path)]
+    if "--size" not in args and args[0] == "reconstruct":
+        args += ["--model", "convpool-cnn-c-crelu", "--size", "32"]
+    before = {p.name for p in tmp_path.iterdir()}
+    result, files = run(args, tmp_path)
+    _one_line_error(result, match)
+    assert files == []  # nothing written in the working directory
+    assert {p.name for p in tmp_path.iterdir()} - before == {Path(p).name for p in tmp_path.glob("tmp*")}
+
+
+def _console_script() -> str | None:
+    local = Path(sys.executable).parent / "invertnet"
+    return str(local) if local.exists() else shutil.which("invertnet")
+
+
+def test_real_subprocess(tmp_path):
+    script = _console_script()
+    if script is None:
+        pytest.skip("the invertnet console script is not installed (pip install -e .)")
+    env = {**os.environ, "MPLBACKEND": "Agg"}
+    ok = subprocess.run(
+        [script, "reconstruct", "--layer", "conv3", str(ASSETS / "astronaut.png"), *FAST],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "astronaut_conv3.png").exists()
+    bad = subprocess.run(
+        [script, "reconstruct", "--layer", "conv3", str(tmp_path / "none.png"), *FAST],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert bad.returncode == 2
+    assert bad.stderr.count("\n") == 1
+    assert bad.stderr.startswith("invertnet: error: ")
+    assert "Traceback" not in bad.stderr

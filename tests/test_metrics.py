@@ -1,0 +1,95 @@
+"""Metrics against scikit-image (skimage.metrics, the version installed), colour and greyscale, both SSIM settings."""
+
+import numpy as np
+import pytest
+import torch
+from skimage import data
+from skimage.metrics import mean_squared_error, peak_signal_noise_ratio, structural_similarity
+
+from invertnet import ShapeError, metrics, psnr, relative_error, ssim
+
+
+def _pairs():
+    rng = np.random.default_rng(0)
+    colour = data.astronaut()[100:196, 150:270] / 255.0  # 96 x 120 x 3
+    grey = data.camera()[200:280, 100:190] / 255.0  # 80 x 90
+    out = []
+    for image in (colour, grey):
+        noisy = np.clip(image + 0.08 * rng.standard_normal(image.shape), 0, 1)
+        out.append((image, noisy))
+    return out
+
+
+def _torch(image: np.ndarray) -> torch.Tensor:
+    image = image[..., None] if image.ndim == 2 else image
+    return torch.from_numpy(image.transpose(2, 0, 1).copy()).unsqueeze(0)
+
+
+@pytest.mark.parametrize("index", [0, 1], ids=["colour", "grey"])
+@pytest.mark.parametrize("setting", ["wang", "skimage-default"])
+@pytest.mark.parametrize("banded_max_side", [512, 0], ids=["banded", "conv"])
+def test_ssim_agrees_with_skimage(index, setting, banded_max_side, monkeypatch):
+    monkeypatch.setattr(metrics, "BANDED_MAX_SIDE", banded_max_side)
+    a, b = _pairs()[index]
+    channel_axis = 2 if a.ndim == 3 else None
+    if setting == "wang":
+        expected = structural_similarity(
+            a,
+            b,
+            data_range=1.0,
+            channel_axis=channel_axis,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+        )
+        actual = ssim(_torch(a), _torch(b), data_range=1.0)
+    else:
+        expected = structural_similarity(a, b, data_range=1.0, channel_axis=channel_axis)
+        actual = ssim(_torch(a), _torch(b), 1.0, window="uniform", win_size=7, sample_covariance=True)
+    assert actual.shape == (1,)
+    assert abs(float(actual) - expected) < 1e-6
+
+
+@pytest.mark.parametrize("index", [0, 1], ids=["colour", "grey"])
+def test_psnr_agrees_with_skimage(index):
+    a, b = _pairs()[index]
+    assert abs(float(psnr(_torch(a), _torch(b), 1.0)) - peak_signal_noise_ratio(a, b, data_range=1.0)) < 1e-10
+
+
+def test_psnr_hand_value():
+    # MSE = 0.01 with R = 1: 10 log10(1 / 0.01) = 20 dB exactly
+    x = torch.zeros(1, 1, 4, 4, dtype=torch.float64)
+    assert float(psnr(x, x + 0.1, 1.0)) == pytest.approx(20.0, abs=1e-12)
+
+
+def test_batched_one_value_per_image():
+    pairs = _pairs()
+    a = torch.cat([_torch(pairs[0][0]), _torch(pairs[0][1])])
+    b = torch.cat([_torch(pairs[0][1]), _torch(pairs[0][1])])
+    values = ssim(a, b, 1.0)
+    assert values.shape == (2,)
+    assert float(values[1]) == pytest.approx(1.0)
+    assert float(values[0]) == pytest.approx(float(ssim(a[:1], b[:1], 1.0)), abs=1e-12)
+
+
+def test_relative_error_matches_numpy():
+    a, b = _pairs()[0]
+    expected = np.linalg.norm(b - a) / np.linalg.norm(a)
+    assert float(relative_error(_torch(b), _torch(a))) == pytest.approx(expected, rel=1e-12)
+    assert mean_squared_error(a, b) > 0
+
+
+def test_bad_input():
+    x = torch.zeros(1, 1, 16, 16)
+    with pytest.raises(ValueError, match=r"expected a positive data_range \(1.0 for images in \[0, 1\]"):
+        psnr(x, x, data_range=0)
+    with pytest.raises(
+        ShapeError, match=r"expected x and y of the same shape, got \(1, 1, 16, 16\) and \(1, 1, 8, 8\)"
+    ):
+        ssim(x, torch.zeros(1, 1, 8, 8), 1.0)
+    with pytest.raises(ShapeError, match=r"expected images of at least 11x11 for this window, got \(8, 8\)"):
+        ssim(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8), 1.0)
+    with pytest.raises(ValueError, match=r"expected window 'gaussian' .* or 'uniform' .*, got 'box'"):
+        ssim(x, x, 1.0, window="box")
+    with pytest.raises(ShapeError, match=r"got \(16, 16\); reshape it to \(N, C, H, W\)"):
+        psnr(torch.zeros(16, 16), torch.zeros(16, 16), 1.0)

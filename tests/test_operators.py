@@ -1,0 +1,104 @@
+"""The operator battery: every configuration proves its forward, adjoint and dense matrix."""
+
+import pytest
+import torch
+from conftest import assert_close
+from hypothesis import given, settings
+from strategies import ConvConfig, conv_configs
+
+from invertnet import AdjointMismatchError, ConvOperator, ShapeError, TooLargeError, dottest
+from invertnet.operators import Padding
+
+
+def _autograd_adjoint(op, y):
+    x = torch.zeros(y.shape[0], *op.in_shape, dtype=y.dtype, requires_grad=True)
+    (grad,) = torch.autograd.grad(op.forward(x), x, y)
+    return grad
+
+
+@settings(max_examples=150, deadline=None)
+@given(conv_configs())
+def test_conv_operator_battery(cfg: ConvConfig):
+    conv = cfg.conv()
+    op = ConvOperator.from_conv(conv, cfg.size)
+    x = torch.randn(2, *op.in_shape, dtype=torch.float64)
+    y = torch.randn(2, *op.out_shape, dtype=torch.float64)
+    # forward: nn.Conv2d minus its bias
+    with torch.no_grad():
+        reference = conv(x) - (conv.bias.reshape(1, -1, 1, 1) if conv.bias is not None else 0)
+    assert_close(op.forward(x), reference)
+    # dot test to 1e-12 relative
+    dottest(op, rtol=1e-12)
+    # adjoint equals the autograd vector-Jacobian product and the dense matrix's transpose
+    assert_close(op.adjoint(y), _autograd_adjoint(op, y))
+    dense = op.to_dense()
+    assert_close(op.adjoint(y).flatten(1), y.flatten(1) @ dense)
+    # A = P S
+    columns = op.apply_patch_matrices(op.patches(x), op.patch_matrices(x))
+    assert_close(columns.reshape(2, *op.out_shape), op.forward(x))
+    # S^T S = diag(coverage): coverage counts the non-zero entries of each column of S
+    ones = torch.ones_like(op.patches(x))
+    assert_close(op.patches_adjoint(ones)[0, 0], op.coverage())
+
+
+@pytest.mark.parametrize("mode", ["circular", "reflect", "replicate", "zeros"])
+def test_padding_adjoint_matches_dense(mode):
+    pad = Padding((2, 1, 0, 3), mode, (4, 5))
+    n = 4 * 5
+    eye = torch.eye(n, dtype=torch.float64).reshape(n, 1, 4, 5)
+    matrix = pad(eye).reshape(n, -1).T  # (padded pixels, input pixels): a 0/1 selection
+    u = torch.randn(3, 1, *pad.output_size, dtype=torch.float64)
+    assert_close(pad.adjoint(u).reshape(3, -1), u.reshape(3, -1) @ matrix)
+
+
+@pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel")
+def test_same_padding_with_even_kernel():
+    conv = torch.nn.Conv2d(2, 3, (2, 4), padding="same", bias=False).double()
+    op = ConvOperator.from_conv(conv, (5, 6))
+    assert op.out_shape == (3, 5, 6)
+    x = torch.randn(1, 2, 5, 6, dtype=torch.float64)
+    with torch.no_grad():
+        assert_close(op(x), conv(x))
+    dottest(op)
+
+
+def test_float32_follows_input():
+    op = ConvOperator.from_conv(torch.nn.Conv2d(3, 4, 3, stride=2).double(), (9, 9))
+    x = torch.randn(1, 3, 9, 9, dtype=torch.float32)
+    assert op(x).dtype == torch.float32
+    dottest(op, dtype=torch.float32)  # default float32 rtol 1e-4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_follows_input():
+    op = ConvOperator.from_conv(torch.nn.Conv2d(3, 4, 3, stride=2), (9, 9))
+    dottest(op, device="cuda")
+
+
+class _WrongAdjoint(ConvOperator):
+    def adjoint(self, y):
+        return 1.01 * super().adjoint(y)
+
+
+def test_dottest_reports_both_numbers():
+    op = _WrongAdjoint(torch.randn(2, 1, 3, 3), (6, 6))
+    with pytest.raises(AdjointMismatchError, match=r"expected <A x, y> == <x, A\^T y> to relative 1e-12, got .* and"):
+        dottest(op)
+
+
+def test_shape_errors():
+    op = ConvOperator(torch.randn(4, 3, 3, 3), (8, 8))
+    with pytest.raises(ShapeError, match=r"expected shape \(N, 3, 8, 8\), got \(1, 3, 9, 9\)"):
+        op(torch.zeros(1, 3, 9, 9))
+    with pytest.raises(ShapeError, match=r"smaller than the dilated kernel 5x5"):
+        ConvOperator(torch.randn(1, 1, 3, 3), (4, 4), dilation=2)
+    with pytest.raises(ShapeError, match=r"expected a weight of shape \(C_out, C_in/groups, kh, kw\), got \(3, 3\)"):
+        ConvOperator(torch.randn(3, 3), (4, 4))
+    with pytest.raises(ShapeError, match=r"reflect padding .* needs every pad smaller than the input size"):
+        ConvOperator(torch.randn(1, 1, 3, 3), (2, 2), padding=2, padding_mode="reflect")
+
+
+def test_to_dense_refuses_large_sizes():
+    op = ConvOperator(torch.randn(96, 3, 11, 11), (224, 224), stride=4)
+    with pytest.raises(TooLargeError, match=r"279936 x 150528 \(314\.0 GiB in torch.float64\)"):
+        op.to_dense()

@@ -1,0 +1,179 @@
+from collections import OrderedDict
+
+import pytest
+import torch
+from torch import nn
+
+from invertnet import (
+    AVR,
+    CReLU,
+    LayerNotFoundError,
+    NotAChainError,
+    UnsupportedLayerError,
+    reconstruct,
+    relative_error,
+)
+
+
+def _injective_crelu_stack() -> nn.Sequential:
+    """Every conv has at least as many filters as patch entries: each layer, hence the stack, is invertible."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        OrderedDict(
+            conv1=nn.Conv2d(3, 12, 2),  # 12 filters >= 3*2*2
+            crelu1=CReLU(),
+            conv2=nn.Conv2d(24, 24, 1, bias=False),  # 1x1, 24 >= 24
+            bn2=nn.BatchNorm2d(24),
+            leaky2=nn.LeakyReLU(0.2),
+            conv3=nn.Conv2d(24, 220, (3, 3), stride=2, padding=1),  # 220 >= 24*9 = 216
+            crelu3=CReLU(negative_slope=0.1),
+            drop=nn.Dropout(0.5),
+            ident=nn.Identity(),
+        )
+    ).double()
+    with torch.no_grad():
+        net.bn2.running_mean.normal_()
+        net.bn2.running_var.uniform_(0.5, 2.0)
+        net.bn2.weight.uniform_(0.5, 2.0)
+        net.bn2.bias.normal_()
+    return net.eval()
+
+
+def test_injective_crelu_stack_is_recovered_exactly():
+    net = _injective_crelu_stack()
+    x = torch.rand(2, 3, 17, 17, dtype=torch.float64)
+    result = reconstruct(net, x, "ident")
+    assert result.exact
+    assert [s.name for s in result.steps] == [
+        "ident",
+        "drop",
+        "crelu3",
+        "conv3",
+        "leaky2",
+        "bn2",
+        "conv2",
+        "crelu1",
+        "conv1",
+    ]
+    # conv3 (stride 2, padding 1) reads every pixel of its 16x16 input: nothing is outside coverage
+    assert float(result.relative_error.max()) <= 1e-8
+    assert bool((result.psnr > 150).all())
+    for step in result.steps:
+        assert float(step.relative_error.max()) <= 1e-8, step.name
+
+
+def test_relu_baseline_measurably_loses():
+    torch.manual_seed(0)
+    relu_net = nn.Sequential(nn.Conv2d(3, 12, 2), nn.ReLU(), nn.Conv2d(12, 48, 2), nn.ReLU()).double().eval()
+    crelu_net = nn.Sequential(nn.Conv2d(3, 12, 2), CReLU(), nn.Conv2d(24, 96, 2), CReLU()).double().eval()
+    x = torch.rand(1, 3, 16, 16, dtype=torch.float64)
+    exact = reconstruct(crelu_net, x, "3")
+    assert float(exact.relative_error) < 1e-10
+    one, two = reconstruct(relu_net, x, "1"), reconstruct(relu_net, x, "3")
+    assert not one.exact
+    assert one.steps[0].note.startswith("ReLU: negative part lost")
+    # measured (seed 0): relative error 1.51 from the first ReLU; 278 from the second, where the square but
+    # ill-conditioned 48x48 patch matrix of the second conv amplifies what the ReLU removed
+    assert float(one.relative_error) > 1.0
+    assert float(two.relative_error) > 100.0
+
+
+def test_container_and_dotted_names():
+    class Net(nn.Module):
+        """torchvision-style: a features container with integer names, forward chains named submodules."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(3, 12, 2), CReLU(), nn.Conv2d(24, 24, 1), CReLU())
+            self.head = nn.Linear(10, 2)
+
+        def forward(self, x):
+            return self.head(self.features(x).flatten(1))
+
+    net = Net().double().eval()
+    x = torch.rand(1, 3, 12, 12, dtype=torch.float64)
+    by_leaf = reconstruct(net, x, "features.3")
+    by_container = reconstruct(net, x, "features")
+    assert torch.equal(by_leaf.image, by_container.image)
+    assert float(by_leaf.relative_error) < 1e-10
+
+
+def test_maxpool_switches_and_guess():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 12, 2), CReLU(), nn.MaxPool2d(2)).double()
+    x = torch.rand(1, 3, 17, 17, dtype=torch.float64)
+    switches = reconstruct(net, x, "2", maxpool="switches")
+    guess = reconstruct(net, x, "2", maxpool="guess")
+    assert switches.steps[0].route == "switches"
+    assert "Zeiler" in switches.steps[0].note
+    assert guess.steps[0].note.startswith("a guess")
+    # with the switches, every maximum returns to its own position
+    pooled_input = switches.steps[0].estimate
+    truth = reconstruct(net, x, "1").features
+    kept = pooled_input != 0
+    torch.testing.assert_close(pooled_input[kept], truth[kept])
+    assert not guess.exact
+    assert float(guess.relative_error) > 1e-3
+
+
+def test_avgpool_is_inverted_by_its_pseudo_inverse():
+    net = nn.Sequential(nn.AvgPool2d(2)).double()
+    x = torch.rand(1, 1, 4, 4, dtype=torch.float64)
+    result = reconstruct(net, x, "0")
+    # pinv of the 2x2 average is nearest upsampling of the averages (hand-derived: P = 1/4 * ones(1, 4), P^+ = ones)
+    expected = torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(x, 2), scale_factor=2)
+    torch.testing.assert_close(result.image, expected)
+
+
+def test_avr_is_a_lossy_baseline():
+    net = nn.Sequential(nn.Conv2d(1, 4, 2), AVR()).double()
+    result = reconstruct(net, torch.rand(1, 1, 8, 8, dtype=torch.float64), "1")
+    assert result.steps[0].note == "AVR: sign lost"
+    assert not result.exact
+
+
+def test_unknown_layer_lists_valid_names():
+    net = nn.Sequential(OrderedDict(conv1=nn.Conv2d(3, 4, 3), act1=nn.ReLU()))
+    with pytest.raises(LayerNotFoundError, match=r"got 'conv9'; valid names: conv1, act1"):
+        reconstruct(net, torch.rand(1, 3, 8, 8), "conv9")
+
+
+def test_unsupported_layer_is_named():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GELU())
+    with pytest.raises(UnsupportedLayerError, match=r"expected a layer invertnet can invert \(.*Conv2d.*\), got GELU"):
+        reconstruct(net, torch.rand(1, 3, 8, 8), "1")
+
+
+def test_functional_step_breaks_the_chain():
+    class Skip(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(3, 3, 3, padding=1)
+            self.b = nn.Conv2d(3, 3, 3, padding=1)
+
+        def forward(self, x):
+            return self.b(self.a(x) + x)
+
+    with pytest.raises(NotAChainError, match=r"feed the output of 'a' into 'b', but something else came"):
+        reconstruct(Skip(), torch.rand(1, 3, 8, 8), "b")
+
+
+def test_training_mode_batchnorm_is_refused():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).train()
+    with pytest.raises(ValueError, match=r"expected BatchNorm2d '1' in eval mode.*call model.eval\(\)"):
+        reconstruct(net, torch.rand(2, 3, 8, 8), "1")
+
+
+def test_bad_method_and_maxpool_mode():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3))
+    with pytest.raises(ValueError, match=r"expected method in \['dense', 'patch'\], got 'nope'"):
+        reconstruct(net, torch.rand(1, 3, 8, 8), "0", method="nope")
+    with pytest.raises(ValueError, match=r"expected maxpool in \('switches', 'guess'\), got 'max'"):
+        reconstruct(net, torch.rand(1, 3, 8, 8), "0", maxpool="max")
+
+
+def test_follows_model_dtype():
+    net = nn.Sequential(nn.Conv2d(3, 12, 2), CReLU())  # float32 model, float64 image
+    result = reconstruct(net, torch.rand(1, 3, 16, 16, dtype=torch.float64), "1")
+    assert result.image.dtype == torch.float32
+    assert float(relative_error(result.image, result.input)) < 1e-4
