@@ -18,8 +18,9 @@ from invertnet.errors import InvertnetError
 from invertnet.io import load_image, load_weights, save_image
 from invertnet.models import MODELS, build_model
 from invertnet.pinv import CONV_METHODS
-from invertnet.plotting import layer_row_figure, reconstruction_figure, save_figure
+from invertnet.plotting import layer_row_figure, reconstruction_figure, save_figure, spectrum_figure
 from invertnet.reconstruct import MAXPOOL_MODES, Reconstruction, reconstruct
+from invertnet.spectrum import injectivity_report
 from invertnet.trace import find_layer, list_layers
 
 __all__ = ["main"]
@@ -140,7 +141,7 @@ def cli() -> None:
 @click.option(
     "--method",
     type=click.Choice(sorted(CONV_METHODS)),
-    default="patch",
+    default="auto",
     show_default=True,
     help="How convolutions are inverted.",
 )
@@ -226,6 +227,53 @@ def layers_command(model_name: str, seed: int, size: int | None) -> None:
         indent = "  " * info.name.count(".")
         shape = "x".join(map(str, info.output_shape))
         click.echo(f"  {indent + info.name:<16} {info.kind:<20} {shape}")
+
+
+@cli.command("spectrum")
+@model_option
+@weights_option
+@seed_option
+@click.option(
+    "--size",
+    type=click.IntRange(min=8),
+    default=None,
+    help="Square input size [default: 64 for All-CNN-B (224 takes minutes), 32 for ConvPool-CNN-C].",
+)
+@click.option("--layer", default=None, help="Report the layers up to this one [default: all].")
+@click.option("--plot", type=click.Path(path_type=Path), default=None, help="Save the singular values per layer.")
+@click.option("--force", is_flag=True, help="Overwrite an existing --plot file.")
+def spectrum_command(
+    model_name: str,
+    weights: Path | None,
+    seed: int,
+    size: int | None,
+    layer: str | None,
+    plot: Path | None,
+    force: bool,
+) -> None:
+    """Print, per convolution and pooling layer, whether it can be inverted and how stably."""
+    if plot is not None:
+        _claim([plot], force)
+    spec = MODELS[model_name]
+    side = size or min(spec.input_size, 64)
+    model = _model(model_name, weights, seed, torch.device("cpu"), torch.float64)
+    if layer is not None:
+        find_layer(model, layer)
+    report = injectivity_report(model, (side, side), layer)
+    click.echo(f"{model_name} at {side}x{side} (unknowns: C/2 behind a CReLU input; sigma exact = DFT, else Lanczos)")
+    click.echo(
+        f"{'layer':<12} {'in':>9} {'out':>9} {'unknowns':>9} {'sigma_min':>10} {'sigma_max':>10} "
+        f"{'cond':>9} {'exact':>5}  verdict"
+    )
+    for r in report:
+        flag = "" if r.converged else " (sigma_min not converged)"
+        click.echo(
+            f"{r.name:<12} {r.in_dim:>9} {r.out_dim:>9} {r.unknowns:>9} {r.sigma_min:>10.4g} "
+            f"{r.sigma_max:>10.4g} {r.condition:>9.3g} {'yes' if r.exact else 'no':>5}  {r.verdict}{flag}"
+        )
+    if plot is not None:
+        save_figure(spectrum_figure(report), plot)
+        click.echo(f"wrote {plot}")
 
 
 def main() -> None:

@@ -15,13 +15,25 @@ When :math:`P_k` is wide (fewer filters than patch entries, e.g. All-CNN-B conv1
 363 entries) this is **not** the operator's pseudo-inverse :math:`A^+` and can lose a lot: it
 ignores that overlapping fields share pixels.
 
-``"dense"`` — the operator's own :math:`A^+ y`, the minimum-norm least-squares solution, from the
-materialised matrix; tiny sizes only.
+The operator's own Moore-Penrose solution :math:`A^+ y` (the minimum-norm least-squares solution):
+
+``"fft"`` — exact, through the 2-D DFT, for circular (or no) padding when the stride divides the
+input (:mod:`invertnet.spectral`); one factorisation per layer, cached.
+
+``"lsqr"`` — matrix-free LSQR from :math:`x_0 = 0` (:mod:`invertnet.solvers`), for every layer; it
+reports iterations, residual and convergence, and warns when it stops unconverged.
+
+``"dense"`` — from the materialised matrix; tiny sizes only.
+
+``"auto"`` picks the exact closed form that applies (``"patch"`` when every patch matrix has full
+column rank and the fields do not overlap or the layer is injective by it, ``"fft"`` when the DFT
+diagonalises the layer), else ``"lsqr"``, and says which in :class:`SolveInfo`.
 """
 
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, overload
 
@@ -31,8 +43,10 @@ from torch import nn
 from invertnet._checks import pair, require_4d
 from invertnet.errors import ShapeError
 from invertnet.operators import DENSE_MAX_ENTRIES, ConvOperator
+from invertnet.solvers import lsqr
+from invertnet.spectral import CirculantFactorization, circulant_reason
 
-__all__ = ["CONV_METHODS", "SolveInfo", "conv_pinv", "patch_pinv", "pinv_rtol"]
+__all__ = ["CONV_METHODS", "SolveInfo", "choose_method", "conv_pinv", "patch_is_exact", "patch_pinv", "pinv_rtol"]
 
 
 @dataclass(frozen=True)
@@ -42,9 +56,9 @@ class SolveInfo:
     Attributes
     ----------
     method : str
-        The route taken (``"patch"``, ``"dense"``, ...).
+        The route taken (``"patch"``, ``"fft"``, ``"lsqr"``, ``"dense"``; never ``"auto"``).
     exact : bool
-        Whether the route gives the result in closed form (no iteration).
+        Whether the route is a closed form (no iteration).
     iterations : int
         Iterations of an iterative solver (0 for closed forms).
     residual : float
@@ -93,25 +107,36 @@ def _linear_response(conv: nn.Conv2d | ConvOperator, op: ConvOperator, y: object
     return y
 
 
-_PATCH_PINV_CACHE: weakref.WeakKeyDictionary[
-    nn.Module | ConvOperator, dict[tuple, tuple[tuple[int, int], torch.Tensor]]
-] = weakref.WeakKeyDictionary()
+_LAYER_CACHE: weakref.WeakKeyDictionary[nn.Module | ConvOperator, dict[tuple, tuple[tuple[int, int], object]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _cached(conv: nn.Conv2d | ConvOperator, key: tuple, build: Callable[[], object]) -> object:
+    """Per-layer cache of factorisations, keyed by ``key``; rebuilt when the weight changes in place."""
+    entries = _LAYER_CACHE.setdefault(conv, {})
+    version = (conv.weight.data_ptr(), conv.weight._version)
+    if key not in entries or entries[key][0] != version:
+        entries[key] = (version, build())
+    return entries[key][1]
 
 
 def _patch_pinvs(
     conv: nn.Conv2d | ConvOperator, op: ConvOperator, like: torch.Tensor, rtol: float | None
 ) -> torch.Tensor:
-    """The groups' :math:`P_k^+`, cached per layer, dtype, device and cutoff (refreshed when the weight changes)."""
-    key = (like.dtype, like.device, rtol)
-    entries = _PATCH_PINV_CACHE.setdefault(conv, {})
-    version = (conv.weight.data_ptr(), conv.weight._version)
-    if key in entries and entries[key][0] == version:
-        return entries[key][1]
-    matrices = op.patch_matrices(like)
-    cut = pinv_rtol(tuple(matrices.shape), like.dtype) if rtol is None else rtol
-    pinvs = torch.linalg.pinv(matrices, rtol=cut)
-    entries[key] = (version, pinvs)
-    return pinvs
+    """The groups' :math:`P_k^+`, cached per layer, dtype, device and cutoff."""
+
+    def build() -> torch.Tensor:
+        matrices = op.patch_matrices(like)
+        return torch.linalg.pinv(matrices, rtol=pinv_rtol(tuple(matrices.shape), like.dtype) if rtol is None else rtol)
+
+    return _cached(conv, ("patch", like.dtype, like.device, rtol), build)  # type: ignore[return-value]
+
+
+def _factorization(conv: nn.Conv2d | ConvOperator, op: ConvOperator, like: torch.Tensor) -> CirculantFactorization:
+    """The layer's per-frequency SVD (see :mod:`invertnet.spectral`), cached per layer, input size, dtype and device."""
+    key = ("fft", op.in_shape, like.dtype, like.device)
+    return _cached(conv, key, lambda: CirculantFactorization(op, like))  # type: ignore[return-value]
 
 
 def patch_pinv(
@@ -166,16 +191,28 @@ def patch_pinv(
     return op.patches_adjoint(columns) / coverage.clamp(min=1)
 
 
-def _dense_pinv(op: ConvOperator, z: torch.Tensor, rtol: float | None, max_entries: int) -> torch.Tensor:
-    matrix = op.to_dense(dtype=z.dtype, device=z.device, max_entries=max_entries)
-    cut = pinv_rtol(tuple(matrix.shape), z.dtype) if rtol is None else rtol
-    return (torch.linalg.pinv(matrix, rtol=cut) @ z.reshape(z.shape[0], -1).T).T.reshape(-1, *op.in_shape)
+def patch_is_exact(op: ConvOperator) -> bool:
+    """Whether :func:`patch_pinv` recovers every input pixel: full column rank patch matrices, every pixel read."""
+    full_rank = bool((torch.linalg.matrix_rank(op.patch_matrices().double()) == op.patch_size).all())
+    return full_rank and bool((op.coverage() > 0).all())
 
 
-#: Inversion routes of :func:`conv_pinv`: name -> (what it computes, whether it is a closed form).
-CONV_METHODS: dict[str, tuple[str, bool]] = {
-    "patch": ("pseudo-inverse of the patch matrix, overlap-averaged (the paper's reading)", True),
-    "dense": ("the operator's Moore-Penrose pseudo-inverse from its dense matrix (tiny sizes)", True),
+def choose_method(op: ConvOperator) -> str:
+    """The route of ``"auto"``: ``"patch"`` if exact, else ``"fft"`` if the DFT diagonalises the layer, else LSQR."""
+    if patch_is_exact(op):
+        return "patch"
+    if circulant_reason(op) is None:
+        return "fft"
+    return "lsqr"
+
+
+#: Inversion routes of :func:`conv_pinv`: name -> what it computes.
+CONV_METHODS: dict[str, str] = {
+    "auto": "the exact closed form that applies (patch, fft), else lsqr",
+    "patch": "pseudo-inverse of the patch matrix, overlap-averaged (the paper's reading)",
+    "fft": "the operator's Moore-Penrose pseudo-inverse through the 2-D DFT (circular or no padding)",
+    "lsqr": "the operator's minimum-norm least-squares solution by matrix-free LSQR",
+    "dense": "the operator's Moore-Penrose pseudo-inverse from its dense matrix (tiny sizes)",
 }
 
 
@@ -187,6 +224,10 @@ def conv_pinv(
     method: str = ...,
     *,
     rtol: float | None = ...,
+    atol: float = ...,
+    maxiter: int | None = ...,
+    precondition: bool = ...,
+    warn: bool = ...,
     max_entries: int = ...,
     return_info: Literal[False] = ...,
 ) -> torch.Tensor: ...
@@ -198,6 +239,10 @@ def conv_pinv(
     method: str = ...,
     *,
     rtol: float | None = ...,
+    atol: float = ...,
+    maxiter: int | None = ...,
+    precondition: bool = ...,
+    warn: bool = ...,
     max_entries: int = ...,
     return_info: Literal[True],
 ) -> tuple[torch.Tensor, SolveInfo]: ...
@@ -205,13 +250,17 @@ def conv_pinv(
     conv: nn.Conv2d | ConvOperator,
     y: torch.Tensor,
     input_size: tuple[int, int],
-    method: str = "patch",
+    method: str = "auto",
     *,
     rtol: float | None = None,
+    atol: float = 1e-10,
+    maxiter: int | None = None,
+    precondition: bool = False,
+    warn: bool = True,
     max_entries: int = DENSE_MAX_ENTRIES,
     return_info: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, SolveInfo]:
-    r"""Invert a convolution layer by one of the routes in :data:`CONV_METHODS`.
+    r"""Invert a convolution layer: the operator's Moore-Penrose solution :math:`A^+ (y - b)`, or the patch reading.
 
     Parameters
     ----------
@@ -219,42 +268,84 @@ def conv_pinv(
     y : torch.Tensor
         The layer's output, ``(N, C_out, H_out, W_out)``, bias included.
     input_size : (int, int)
-    method : str, default "patch"
-        ``"patch"``: :func:`patch_pinv`. ``"dense"``: :math:`A^+ (y - b)` with :math:`A^+` from
-        ``torch.linalg.pinv`` of the dense matrix (refused above ``max_entries``).
+    method : {"auto", "patch", "fft", "lsqr", "dense"}
+        See :data:`CONV_METHODS` and the module docstring.
     rtol : float, optional
-        Singular value cutoff relative to the largest; default ``max(m, n) * eps(dtype)``.
+        Closed forms: singular values below ``rtol * sigma_max`` (the global largest) are cut;
+        default ``max(m, n) * eps(dtype)``.
+    atol : float, default 1e-10
+        ``"lsqr"``: its ``atol`` and ``btol`` (see :func:`invertnet.solvers.lsqr`).
+    maxiter : int, optional
+        ``"lsqr"``: iteration cap.
+    precondition : bool, default False
+        ``"lsqr"``: scale each pixel by :math:`\sqrt{ar c / c}` (:math:`c` its coverage). About halves the
+        iterations on strided layers whose borders fewer fields read; the result is then *a* least-squares
+        solution, the minimum-norm one only when the layer is injective on the pixels it reads.
+    warn : bool, default True
+        ``"lsqr"``: warn (:class:`~invertnet.solvers.ConvergenceWarning`) when it stops unconverged.
     max_entries : int
-        Size limit of the dense matrix.
+        ``"dense"``: size limit of the matrix.
     return_info : bool, default False
-        Also return a :class:`SolveInfo`.
+        Also return a :class:`SolveInfo` (route taken, iterations, relative residual, convergence).
 
     Returns
     -------
     torch.Tensor or (torch.Tensor, SolveInfo)
+        ``(N, C_in, H, W)`` in ``y``'s dtype and on its device.
 
     Examples
     --------
     >>> import torch
     >>> from invertnet import conv_pinv
-    >>> conv = torch.nn.Conv2d(2, 3, 3, stride=2).double()
-    >>> x_hat, info = conv_pinv(conv, conv(torch.rand(1, 2, 7, 7, dtype=torch.float64)), (7, 7),
-    ...                         method="dense", return_info=True)
+    >>> conv = torch.nn.Conv2d(2, 3, 3, padding=1, padding_mode="circular").double()
+    >>> y = conv(torch.rand(1, 2, 8, 8, dtype=torch.float64))
+    >>> x_fft, info = conv_pinv(conv, y, (8, 8), return_info=True)
     >>> info.method
-    'dense'
+    'fft'
+    >>> x_lsqr = conv_pinv(conv, y, (8, 8), method="lsqr", atol=1e-14)
+    >>> bool(torch.allclose(x_fft, x_lsqr, atol=1e-8))
+    True
     """
     if method not in CONV_METHODS:
         raise ValueError(f"conv_pinv: expected method in {sorted(CONV_METHODS)}, got {method!r}")
     op = _operator(conv, input_size)
-    if method == "patch":
+    z = _linear_response(conv, op, y)
+    route = choose_method(op) if method == "auto" else method
+    iterations, converged = 0, True
+    if route == "patch":
         x_hat = patch_pinv(conv, y, input_size, rtol=rtol)
-        z = _linear_response(conv, op, y)
+    elif route == "fft":
+        reason = circulant_reason(op)
+        if reason is not None:
+            raise ValueError(
+                f"conv_pinv: method 'fft' needs a layer the 2-D DFT diagonalises, but {reason}; "
+                "use method='lsqr' (any layer) or 'auto'"
+            )
+        factors = _factorization(conv, op, z)
+        cut = pinv_rtol((op.out_dim, op.in_dim), z.dtype) if rtol is None else rtol
+        x_hat = factors.pinv(z, cut)
+    elif route == "lsqr":
+        scale = None
+        if precondition:
+            coverage = op.coverage(z.device, z.dtype)
+            covered = coverage > 0
+            scale = torch.where(covered, (coverage[covered].mean() / coverage.clamp(min=1)).sqrt(), 1.0)
+        result = lsqr(
+            op,
+            z,
+            atol=atol,
+            btol=atol,
+            maxiter=maxiter,
+            preconditioner=None if scale is None else (lambda v: v * scale),
+            warn=warn,
+        )
+        x_hat, iterations, converged = result.x, result.iterations, bool(result.converged.all())
     else:
-        z = _linear_response(conv, op, y)
-        x_hat = _dense_pinv(op, z, rtol, max_entries)
+        matrix = op.to_dense(dtype=z.dtype, device=z.device, max_entries=max_entries)
+        cut = pinv_rtol(tuple(matrix.shape), z.dtype) if rtol is None else rtol
+        x_hat = (torch.linalg.pinv(matrix, rtol=cut) @ z.reshape(z.shape[0], -1).T).T.reshape(-1, *op.in_shape)
     if not return_info:
         return x_hat
-    residual = (op.forward(x_hat) - z).flatten(1).norm(dim=1) / z.flatten(1).norm(dim=1).clamp(
-        min=torch.finfo(z.dtype).tiny
-    )
-    return x_hat, SolveInfo(method, CONV_METHODS[method][1], 0, float(residual.detach().max()), True)
+    tiny = torch.finfo(z.dtype).tiny
+    residual = (op.forward(x_hat) - z).flatten(1).norm(dim=1) / z.flatten(1).norm(dim=1).clamp(min=tiny)
+    return x_hat, SolveInfo(route, route != "lsqr", iterations, float(residual.detach().max()), converged)

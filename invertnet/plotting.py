@@ -3,6 +3,7 @@
 - :func:`reconstruction_figure`: input | reconstruction | error map, metrics in the titles.
 - :func:`layer_row_figure`: the paper's Fig. 5 row: the input, then the reconstruction from each
   layer, with PSNR / SSIM / relative error under each panel.
+- :func:`spectrum_figure`: singular values of every layer of an injectivity report.
 - :func:`save_figure`: write a figure atomically (PNG, PDF or SVG by the suffix).
 """
 
@@ -17,8 +18,9 @@ from matplotlib.figure import Figure
 
 from invertnet.io import atomic_write
 from invertnet.reconstruct import Reconstruction
+from invertnet.spectrum import LayerSpectrum
 
-__all__ = ["layer_row_figure", "reconstruction_figure", "save_figure"]
+__all__ = ["layer_row_figure", "reconstruction_figure", "save_figure", "spectrum_figure"]
 
 
 def _display(image: torch.Tensor) -> np.ndarray:
@@ -75,3 +77,34 @@ def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: int = 150) -> No
     """Save ``fig`` to ``path`` without ever leaving a half-written file."""
     with atomic_write(path) as tmp:
         fig.savefig(tmp, dpi=dpi)
+
+
+def spectrum_figure(report: Sequence[LayerSpectrum]) -> Figure:
+    r"""Singular values per layer, normalised by each layer's largest, against the normalised index.
+
+    Exact spectra (circular padding) are solid; circulant approximations of other layers are dashed,
+    with the exact (Lanczos) :math:`\sigma_{\min}` marked as a dot.
+    """
+    fig = Figure(figsize=(7.5, 4.5), layout="constrained")
+    ax = fig.subplots()
+    for spectrum in report:
+        if spectrum.singular_values is None:
+            continue
+        values = spectrum.singular_values.double().cpu().numpy()
+        values = values / values[0]
+        index = np.linspace(0, 1, len(values))
+        (line,) = ax.semilogy(
+            index,
+            np.maximum(values, 1e-17),
+            "-" if spectrum.exact else "--",
+            label=f"{spectrum.name} ({spectrum.verdict.split(' (')[0]})",
+        )
+        if not spectrum.exact and spectrum.sigma_min > 0:
+            ax.plot(1.0, spectrum.sigma_min / spectrum.sigma_max, "o", color=line.get_color())
+    ax.set_xlabel("singular value index / count")
+    ax.set_ylabel(r"$\sigma_i / \sigma_{\max}$")
+    ax.set_title(
+        "singular values per layer (dashed: circulant approximation; dot: exact $\\sigma_{\\min}$)", fontsize=9
+    )
+    ax.legend(fontsize=7)
+    return fig

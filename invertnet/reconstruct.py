@@ -39,7 +39,7 @@ from invertnet.activations import AVR, CReLU, invert_crelu, leaky_relu_inverse
 from invertnet.errors import UnsupportedLayerError
 from invertnet.metrics import psnr, relative_error, ssim
 from invertnet.operators import ConvOperator
-from invertnet.pinv import CONV_METHODS, conv_pinv
+from invertnet.pinv import CONV_METHODS, conv_pinv, patch_is_exact
 from invertnet.trace import LayerRecord, trace
 
 __all__ = [
@@ -59,13 +59,16 @@ MAXPOOL_MODES = ("switches", "guess")
 class InversionContext:
     """Settings handed to every layer inverse.
 
-    The convolution ``method``, the max-pool mode, the singular value cutoff, and whether the
-    layer is the top one (whose output are the true features, so CReLU outputs are checked).
+    The convolution ``method``, the max-pool mode, the singular value cutoff, LSQR's tolerance and
+    iteration cap, and whether the layer is the top one (whose output are the true features, so
+    CReLU outputs are checked).
     """
 
     method: str
     maxpool: str
     rtol: float | None
+    atol: float
+    maxiter: int
     top: bool
 
 
@@ -197,25 +200,26 @@ def _require_eval(module: nn.Module, name: str) -> None:
 @register_inverse(nn.Conv2d)
 def _invert_conv(module: nn.Module, record: LayerRecord, y: torch.Tensor, ctx: InversionContext) -> StepResult:
     input_size = tuple(record.input.shape[-2:])
-    estimate, info = conv_pinv(module, y, input_size, ctx.method, rtol=ctx.rtol, return_info=True)
+    estimate, info = conv_pinv(
+        module,
+        y,
+        input_size,
+        ctx.method,
+        rtol=ctx.rtol,
+        atol=ctx.atol,
+        maxiter=ctx.maxiter,
+        warn=False,
+        return_info=True,
+    )
     op = ConvOperator.from_conv(module, input_size)
     if info.method == "patch":
-        p = op.patch_matrices(y)
-        full_rank = bool((torch.linalg.matrix_rank(p) == op.patch_size).all())
-        covered = bool((op.coverage() > 0).all())
-        exact = full_rank and covered
-        note = (
-            ""
-            if exact
-            else (
-                "patch matrix has fewer filters than patch entries: not the operator's pseudo-inverse"
-                if not full_rank
-                else "some input pixels are read by no receptive field"
-            )
-        )
+        exact = patch_is_exact(op)
+        note = "" if exact else "patch reading of a layer it cannot invert: not the operator's pseudo-inverse"
     else:
         exact = False
-        note = f"{info.method}: minimum-norm least-squares solution (exact where the operator is injective)"
+        note = f"{info.method}: the operator's minimum-norm least-squares solution (exact where it is injective)"
+        if not info.converged:
+            note += f"; not converged after {info.iterations} iterations (relative residual {info.residual:.2g})"
     return StepResult(estimate, info.method, exact, note)
 
 
@@ -336,7 +340,7 @@ def _invert_avgpool(module: nn.Module, record: LayerRecord, y: torch.Tensor, ctx
         )
     op = _window_operator(module, record.input.shape[1], tuple(record.input.shape[-2:]), y)
     return StepResult(
-        conv_pinv(op, y, op.in_shape[1:], ctx.method, rtol=ctx.rtol),
+        conv_pinv(op, y, op.in_shape[1:], ctx.method, rtol=ctx.rtol, atol=ctx.atol, maxiter=ctx.maxiter, warn=False),
         ctx.method,
         False,
         "averaging loses detail within each window",
@@ -347,11 +351,13 @@ def reconstruct(
     model: nn.Module,
     image: torch.Tensor,
     layer: str,
-    method: str = "patch",
+    method: str = "auto",
     *,
     maxpool: str = "switches",
     data_range: float = 1.0,
     rtol: float | None = None,
+    atol: float = 1e-10,
+    maxiter: int = 1000,
 ) -> Reconstruction:
     r"""Reconstruct ``image`` from the features of ``layer``, inverting one layer at a time.
 
@@ -365,8 +371,9 @@ def reconstruct(
         ``(N, C, H, W)``.
     layer : str
         Qualified module name; a container (``"conv3"``) means its output.
-    method : str, default "patch"
-        Convolution route, a key of :data:`invertnet.pinv.CONV_METHODS`.
+    method : str, default "auto"
+        Convolution route, a key of :data:`invertnet.pinv.CONV_METHODS`: ``"patch"`` is the paper's
+        reading; ``"auto"`` the exact closed form that applies, else matrix-free LSQR.
     maxpool : {"switches", "guess"}
         Unpool max-pooling with the switches recorded in the forward pass, or spread each maximum
         over its window (a guess: without switches the positions are lost).
@@ -374,6 +381,10 @@ def reconstruct(
         Span of valid pixel values, for PSNR and SSIM.
     rtol : float, optional
         Singular value cutoff of the pseudo-inverses.
+    atol, maxiter : float, int
+        LSQR's tolerance and iteration cap per layer. A layer that stops unconverged says so in its
+        step's note (no warning is raised); nearly singular layers can need far more iterations than
+        they are worth.
 
     Returns
     -------
@@ -399,7 +410,7 @@ def reconstruct(
     steps: list[LayerStep] = []
     with torch.no_grad():
         for i, (record, inverse) in enumerate(reversed(inverses)):
-            ctx = InversionContext(method, maxpool, rtol, top=i == 0)
+            ctx = InversionContext(method, maxpool, rtol, atol, maxiter, top=i == 0)
             result = inverse(record.module, record, y, ctx)
             y = result.estimate
             err = relative_error(y, record.input) if y.ndim == 4 else torch.full((y.shape[0],), float("nan"))

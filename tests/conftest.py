@@ -5,10 +5,18 @@ Exactness is proven in float64; float32 results are checked against the float32 
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
+from hypothesis import settings
 from skimage import data
+
+# CI runs a fixed set of examples (reproducible); local runs draw new ones each time.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 #: (rtol, atol) per dtype for "exact up to rounding" comparisons.
 TOL = {torch.float64: (1e-10, 1e-12), torch.float32: (1e-4, 1e-5)}

@@ -194,3 +194,38 @@ def test_real_subprocess(tmp_path):
     assert bad.stderr.count("\n") == 1
     assert bad.stderr.startswith("invertnet: error: ")
     assert "Traceback" not in bad.stderr
+
+
+def test_spectrum_table_and_plot(tmp_path):
+    plot = tmp_path / "spectrum.png"
+    result, _ = run(
+        ["spectrum", "--model", "convpool-cnn-c-crelu", "--size", "16", "--layer", "conv2", "--plot", plot], tmp_path
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[2].split()[0] == "conv1.conv"
+    assert lines[2].endswith("injective")  # 96 filters >= 27 patch entries, zero padding: injective
+    assert "not injective as a linear map" in lines[3]  # conv2: 192 CReLU channels, 96 filters
+    assert skio.imread(plot).ndim == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["spectrum", "--layer", "conv99"], "valid names: conv1"),
+        (["spectrum", "--model", "vgg"], "Invalid value for '--model'"),
+        (["spectrum", "--size", "4"], "Invalid value for '--size'"),
+    ],
+)
+def test_spectrum_bad_input(tmp_path, args, match):
+    result, files = run(args, tmp_path)
+    _one_line_error(result, match)
+    assert files == []
+
+
+def test_spectrum_keeps_existing_plot(tmp_path):
+    plot = tmp_path / "keep.png"
+    plot.write_bytes(b"precious")
+    result, _ = run(["spectrum", "--model", "convpool-cnn-c-crelu", "--plot", plot], tmp_path)
+    _one_line_error(result, "exists; pass --force")
+    assert plot.read_bytes() == b"precious"

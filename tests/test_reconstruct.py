@@ -166,7 +166,7 @@ def test_training_mode_batchnorm_is_refused():
 
 def test_bad_method_and_maxpool_mode():
     net = nn.Sequential(nn.Conv2d(3, 4, 3))
-    with pytest.raises(ValueError, match=r"expected method in \['dense', 'patch'\], got 'nope'"):
+    with pytest.raises(ValueError, match=r"expected method in \['auto', 'dense', 'fft', 'lsqr', 'patch'\], got 'nope'"):
         reconstruct(net, torch.rand(1, 3, 8, 8), "0", method="nope")
     with pytest.raises(ValueError, match=r"expected maxpool in \('switches', 'guess'\), got 'max'"):
         reconstruct(net, torch.rand(1, 3, 8, 8), "0", maxpool="max")
@@ -177,3 +177,27 @@ def test_follows_model_dtype():
     result = reconstruct(net, torch.rand(1, 3, 16, 16, dtype=torch.float64), "1")
     assert result.image.dtype == torch.float32
     assert float(relative_error(result.image, result.input)) < 1e-4
+
+
+def test_whole_operator_routes_agree():
+    """Circular layers: fft (closed form), lsqr (iterative) and dense give the same minimum-norm estimate."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular"),
+        CReLU(),
+        nn.Conv2d(8, 6, 3, padding=1, padding_mode="circular"),
+    ).double()
+    x = torch.rand(1, 3, 8, 8, dtype=torch.float64)
+    results = {m: reconstruct(net, x, "2", m, atol=1e-14, maxiter=5000) for m in ("fft", "lsqr", "dense")}
+    assert [s.route for s in results["fft"].steps] == ["fft", "invert_crelu", "fft"]
+    torch.testing.assert_close(results["lsqr"].image, results["fft"].image, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(results["dense"].image, results["fft"].image, rtol=1e-8, atol=1e-10)
+    assert "minimum-norm" in results["fft"].steps[0].note
+
+
+def test_unconverged_lsqr_is_reported_in_the_step():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1)).double()
+    result = reconstruct(net, torch.rand(1, 3, 12, 12, dtype=torch.float64), "0", "lsqr", maxiter=2)
+    assert result.steps[0].route == "lsqr"
+    assert "not converged after 2 iterations" in result.steps[0].note

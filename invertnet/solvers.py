@@ -1,0 +1,161 @@
+r"""Matrix-free least squares for linear operators: batched LSQR (Paige & Saunders, 1982).
+
+From :math:`x_0 = 0`, LSQR's iterates stay in the Krylov space of :math:`A^T A` started at
+:math:`A^T b`, which lies in the row space of :math:`A`; so it converges to the
+**minimum-norm** least-squares solution :math:`A^+ b`. Each sample of a batch carries its own
+scalars and stops on its own test; an iteration costs one :math:`A` and one :math:`A^T` for the
+whole batch.
+
+Right preconditioning (:math:`\min_y \|A M y - b\|`, :math:`x = M y`, with :math:`M` symmetric
+positive definite) speeds convergence but changes which solution is reached when :math:`A` has a
+null space: it returns *a* least-squares solution, which is :math:`A^+ b` whenever :math:`A` is
+injective (the solution is then unique).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from invertnet.operators import LinearOperator
+
+__all__ = ["ConvergenceWarning", "LsqrResult", "lsqr"]
+
+
+class ConvergenceWarning(UserWarning):
+    """An iterative solver stopped at its iteration cap before meeting its tolerance."""
+
+
+@dataclass(frozen=True)
+class LsqrResult:
+    r"""Solution and convergence record of :func:`lsqr`.
+
+    Attributes
+    ----------
+    x : torch.Tensor
+        ``(N, *in_shape)``.
+    iterations : int
+        Iterations run (the slowest sample's).
+    residual : torch.Tensor
+        Per sample, :math:`\|A x - b\| / \|b\|`, computed exactly after the last iteration.
+    normal_residual : torch.Tensor
+        Per sample, LSQR's estimate of :math:`\|A^T r\| / (\|A\| \|r\|)` (small at a least-squares solution).
+    converged : torch.Tensor
+        Per sample, whether the stopping test was met.
+    """
+
+    x: torch.Tensor
+    iterations: int
+    residual: torch.Tensor
+    normal_residual: torch.Tensor
+    converged: torch.Tensor
+
+
+def _norm(t: torch.Tensor) -> torch.Tensor:
+    return t.flatten(1).norm(dim=1)
+
+
+def _scale(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    return t * s.reshape(-1, *([1] * (t.ndim - 1)))
+
+
+def lsqr(
+    op: LinearOperator,
+    b: torch.Tensor,
+    *,
+    atol: float = 1e-10,
+    btol: float = 1e-10,
+    maxiter: int | None = None,
+    preconditioner: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    warn: bool = True,
+) -> LsqrResult:
+    r"""Solve :math:`\min_x \|A x - b\|_2` for each sample of ``b``, matrix-free.
+
+    Parameters
+    ----------
+    op : LinearOperator
+    b : torch.Tensor
+        ``(N, *op.out_shape)``.
+    atol, btol : float
+        Stop a sample when :math:`\|r\| \le b_{tol} \|b\| + a_{tol} \|A\| \|x\|` (consistent systems)
+        or :math:`\|A^T r\| \le a_{tol} \|A\| \|r\|` (inconsistent ones), as scipy's ``lsqr``.
+    maxiter : int, optional
+        Iteration cap; default ``min(max(4 n, 1000), 20000)`` (in exact arithmetic LSQR needs at most
+        ``n``; rounding slows it on ill-conditioned operators).
+    preconditioner : callable, optional
+        A symmetric positive definite :math:`M`, applied to input-shaped tensors (right preconditioning).
+    warn : bool, default True
+        Raise a :class:`ConvergenceWarning` when a sample hits the cap unconverged.
+
+    Returns
+    -------
+    LsqrResult
+
+    Examples
+    --------
+    >>> import torch
+    >>> from invertnet.operators import ConvOperator
+    >>> op = ConvOperator(torch.randn(4, 2, 3, 3, dtype=torch.float64), (8, 8))
+    >>> b = torch.randn(1, *op.out_shape, dtype=torch.float64)
+    >>> result = lsqr(op, b)
+    >>> bool(result.converged.all())
+    True
+    """
+    m = preconditioner or (lambda t: t)
+    maxiter = maxiter if maxiter is not None else min(max(4 * op.in_dim, 1000), 20_000)
+    tiny = torch.finfo(b.dtype).tiny
+    n = b.shape[0]
+
+    u = b.clone()
+    beta = _norm(u)
+    bnorm = beta.clone()
+    u = _scale(u, 1 / beta.clamp(min=tiny))
+    v = m(op.adjoint(u))
+    alpha = _norm(v)
+    v = _scale(v, 1 / alpha.clamp(min=tiny))
+    w = v.clone()
+    y = torch.zeros_like(v)
+    phibar, rhobar = beta.clone(), alpha.clone()
+    anorm2 = torch.zeros_like(beta)
+    ynorm = torch.zeros_like(beta)
+    done = (bnorm == 0) | (alpha == 0)
+    test2 = torch.zeros_like(beta)
+    iterations = 0
+    while not bool(done.all()) and iterations < maxiter:
+        iterations += 1
+        u = op.forward(m(v)) - _scale(u, alpha)
+        beta = _norm(u)
+        u = _scale(u, 1 / beta.clamp(min=tiny))
+        anorm2 = anorm2 + alpha**2 + beta**2
+        v = m(op.adjoint(u)) - _scale(v, beta)
+        alpha = _norm(v)
+        v = _scale(v, 1 / alpha.clamp(min=tiny))
+        rho = torch.sqrt(rhobar**2 + beta**2).clamp(min=tiny)
+        c, s = rhobar / rho, beta / rho
+        theta = s * alpha
+        rhobar = -c * alpha
+        phi = c * phibar
+        phibar = s * phibar
+        active = ~done
+        y = torch.where(active.reshape(-1, *([1] * (y.ndim - 1))), y + _scale(w, phi / rho), y)
+        w = v - _scale(w, theta / rho)
+        anorm = anorm2.sqrt()
+        ynorm = _norm(y)
+        rnorm = phibar.abs()
+        test1 = rnorm / bnorm.clamp(min=tiny)
+        test2 = (alpha * c.abs()) * rnorm / (anorm * rnorm).clamp(min=tiny)
+        stop = (test1 <= btol + atol * anorm * ynorm / bnorm.clamp(min=tiny)) | (test2 <= atol) | (alpha == 0)
+        done = done | stop
+    x = m(y)
+    residual = _norm(op.forward(x) - b) / bnorm.clamp(min=tiny)
+    if warn and not bool(done.all()):
+        warnings.warn(
+            f"lsqr: {int((~done).sum())} of {n} samples did not converge in {maxiter} iterations (relative residual "
+            f"up to {float(residual.max()):.3g}); raise maxiter or loosen atol/btol",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
+    return LsqrResult(x, iterations, residual, test2, done)

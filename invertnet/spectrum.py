@@ -1,0 +1,309 @@
+r"""Singular values of convolution layers, and which layers can be inverted at all.
+
+A layer can only be undone where its operator :math:`A` is injective on the inputs it can receive,
+and how stably is told by its smallest singular value:
+:math:`\|A^+(y - y')\| \le \|y - y'\| / \sigma_{\min}`.
+
+- exact spectra for layers the 2-D DFT diagonalises (circular or no padding; :mod:`invertnet.spectral`);
+- otherwise :math:`\sigma_{\max}` by power iteration on :math:`A^T A` and :math:`\sigma_{\min}` by Lanczos
+  (scipy's ``eigsh`` on :math:`A^T A` as a ``LinearOperator``, smallest algebraic eigenvalue);
+- :func:`injectivity_report`: per layer the input and output dimensions, the dimension count that
+  already rules inversion out (behind a CReLU input the unknowns are the ``C/2`` pre-activation
+  channels, not ``C``), :math:`\sigma_{\min}`, :math:`\sigma_{\max}`, the condition number and a verdict.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.sparse.linalg import ArpackNoConvergence, eigsh
+from scipy.sparse.linalg import LinearOperator as ScipyOperator
+from torch import nn
+
+from invertnet.activations import CReLU
+from invertnet.operators import ConvOperator, LinearOperator
+from invertnet.spectral import CirculantFactorization, circulant_reason
+from invertnet.trace import LayerRecord, trace
+
+__all__ = [
+    "VERDICTS",
+    "LayerSpectrum",
+    "conv_singular_values",
+    "injectivity_report",
+    "sigma_max",
+    "sigma_min",
+]
+
+VERDICTS = (
+    "injective",
+    "numerically singular",
+    "not injective (dimension count)",
+    "not injective as a linear map (count passes on CReLU inputs only)",
+    "not injective (pooling)",
+    "not injective (pixels no filter reads)",
+)
+
+
+def conv_singular_values(conv: nn.Conv2d | ConvOperator, input_size: tuple[int, int]) -> torch.Tensor:
+    """Every singular value of a layer the DFT diagonalises, descending (``min(m, n)`` values, float64).
+
+    Raises
+    ------
+    ValueError
+        For layers it does not diagonalise (the message says why); use :func:`sigma_min` / :func:`sigma_max`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> conv = torch.nn.Conv2d(2, 3, 3, padding=1, padding_mode="circular")
+    >>> conv_singular_values(conv, (8, 8)).shape
+    torch.Size([128])
+    """
+    op = conv if isinstance(conv, ConvOperator) else ConvOperator.from_conv(conv, input_size)
+    reason = circulant_reason(op)
+    if reason is not None:
+        raise ValueError(
+            f"conv_singular_values: expected a layer the 2-D DFT diagonalises, but {reason}; "
+            "use sigma_min / sigma_max for this layer"
+        )
+    return CirculantFactorization(op, torch.zeros((), dtype=torch.float64)).singular_values()
+
+
+def _gram_eigenvalue(
+    op: LinearOperator, which: str, tol: float, maxiter: int | None, shift: float | None = None
+) -> tuple[float, bool]:
+    """An extreme eigenvalue of :math:`A^T A` (or of ``shift * I - A^T A``) by Lanczos (ARPACK), and convergence."""
+    n = op.in_dim
+
+    def gram(v: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64)).reshape(1, *op.in_shape)
+        g = op.adjoint(op.forward(x)).reshape(-1).numpy()
+        return g if shift is None else shift * v - g
+
+    if n <= 40:
+        dense = op.to_dense()
+        eigenvalues = torch.linalg.eigvalsh(
+            dense.T @ dense if shift is None else shift * torch.eye(n) - dense.T @ dense
+        )
+        return float(eigenvalues.min() if which == "SA" else eigenvalues.max()), True
+    operator = ScipyOperator((n, n), matvec=gram, rmatvec=gram, dtype=np.float64)
+    v0 = np.random.default_rng(0).standard_normal(n)
+    try:
+        values = eigsh(
+            operator,
+            k=1,
+            which=which,
+            tol=tol,
+            maxiter=maxiter or max(1000, n),
+            v0=v0,
+            return_eigenvectors=False,
+            ncv=min(n - 1, 40),
+        )
+        return float(values[0]), True
+    except ArpackNoConvergence as err:
+        return (float(err.eigenvalues[0]) if len(err.eigenvalues) else math.nan), False
+
+
+def sigma_max(op: LinearOperator, *, tol: float = 1e-10, maxiter: int | None = None) -> float:
+    r"""Largest singular value, :math:`\sqrt{\lambda_{\max}(A^T A)}`, by Lanczos (float64, matrix-free)."""
+    value, _ = _gram_eigenvalue(op, "LA", tol, maxiter)
+    return math.sqrt(max(value, 0.0))
+
+
+def sigma_min(op: LinearOperator, *, tol: float = 1e-8, maxiter: int | None = None) -> tuple[float, bool]:
+    r"""Smallest singular value :math:`\sqrt{\lambda_{\min}(A^T A)}` by Lanczos, and whether it converged.
+
+    Zero when the operator has fewer responses than unknowns. ``maxiter`` caps ARPACK's restarts
+    (default ``max(1000, n)``); without convergence the best estimate so far comes with ``False``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from invertnet.operators import ConvOperator
+    >>> op = ConvOperator(torch.randn(6, 2, 3, 3, dtype=torch.float64), (7, 7), padding=1)
+    >>> value, converged = sigma_min(op)
+    >>> converged
+    True
+    """
+    if op.out_dim < op.in_dim:
+        return 0.0, True
+    if isinstance(op, ConvOperator) and bool((op.coverage() == 0).any()):
+        return 0.0, True  # pixels no receptive field reads: zero columns of A
+    # Lanczos on A^T A alone can miss a null space (a null vector is orthogonal to the range of A^T A, so
+    # only the start vector carries it and restarts filter it out). On c I - A^T A, c >= lambda_max, the
+    # null space is the largest eigenvalue and every iterate keeps it. Both Ritz values bound lambda_min
+    # from above: take the smaller.
+    direct, converged = _gram_eigenvalue(op, "SA", tol, maxiter)
+    top, top_converged = _gram_eigenvalue(op, "LA", tol, maxiter)
+    shift = top * (1 + 1e-8)
+    flipped, flipped_converged = _gram_eigenvalue(op, "LA", tol * 1e-3, maxiter, shift=shift)
+    value = min(direct, shift - flipped)
+    return math.sqrt(max(value, 0.0)), converged and top_converged and flipped_converged
+
+
+@dataclass(frozen=True)
+class LayerSpectrum:
+    """Injectivity report of one layer.
+
+    Attributes
+    ----------
+    name, kind : str
+    in_shape, out_shape : tuple of int
+    in_dim, out_dim : int
+        Unknowns and responses of the linear map.
+    unknowns : int
+        Degrees of freedom of the possible inputs: ``in_dim / 2`` behind a CReLU, else ``in_dim``.
+    sigma_max, sigma_min, condition : float
+        Of the linear map (``nan`` for max-pooling, which is not linear).
+    exact : bool
+        Whether the singular values are exact (DFT or dense) rather than iterative estimates.
+    converged : bool
+        Whether the iterative estimate of ``sigma_min`` converged.
+    verdict : str
+        One of :data:`VERDICTS`.
+    singular_values : torch.Tensor or None
+        The whole spectrum where the DFT gives it: exact for circular layers, the circulant
+        approximation on the same grid for others (for plots); ``None`` otherwise.
+    """
+
+    name: str
+    kind: str
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    in_dim: int
+    out_dim: int
+    unknowns: int
+    sigma_max: float
+    sigma_min: float
+    condition: float
+    exact: bool
+    converged: bool
+    verdict: str
+    singular_values: torch.Tensor | None
+
+
+def _linear_operator(record: LayerRecord) -> ConvOperator | None:
+    module, size = record.module, tuple(record.input.shape[-2:])
+    if isinstance(module, nn.Conv2d):
+        return ConvOperator.from_conv(module, size)
+    if isinstance(module, nn.AvgPool2d):
+        from invertnet.reconstruct import _window_operator  # the averaging windows as a depthwise conv
+
+        return _window_operator(module, record.input.shape[1], size, record.input.double())
+    return None
+
+
+def _layer_spectrum(record: LayerRecord, previous: LayerRecord | None, rtol: float) -> LayerSpectrum:
+    in_shape, out_shape = tuple(record.input.shape[1:]), record.output_shape
+    in_dim, out_dim = math.prod(in_shape), math.prod(out_shape)
+    behind_crelu = previous is not None and isinstance(previous.module, CReLU)
+    unknowns = in_dim // 2 if behind_crelu else in_dim
+    common = dict(
+        name=record.name,
+        kind=type(record.module).__name__,
+        in_shape=in_shape,
+        out_shape=out_shape,
+        in_dim=in_dim,
+        out_dim=out_dim,
+        unknowns=unknowns,
+    )
+    op = _linear_operator(record)
+    if op is None:  # max-pooling: not linear; only the count speaks
+        return LayerSpectrum(
+            **common,
+            sigma_max=math.nan,
+            sigma_min=math.nan,
+            condition=math.nan,
+            exact=True,
+            converged=True,
+            verdict="not injective (pooling)",
+            singular_values=None,
+        )
+    op = ConvOperator(op.weight.double(), op.in_shape[1:], op.stride, op.pad.pads, op.dilation, op.groups, op.pad.mode)
+    spectrum = None
+    (h, w), (sh, sw) = op.in_shape[1:], op.stride
+    if h % sh == 0 and w % sw == 0:
+        spectrum = CirculantFactorization(op, torch.zeros((), dtype=torch.float64))
+    if spectrum is not None and spectrum.exact:
+        values = spectrum.singular_values()
+        s_max = float(values[0])
+        s_min = float(values[-1]) if out_dim >= in_dim else 0.0
+        exact, converged = True, True
+    else:
+        s_max = sigma_max(op)
+        s_min, converged = sigma_min(op)
+        exact = False
+        values = spectrum.singular_values() if spectrum is not None else None
+    if out_dim < unknowns:
+        verdict = "not injective (dimension count)"
+    elif out_dim < in_dim:
+        verdict = "not injective as a linear map (count passes on CReLU inputs only)"
+    elif bool((op.coverage() == 0).any()):
+        verdict = "not injective (pixels no filter reads)"
+    elif s_min <= rtol * s_max:
+        verdict = "numerically singular"
+    else:
+        verdict = "injective"
+    condition = s_max / s_min if s_min > 0 else math.inf
+    return LayerSpectrum(
+        **common,
+        sigma_max=s_max,
+        sigma_min=s_min,
+        condition=condition,
+        exact=exact,
+        converged=converged,
+        verdict=verdict,
+        singular_values=values,
+    )
+
+
+def injectivity_report(
+    model: nn.Module, input_size: tuple[int, int], layer: str | None = None, *, rtol: float = 1e-6
+) -> list[LayerSpectrum]:
+    r"""The injectivity of every convolution and pooling layer of ``model`` up to ``layer``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A chain of named modules (as for :func:`invertnet.reconstruct`).
+    input_size : (int, int)
+        Spatial size of the input (the number of channels is read from the first convolution).
+    layer : str, optional
+        Stop at this layer; default: the last convolution or pooling layer.
+    rtol : float, default 1e-6
+        A layer is "numerically singular" when :math:`\sigma_{\min} \le` ``rtol`` :math:`\sigma_{\max}`. Lanczos
+        estimates of :math:`\sigma_{\min}` are accurate to about :math:`10^{-7} \sigma_{\max}` in absolute terms,
+        so a smaller ``rtol`` cannot be told apart for layers without an exact (DFT) spectrum.
+
+    Returns
+    -------
+    list of LayerSpectrum
+
+    Examples
+    --------
+    >>> import torch
+    >>> from invertnet import CReLU
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 12, 2), CReLU(), torch.nn.Conv2d(24, 10, 1))
+    >>> [r.verdict for r in injectivity_report(net, (8, 8))]
+    ['injective', 'not injective (dimension count)']
+    """
+    kinds = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
+    named = [(name, m) for name, m in model.named_modules() if isinstance(m, kinds)]
+    if not named:
+        raise ValueError(
+            f"injectivity_report: expected a model with Conv2d or pooling layers, got {type(model).__name__}"
+        )
+    first_conv = next((m for _, m in named if isinstance(m, nn.Conv2d)), None)
+    channels = first_conv.in_channels if first_conv is not None else 3
+    param = next(model.parameters(), None)
+    dtype = param.dtype if param is not None else torch.float64
+    image = torch.zeros(1, channels, *input_size, dtype=dtype)
+    records = trace(model, image, layer or named[-1][0]).records
+    report = []
+    for i, record in enumerate(records):
+        if isinstance(record.module, kinds):
+            report.append(_layer_spectrum(record, records[i - 1] if i else None, rtol))
+    return report

@@ -1,0 +1,212 @@
+"""Whole-operator pseudo-inverses (fft, lsqr, dense) against the dense matrix, and spectra against the dense SVD."""
+
+import warnings
+
+import pytest
+import torch
+from conftest import assert_close
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from strategies import ConvConfig, conv_configs
+
+from invertnet import ConvOperator, CReLU, conv_pinv
+from invertnet.pinv import choose_method
+from invertnet.solvers import ConvergenceWarning, lsqr
+from invertnet.spectral import circulant_reason
+from invertnet.spectrum import conv_singular_values, injectivity_report, sigma_max, sigma_min
+
+
+def _dense_pinv_solution(op: ConvOperator, z: torch.Tensor) -> torch.Tensor:
+    return (torch.linalg.pinv(op.to_dense()) @ z.flatten(1).T).T.reshape(z.shape[0], *op.in_shape)
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm().clamp(min=1e-300))
+
+
+@settings(max_examples=60, deadline=None)
+@given(conv_configs())
+def test_lsqr_matches_dense_pinv(cfg: ConvConfig):
+    """Under- and over-determined layers alike: LSQR from 0 reaches the minimum-norm least-squares solution."""
+    op = cfg.operator()
+    singular = torch.linalg.svdvals(op.to_dense())
+    nonzero = singular[singular > 1e-10 * singular[0]]
+    # LSQR's accuracy is governed by the condition number of A on its row space; 1e-8 needs a moderate one
+    assume(len(nonzero) == len(singular) and float(nonzero[0] / nonzero[-1]) < 1e3)
+    z = torch.randn(2, *op.out_shape, dtype=torch.float64)
+    result = lsqr(op, z, atol=1e-14, btol=1e-14, maxiter=5000)
+    assert bool(result.converged.all())
+    assert _relative(result.x, _dense_pinv_solution(op, z)) <= 1e-8
+
+
+@st.composite
+def circular_configs(draw: st.DrawFn) -> ConvConfig:
+    """Circular layers whose output grid is the input grid divided by the stride (what the DFT diagonalises)."""
+    k = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    d = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    s = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    size = tuple(s[i] * draw(st.integers(2, 4)) for i in range(2))
+    # circular padding p on each side: output (H + 2p - d(k-1) - 1) // s + 1 == H / s
+    pads = []
+    for i in range(2):
+        span = d[i] * (k[i] - 1)
+        p = next((p for p in range(0, 4) if (size[i] + 2 * p - span - 1) // s[i] + 1 == size[i] // s[i]), None)
+        assume(p is not None and p <= size[i])
+        pads.append(p)
+    groups = draw(st.integers(1, 2))
+    return ConvConfig(
+        draw(st.integers(1, 2)),
+        draw(st.integers(1, 4)),
+        groups,
+        k,
+        s,
+        tuple(pads),
+        d,
+        "circular",
+        size,
+        draw(st.booleans()),
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(circular_configs())
+def test_fft_matches_dense_pinv_and_svd(cfg: ConvConfig):
+    conv = cfg.conv()
+    op = ConvOperator.from_conv(conv, cfg.size)
+    assume(circulant_reason(op) is None)
+    dense = op.to_dense()
+    # singular values: exact to 1e-10 relative
+    expected = torch.linalg.svdvals(dense)
+    actual = conv_singular_values(conv, cfg.size)
+    assert actual.shape == expected.shape
+    assert float((actual - expected).abs().max()) <= 1e-10 * float(expected[0])
+    # pseudo-inverse: A^+ y with the same cutoff as torch.linalg.pinv's default
+    y = torch.randn(2, *op.out_shape, dtype=torch.float64)
+    with torch.no_grad():
+        z = y - (conv.bias.reshape(1, -1, 1, 1) if conv.bias is not None else 0)
+        x_fft, info = conv_pinv(conv, y, cfg.size, method="fft", return_info=True)
+    assert info.method == "fft"
+    assert _relative(x_fft, _dense_pinv_solution(op, z)) <= 1e-8
+
+
+def test_dense_route_satisfies_penrose_conditions():
+    conv = torch.nn.Conv2d(2, 3, 3, stride=2, padding=1).double()
+    op = ConvOperator.from_conv(conv, (6, 6))
+    a = op.to_dense()
+    basis = torch.eye(op.out_dim, dtype=torch.float64).reshape(-1, *op.out_shape)
+    with torch.no_grad():
+        bias = conv.bias.reshape(1, -1, 1, 1)
+        a_plus = conv_pinv(conv, basis + bias, (6, 6), method="dense").reshape(op.out_dim, -1).T
+    assert_close(a @ a_plus @ a, a)
+    assert_close(a_plus @ a @ a_plus, a_plus)
+    assert_close((a @ a_plus).T, a @ a_plus)
+    assert_close((a_plus @ a).T, a_plus @ a)
+
+
+@pytest.mark.parametrize(
+    ("make_conv", "size"),
+    [
+        (lambda: torch.nn.Conv2d(3, 8, 3, padding=1), (7, 7)),
+        (lambda: torch.nn.Conv2d(2, 9, (2, 3), stride=(1, 2), padding=(1, 0)), (8, 9)),
+        (lambda: torch.nn.Conv2d(4, 6, 3, padding=2, dilation=2, groups=2, padding_mode="reflect"), (6, 6)),
+        (lambda: torch.nn.Conv2d(3, 12, 2, stride=2), (8, 8)),
+    ],
+    ids=["3x3", "non-square", "dilated-grouped-reflect", "stride-2"],
+)
+def test_krylov_extreme_singular_values_match_dense(make_conv, size):
+    torch.manual_seed(0)
+    op = ConvOperator.from_conv(make_conv().double(), size)
+    singular = torch.linalg.svdvals(op.to_dense())
+    smallest, converged = sigma_min(op)
+    assert converged
+    assert abs(sigma_max(op) - float(singular[0])) <= 1e-6 * float(singular[0])
+    assert abs(smallest - float(singular[-1])) <= 1e-6 * float(singular[-1])
+
+
+def test_sigma_min_sees_pixels_no_filter_reads():
+    """A null space orthogonal to the range of A^T A: plain Lanczos on A^T A reported 0.55 here."""
+    torch.manual_seed(0)
+    op = ConvOperator(torch.randn(96, 3, 11, 11, dtype=torch.float64), (32, 32), stride=4)
+    assert float(torch.linalg.svdvals(op.to_dense())[-1]) < 1e-12
+    assert sigma_min(op) == (0.0, True)
+
+
+def test_injectivity_report_verdicts():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 12, 2),  # 12 >= 3*2*2 filters: injective, exactly recovered
+        CReLU(),  # 24 channels, 12 unknowns
+        torch.nn.Conv2d(24, 12, 1),  # fewer responses than channels, as many as unknowns
+        CReLU(),
+        torch.nn.Conv2d(24, 6, 1),  # fewer responses than unknowns: ruled out by the count
+        torch.nn.MaxPool2d(2),
+    ).double()
+    report = injectivity_report(net, (9, 9))
+    assert [r.name for r in report] == ["0", "2", "4", "5"]
+    assert report[0].verdict == "injective"
+    assert report[0].unknowns == report[0].in_dim
+    assert report[1].unknowns == report[1].in_dim // 2
+    assert report[1].verdict == "not injective as a linear map (count passes on CReLU inputs only)"
+    assert report[2].verdict == "not injective (dimension count)"
+    assert report[3].verdict == "not injective (pooling)"
+    x = torch.rand(1, 3, 9, 9, dtype=torch.float64)
+    with torch.no_grad():
+        assert _relative(conv_pinv(net[0], net[0](x), (9, 9), method="lsqr", atol=1e-14), x) < 1e-8
+
+
+def test_numerically_singular_layer_is_flagged():
+    conv = torch.nn.Conv2d(2, 8, 3, padding=1, bias=False).double()
+    with torch.no_grad():
+        conv.weight[:, 1] = conv.weight[:, 0]  # two input channels seen identically: x0 - x1 is invisible
+    report = injectivity_report(torch.nn.Sequential(conv), (6, 6))
+    assert report[0].verdict == "numerically singular"
+
+
+def test_auto_picks_the_exact_route():
+    assert choose_method(ConvOperator(torch.randn(12, 3, 2, 2), (8, 8))) == "patch"
+    assert choose_method(ConvOperator(torch.randn(4, 3, 3, 3), (8, 8), padding=1, padding_mode="circular")) == "fft"
+    assert choose_method(ConvOperator(torch.randn(4, 3, 3, 3), (8, 8), padding=1)) == "lsqr"
+
+
+def test_lsqr_warns_when_it_stops_early():
+    op = ConvOperator(torch.randn(4, 2, 3, 3, dtype=torch.float64), (10, 10), padding=1)
+    b = torch.randn(1, *op.out_shape, dtype=torch.float64)
+    with pytest.warns(ConvergenceWarning, match=r"1 of 1 samples did not converge in 3 iterations"):
+        result = lsqr(op, b, maxiter=3)
+    assert result.iterations == 3
+    assert not bool(result.converged.any())
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the default cap suffices on a small layer
+        conv_pinv(torch.nn.Conv2d(2, 4, 3).double(), torch.randn(1, 4, 6, 6, dtype=torch.float64), (8, 8), "lsqr")
+
+
+def test_lsqr_preconditioned_reaches_the_same_solution_on_injective_layers():
+    conv = torch.nn.Conv2d(3, 40, 4, stride=2, padding=1).double()  # injective, border read by fewer fields
+    x = torch.rand(2, 3, 12, 12, dtype=torch.float64)
+    with torch.no_grad():
+        y = conv(x)
+        plain, info = conv_pinv(conv, y, (12, 12), "lsqr", atol=1e-13, return_info=True)
+        scaled, info_scaled = conv_pinv(conv, y, (12, 12), "lsqr", atol=1e-13, precondition=True, return_info=True)
+    assert _relative(plain, x) < 1e-9
+    assert _relative(scaled, x) < 1e-9
+    assert info.iterations > 0
+    assert info_scaled.iterations > 0
+
+
+def test_fft_refuses_other_layers():
+    conv = torch.nn.Conv2d(2, 3, 3, padding=1)
+    with pytest.raises(
+        ValueError, match=r"method 'fft' needs a layer the 2-D DFT diagonalises, but padding is 'zeros'"
+    ):
+        conv_pinv(conv, torch.zeros(1, 3, 8, 8), (8, 8), method="fft")
+    with pytest.raises(ValueError, match=r"expected a layer the 2-D DFT diagonalises, but the stride \(2, 2\) does"):
+        conv_singular_values(torch.nn.Conv2d(2, 3, 3, stride=2, padding=1, padding_mode="circular"), (7, 7))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_routes_follow_the_input():
+    conv = torch.nn.Conv2d(2, 3, 3, padding=1, padding_mode="circular").double().cuda()
+    y = torch.randn(1, 3, 8, 8, dtype=torch.float64, device="cuda")
+    for method in ("fft", "lsqr", "patch"):
+        assert conv_pinv(conv, y, (8, 8), method=method).device.type == "cuda"
