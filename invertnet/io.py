@@ -99,6 +99,9 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the mode a plain open() would
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

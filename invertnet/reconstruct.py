@@ -34,16 +34,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from invertnet._checks import pair
 from invertnet.activations import AVR, CReLU, invert_crelu, leaky_relu_inverse
 from invertnet.errors import UnsupportedLayerError
+from invertnet.joint import JointResult, invert_jointly
 from invertnet.metrics import psnr, relative_error, ssim
 from invertnet.operators import ConvOperator
 from invertnet.pinv import CONV_METHODS, conv_pinv, patch_is_exact
+from invertnet.spectrum import ruled_out_by_count
 from invertnet.trace import LayerRecord, trace
 
 __all__ = [
     "MAXPOOL_MODES",
+    "RECONSTRUCTION_METHODS",
     "InversionContext",
     "LayerStep",
     "Reconstruction",
@@ -53,6 +55,9 @@ __all__ = [
 ]
 
 MAXPOOL_MODES = ("switches", "guess")
+
+#: Methods of :func:`reconstruct`: every convolution route, and the joint inversion of the prefix.
+RECONSTRUCTION_METHODS = (*CONV_METHODS, "joint")
 
 
 @dataclass(frozen=True)
@@ -113,7 +118,7 @@ class LayerStep:
 
 @dataclass
 class Reconstruction:
-    """The result of :func:`reconstruct`.
+    r"""The result of :func:`reconstruct`.
 
     Attributes
     ----------
@@ -128,7 +133,13 @@ class Reconstruction:
         From the chosen layer down to the input.
     psnr, ssim, relative_error : torch.Tensor
         Per image, against ``input``, with ``data_range`` (SSIM as Wang et al. 2004).
+    feature_residual : torch.Tensor
+        Per image, :math:`\|f(\hat x) - f(x)\| / \|f(x)\|` through the prefix up to ``layer``.
     data_range : float
+    joint : JointResult or None
+        Steps, inner iterations and residual history of ``method="joint"``.
+    note : str
+        Said when the dimension count shows that the features have many preimages.
     """
 
     image: torch.Tensor
@@ -140,7 +151,10 @@ class Reconstruction:
     psnr: torch.Tensor = field(default_factory=lambda: torch.empty(0))
     ssim: torch.Tensor = field(default_factory=lambda: torch.empty(0))
     relative_error: torch.Tensor = field(default_factory=lambda: torch.empty(0))
+    feature_residual: torch.Tensor = field(default_factory=lambda: torch.empty(0))
     data_range: float = 1.0
+    joint: JointResult | None = None
+    note: str = ""
 
     @property
     def exact(self) -> bool:
@@ -279,16 +293,6 @@ def _invert_batchnorm(module: nn.Module, record: LayerRecord, y: torch.Tensor, c
     )
 
 
-def _window_operator(
-    pool: nn.MaxPool2d | nn.AvgPool2d, channels: int, input_size: tuple[int, int], like: torch.Tensor
-) -> ConvOperator:
-    """The pooling windows as a depthwise convolution with uniform weights ``1 / (kh kw)`` and zero padding."""
-    kh, kw = pair(pool.kernel_size, "kernel_size")
-    weight = torch.full((channels, 1, kh, kw), 1.0 / (kh * kw), dtype=like.dtype, device=like.device)
-    dilation = getattr(pool, "dilation", 1)
-    return ConvOperator(weight, input_size, pool.stride or pool.kernel_size, pool.padding, dilation, channels)
-
-
 @register_inverse(nn.MaxPool2d)
 def _invert_maxpool(module: nn.Module, record: LayerRecord, y: torch.Tensor, ctx: InversionContext) -> StepResult:
     assert isinstance(module, nn.MaxPool2d)
@@ -318,7 +322,7 @@ def _invert_maxpool(module: nn.Module, record: LayerRecord, y: torch.Tensor, ctx
             f"expected MaxPool2d {record.name!r} without ceil_mode for maxpool='guess', got ceil_mode=True; "
             "use maxpool='switches'"
         )
-    op = _window_operator(module, c, (h, w), y)
+    op = ConvOperator.from_pool(module, c, (h, w), y)
     spread = op.patches_adjoint(y.flatten(2).repeat_interleave(op.kernel_size[0] * op.kernel_size[1], dim=1))
     return StepResult(
         spread / op.coverage(y.device, y.dtype).clamp(min=1),
@@ -338,7 +342,7 @@ def _invert_avgpool(module: nn.Module, record: LayerRecord, y: torch.Tensor, ctx
             "count_include_pad=True when padded), got a variant whose weights depend on position; "
             "reconstruct from a layer below it"
         )
-    op = _window_operator(module, record.input.shape[1], tuple(record.input.shape[-2:]), y)
+    op = ConvOperator.from_pool(module, record.input.shape[1], tuple(record.input.shape[-2:]), y)
     return StepResult(
         conv_pinv(op, y, op.in_shape[1:], ctx.method, rtol=ctx.rtol, atol=ctx.atol, maxiter=ctx.maxiter, warn=False),
         ctx.method,
@@ -358,6 +362,11 @@ def reconstruct(
     rtol: float | None = None,
     atol: float = 1e-10,
     maxiter: int = 1000,
+    tv: float = 0.0,
+    box: tuple[float, float] | None = None,
+    joint_tol: float = 1e-10,
+    max_steps: int = 30,
+    progress: Callable[[int, float], None] | None = None,
 ) -> Reconstruction:
     r"""Reconstruct ``image`` from the features of ``layer``, inverting one layer at a time.
 
@@ -372,8 +381,10 @@ def reconstruct(
     layer : str
         Qualified module name; a container (``"conv3"``) means its output.
     method : str, default "auto"
-        Convolution route, a key of :data:`invertnet.pinv.CONV_METHODS`: ``"patch"`` is the paper's
-        reading; ``"auto"`` the exact closed form that applies, else matrix-free LSQR.
+        A convolution route of :data:`invertnet.pinv.CONV_METHODS` (``"patch"`` is the paper's reading;
+        ``"auto"`` the exact closed form that applies, else matrix-free LSQR), or ``"joint"``: start from
+        the ``"auto"`` layer-by-layer estimate and match the features of the whole prefix
+        (:func:`invertnet.joint.invert_jointly`).
     maxpool : {"switches", "guess"}
         Unpool max-pooling with the switches recorded in the forward pass, or spread each maximum
         over its window (a guess: without switches the positions are lost).
@@ -385,6 +396,9 @@ def reconstruct(
         LSQR's tolerance and iteration cap per layer. A layer that stops unconverged says so in its
         step's note (no warning is raised); nearly singular layers can need far more iterations than
         they are worth.
+    tv, box, joint_tol, max_steps, progress
+        ``"joint"`` only: total-variation weight, box constraint, relative feature residual to stop
+        at, Gauss-Newton step cap, and a ``progress(step, residual)`` callback.
 
     Returns
     -------
@@ -400,24 +414,48 @@ def reconstruct(
     >>> bool(result.exact), float(result.relative_error) < 1e-10
     (True, True)
     """
-    if method not in CONV_METHODS:
-        raise ValueError(f"reconstruct: expected method in {sorted(CONV_METHODS)}, got {method!r}")
+    if method not in RECONSTRUCTION_METHODS:
+        raise ValueError(f"reconstruct: expected method in {sorted(RECONSTRUCTION_METHODS)}, got {method!r}")
     if maxpool not in MAXPOOL_MODES:
         raise ValueError(f"reconstruct: expected maxpool in {MAXPOOL_MODES}, got {maxpool!r}")
+    if tv < 0:
+        raise ValueError(f"reconstruct: expected a non-negative tv weight, got {tv}; use 0 for no prior")
     recorded = trace(model, image, layer)
+    layer_method = "auto" if method == "joint" else method
     inverses = [(record, _inverse_for(record.module)) for record in recorded.records]
     y = recorded.features
     steps: list[LayerStep] = []
     with torch.no_grad():
         for i, (record, inverse) in enumerate(reversed(inverses)):
-            ctx = InversionContext(method, maxpool, rtol, atol, maxiter, top=i == 0)
+            ctx = InversionContext(layer_method, maxpool, rtol, atol, maxiter, top=i == 0)
             result = inverse(record.module, record, y, ctx)
             y = result.estimate
             err = relative_error(y, record.input) if y.ndim == 4 else torch.full((y.shape[0],), float("nan"))
             steps.append(
                 LayerStep(record.name, type(record.module).__name__, result.route, result.exact, y, err, result.note)
             )
+
+    def prefix(x: torch.Tensor) -> torch.Tensor:
+        for record in recorded.records:
+            x = record.module(x)
+        return x
+
+    joint = None
+    many = ruled_out_by_count(recorded.records)
+    note = (
+        f"the features have many preimages ({many} has fewer responses than unknowns): this is one of them"
+        if many
+        else ""
+    )
+    if method == "joint":
+        joint = invert_jointly(
+            prefix, recorded.features, y, tol=joint_tol, max_steps=max_steps, tv=tv, box=box, progress=progress
+        )
+        y = joint.image
     original = recorded.records[0].input
+    with torch.no_grad():
+        features = prefix(y)
+    scale = recorded.features.flatten(1).norm(dim=1).clamp(min=torch.finfo(y.dtype).tiny)
     return Reconstruction(
         image=y,
         input=original,
@@ -430,5 +468,8 @@ def reconstruct(
         if min(original.shape[-2:]) >= 11
         else torch.full_like(steps[-1].relative_error, float("nan")),
         relative_error=relative_error(y, original),
+        feature_residual=(features - recorded.features).flatten(1).norm(dim=1) / scale,
         data_range=data_range,
+        joint=joint,
+        note=note,
     )

@@ -33,8 +33,10 @@ __all__ = [
     "LayerSpectrum",
     "conv_singular_values",
     "injectivity_report",
+    "ruled_out_by_count",
     "sigma_max",
     "sigma_min",
+    "unknowns",
 ]
 
 VERDICTS = (
@@ -185,22 +187,34 @@ class LayerSpectrum:
     singular_values: torch.Tensor | None
 
 
+def unknowns(record: LayerRecord, previous: LayerRecord | None) -> int:
+    """Degrees of freedom of a layer's possible inputs: half the entries behind a CReLU, else all."""
+    size = record.input[0].numel()
+    return size // 2 if previous is not None and isinstance(previous.module, CReLU) else size
+
+
+def ruled_out_by_count(records: list[LayerRecord]) -> str | None:
+    """The first layer of a chain with fewer responses than unknowns (its features have many preimages)."""
+    for i, record in enumerate(records):
+        linear_or_pool = isinstance(record.module, (nn.Conv2d, nn.AvgPool2d, nn.MaxPool2d))
+        if linear_or_pool and math.prod(record.output_shape) < unknowns(record, records[i - 1] if i else None):
+            return record.name
+    return None
+
+
 def _linear_operator(record: LayerRecord) -> ConvOperator | None:
     module, size = record.module, tuple(record.input.shape[-2:])
     if isinstance(module, nn.Conv2d):
         return ConvOperator.from_conv(module, size)
     if isinstance(module, nn.AvgPool2d):
-        from invertnet.reconstruct import _window_operator  # the averaging windows as a depthwise conv
-
-        return _window_operator(module, record.input.shape[1], size, record.input.double())
+        return ConvOperator.from_pool(module, record.input.shape[1], size, record.input.double())
     return None
 
 
 def _layer_spectrum(record: LayerRecord, previous: LayerRecord | None, rtol: float) -> LayerSpectrum:
     in_shape, out_shape = tuple(record.input.shape[1:]), record.output_shape
     in_dim, out_dim = math.prod(in_shape), math.prod(out_shape)
-    behind_crelu = previous is not None and isinstance(previous.module, CReLU)
-    unknowns = in_dim // 2 if behind_crelu else in_dim
+    free = unknowns(record, previous)
     common = dict(
         name=record.name,
         kind=type(record.module).__name__,
@@ -208,7 +222,7 @@ def _layer_spectrum(record: LayerRecord, previous: LayerRecord | None, rtol: flo
         out_shape=out_shape,
         in_dim=in_dim,
         out_dim=out_dim,
-        unknowns=unknowns,
+        unknowns=free,
     )
     op = _linear_operator(record)
     if op is None:  # max-pooling: not linear; only the count speaks
@@ -237,7 +251,7 @@ def _layer_spectrum(record: LayerRecord, previous: LayerRecord | None, rtol: flo
         s_min, converged = sigma_min(op)
         exact = False
         values = spectrum.singular_values() if spectrum is not None else None
-    if out_dim < unknowns:
+    if out_dim < free:
         verdict = "not injective (dimension count)"
     elif out_dim < in_dim:
         verdict = "not injective as a linear map (count passes on CReLU inputs only)"

@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -115,3 +117,6 @@ def test_save_image_round_trip(tmp_path):
     back, _ = load_image(tmp_path / "out.png")
     assert float((back.float() - image).abs().max()) <= 0.5 / 255 + 1e-6
     assert [p.name for p in tmp_path.iterdir()] == ["out.png"]  # no temporary left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "out.png").stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600

@@ -166,7 +166,9 @@ def test_training_mode_batchnorm_is_refused():
 
 def test_bad_method_and_maxpool_mode():
     net = nn.Sequential(nn.Conv2d(3, 4, 3))
-    with pytest.raises(ValueError, match=r"expected method in \['auto', 'dense', 'fft', 'lsqr', 'patch'\], got 'nope'"):
+    with pytest.raises(
+        ValueError, match=r"expected method in \['auto', 'dense', 'fft', 'joint', 'lsqr', 'patch'\], got 'nope'"
+    ):
         reconstruct(net, torch.rand(1, 3, 8, 8), "0", method="nope")
     with pytest.raises(ValueError, match=r"expected maxpool in \('switches', 'guess'\), got 'max'"):
         reconstruct(net, torch.rand(1, 3, 8, 8), "0", maxpool="max")
@@ -201,3 +203,53 @@ def test_unconverged_lsqr_is_reported_in_the_step():
     result = reconstruct(net, torch.rand(1, 3, 12, 12, dtype=torch.float64), "0", "lsqr", maxiter=2)
     assert result.steps[0].route == "lsqr"
     assert "not converged after 2 iterations" in result.steps[0].note
+
+
+def _deep_injective_stack() -> nn.Sequential:
+    torch.manual_seed(0)
+    return (
+        nn.Sequential(nn.Conv2d(2, 8, 2), CReLU(), nn.Conv2d(16, 20, 2), CReLU(), nn.Conv2d(40, 44, 2), CReLU())
+        .double()
+        .eval()
+    )
+
+
+def test_joint_recovers_an_injective_crelu_stack_from_its_deepest_layer():
+    net = _deep_injective_stack()
+    x = torch.rand(1, 2, 10, 10, dtype=torch.float64)
+    result = reconstruct(net, x, "5", "joint")
+    assert result.joint is not None
+    assert result.joint.converged
+    assert float(result.relative_error) <= 1e-6
+    assert float(result.feature_residual) <= 1e-10
+    assert result.note == ""
+
+
+def test_joint_stops_on_the_step_cap_and_reports_it():
+    net = _deep_injective_stack()
+    x = torch.rand(1, 2, 10, 10, dtype=torch.float64)
+    start = torch.full_like(x, 0.5)
+    from invertnet.joint import invert_jointly
+
+    with torch.no_grad():
+        capped = invert_jointly(net, net(x), start, max_steps=1, inner_maxiter=3)
+    assert capped.iterations == 1
+    assert not capped.converged
+    assert len(capped.history) == 2
+    assert capped.history[1] <= capped.history[0]  # a step is only taken when the objective decreases
+
+
+def test_joint_on_a_non_injective_prefix_says_one_of_many():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), CReLU(), nn.Conv2d(8, 2, 1)).double()
+    x = torch.rand(1, 3, 12, 12, dtype=torch.float64)
+    result = reconstruct(net, x, "2", "joint", tv=1e-3, box=(0.0, 1.0), max_steps=3)
+    assert result.note.startswith("the features have many preimages (2 has fewer responses than unknowns)")
+    assert float(result.image.min()) >= 0.0
+    assert float(result.image.max()) <= 1.0
+
+
+def test_joint_rejects_negative_tv():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3))
+    with pytest.raises(ValueError, match=r"expected a non-negative tv weight, got -1.0; use 0 for no prior"):
+        reconstruct(net, torch.rand(1, 3, 8, 8), "0", "joint", tv=-1.0)

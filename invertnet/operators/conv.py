@@ -135,6 +135,20 @@ class ConvOperator(LinearOperator):
             padding_mode=conv.padding_mode,
         )
 
+    @classmethod
+    def from_pool(
+        cls, pool: nn.MaxPool2d | nn.AvgPool2d, channels: int, input_size: tuple[int, int], like: torch.Tensor
+    ) -> ConvOperator:
+        """A pooling layer's windows as a depthwise convolution with weights ``1 / (kh kw)`` and zero padding.
+
+        For ``AvgPool2d`` (plain average, ``count_include_pad=True``) this *is* the layer; for
+        ``MaxPool2d`` it is the averaging over the same windows.
+        """
+        kh, kw = pair(pool.kernel_size, "kernel_size")
+        weight = torch.full((channels, 1, kh, kw), 1.0 / (kh * kw), dtype=like.dtype, device=like.device)
+        dilation = getattr(pool, "dilation", 1)
+        return cls(weight, input_size, pool.stride or pool.kernel_size, pool.padding, dilation, channels)
+
     def __repr__(self) -> str:
         return (
             f"ConvOperator(in_shape={self.in_shape}, out_shape={self.out_shape}, kernel_size={self.kernel_size}, "
