@@ -7,12 +7,12 @@ are from this one run (machines here are noisy: compare ratios, not seconds).
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
-from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
+from _timing import median_seconds
 from skimage import data
 from skimage.metrics import structural_similarity
 
@@ -20,16 +20,7 @@ from invertnet import reconstruct, ssim
 from invertnet.io import load_image
 from invertnet.models import build_model
 
-ASSET = "assets/astronaut.png"
-
-
-def median_seconds(fn: Callable[[], object], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+ASSET = Path(__file__).resolve().parents[1] / "assets" / "astronaut.png"
 
 
 def main() -> None:
@@ -50,7 +41,7 @@ def main() -> None:
     image = image.to(dtype)
     prefix = model[:4]  # conv1..conv4 blocks
     with torch.no_grad():
-        forward = median_seconds(lambda: prefix(image), args.repeat)
+        forward = median_seconds(lambda: prefix(image), args.repeat, warmup=False)
     print(f"\nforward conv1..conv4: {forward * 1e3:8.1f} ms  (1.0x)")
     print(f"{'from':>6} {'first call':>12} {'cached':>10} {'ratio':>8} {'PSNR':>8} {'SSIM':>7}")
     for layer in ("conv1", "conv2", "conv3", "conv4"):

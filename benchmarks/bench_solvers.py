@@ -5,29 +5,21 @@ Run: ``python benchmarks/bench_solvers.py`` (a few minutes on 2 cores). One run;
 
 from __future__ import annotations
 
-import statistics
 import time
-from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse
 import scipy.sparse.linalg
 import torch
+from _timing import median_seconds
 
 from invertnet import ConvOperator, conv_pinv
 from invertnet.io import load_image
 from invertnet.models import build_model
 from invertnet.spectral import CirculantFactorization
 
-
-def median_seconds(fn: Callable[[], object], repeat: int = 5) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+ASSET = Path(__file__).resolve().parents[1] / "assets" / "astronaut.png"
 
 
 def sparse_matrix(op: ConvOperator) -> scipy.sparse.csr_matrix:
@@ -47,13 +39,17 @@ def sparse_matrix(op: ConvOperator) -> scipy.sparse.csr_matrix:
     )
 
 
-def conv1_lsqr(size: int, atol: float) -> None:
-    model = build_model("all-cnn-b-crelu").double()
-    conv = model.conv1.conv
-    x, _ = load_image("assets/astronaut.png", size)
-    op = ConvOperator.from_conv(conv, (size, size))
+def conv1_problem(size: int) -> tuple[torch.nn.Conv2d, torch.Tensor, ConvOperator, torch.Tensor]:
+    """All-CNN-B conv1 (seeded Gaussian filters), the astronaut at ``size``, its operator and response."""
+    conv = build_model("all-cnn-b-crelu").double().conv1.conv
+    x, _ = load_image(ASSET, size)
     with torch.no_grad():
         y = conv(x)
+    return conv, x, ConvOperator.from_conv(conv, (size, size)), y
+
+
+def conv1_lsqr(size: int, atol: float) -> None:
+    conv, x, op, y = conv1_problem(size)
     unit = median_seconds(lambda: op.adjoint(op.forward(x)))
     covered = op.coverage() > 0
     print(
@@ -76,13 +72,8 @@ def conv1_lsqr(size: int, atol: float) -> None:
 
 
 def against_scipy(size: int, atol: float) -> None:
-    model = build_model("all-cnn-b-crelu").double()
-    conv = model.conv1.conv
-    x, _ = load_image("assets/astronaut.png", size)
-    op = ConvOperator.from_conv(conv, (size, size))
-    with torch.no_grad():
-        y = conv(x)
-        z = y - conv.bias.reshape(1, -1, 1, 1)
+    conv, x, op, y = conv1_problem(size)
+    z = y - conv.bias.detach().reshape(1, -1, 1, 1)
     start = time.perf_counter()
     matrix = sparse_matrix(op)
     build = time.perf_counter() - start

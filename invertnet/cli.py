@@ -17,9 +17,8 @@ import torch
 from invertnet.errors import InvertnetError
 from invertnet.io import load_image, load_weights, save_image
 from invertnet.models import MODELS, build_model
-from invertnet.pinv import CONV_METHODS
 from invertnet.plotting import layer_row_figure, reconstruction_figure, save_figure, spectrum_figure
-from invertnet.reconstruct import MAXPOOL_MODES, Reconstruction, reconstruct
+from invertnet.reconstruct import MAXPOOL_MODES, RECONSTRUCTION_METHODS, Reconstruction, reconstruct
 from invertnet.spectrum import injectivity_report
 from invertnet.trace import find_layer, list_layers
 
@@ -140,7 +139,7 @@ def cli() -> None:
 @seed_option
 @click.option(
     "--method",
-    type=click.Choice(sorted(CONV_METHODS)),
+    type=click.Choice(sorted(RECONSTRUCTION_METHODS)),
     default="auto",
     show_default=True,
     help="How convolutions are inverted.",
@@ -161,6 +160,13 @@ def cli() -> None:
     default=None,
     help="Output PNG [default: IMAGE-STEM_LAYER.png, or IMAGE-STEM_layers.png with --all-layers].",
 )
+@click.option(
+    "--tv",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="--method joint: weight of a total-variation prior (for layers whose features have many preimages).",
+)
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
 def reconstruct_command(
     image: Path,
@@ -175,6 +181,7 @@ def reconstruct_command(
     device: str,
     dtype: str,
     out: Path | None,
+    tv: float,
     force: bool,
 ) -> None:
     """Reconstruct IMAGE from the features of one layer (or of conv1..conv4 with --all-layers).
@@ -182,6 +189,8 @@ def reconstruct_command(
     Writes the reconstruction and a side-by-side figure (input | reconstruction | error map),
     and prints PSNR, SSIM (Wang et al. 2004) and the relative error.
     """
+    if tv < 0:
+        raise click.BadParameter(f"expected a non-negative weight, got {tv}; use 0 for no prior", param_hint="--tv")
     if all_layers == (layer is not None):
         raise click.UsageError("give exactly one of --layer NAME and --all-layers")
     spec = MODELS[model_name]
@@ -201,7 +210,24 @@ def reconstruct_command(
         click.echo(f"input: {note}")
     results = []
     for name in layers:
-        result = reconstruct(model, picture, name, method, maxpool=maxpool)
+        if method == "joint":
+            with click.progressbar(length=30, label=f"{name}: joint inversion", file=sys.stderr) as bar:
+                result = reconstruct(
+                    model,
+                    picture,
+                    name,
+                    method,
+                    maxpool=maxpool,
+                    tv=tv,
+                    box=(0.0, 1.0) if tv else None,
+                    progress=lambda step, residual: bar.update(1),
+                )
+            click.echo(
+                f"{name:>8}  joint: {result.joint.iterations} steps, feature residual "
+                f"{float(result.feature_residual[0]):.2g}{'; ' + result.note if result.note else ''}"
+            )
+        else:
+            result = reconstruct(model, picture, name, method, maxpool=maxpool)
         click.echo(f"{name:>8}  {_metrics(result)}   ({_losses(result)})")
         results.append(result)
     if all_layers:

@@ -134,6 +134,10 @@ def test_existing_output_is_kept_without_force(tmp_path):
             "device",
         ),
         (lambda d: ["reconstruct", "--layr", "conv1"], "No such option '--layr'"),
+        (
+            lambda d: ["reconstruct", "--layer", "conv1", ASSETS / "astronaut.png", "--method", "joint", "--tv", "-1"],
+            "expected a non-negative weight, got -1.0",
+        ),
     ],
     ids=[
         "missing-image",
@@ -147,6 +151,7 @@ def test_existing_output_is_kept_without_force(tmp_path):
         "bad-method",
         "bad-device",
         "typo",
+        "negative-tv",
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, make_args, match):
@@ -229,3 +234,25 @@ def test_spectrum_keeps_existing_plot(tmp_path):
     result, _ = run(["spectrum", "--model", "convpool-cnn-c-crelu", "--plot", plot], tmp_path)
     _one_line_error(result, "exists; pass --force")
     assert plot.read_bytes() == b"precious"
+
+
+def test_joint_method_runs_with_progress(tmp_path):
+    result, files = run(
+        [
+            "reconstruct",
+            "--layer",
+            "conv1",
+            ASSETS / "coffee.png",
+            "--model",
+            "convpool-cnn-c-crelu",
+            "--size",
+            "16",
+            "--method",
+            "joint",
+        ],
+        tmp_path,
+    )
+    assert result.exit_code == 0, result.output
+    assert "joint:" in result.stdout
+    assert "feature residual" in result.stdout
+    assert files == ["coffee_conv1.png", "coffee_conv1_figure.png"]
