@@ -58,21 +58,27 @@ def gaussian_init_(model: nn.Module, seed: int = 0) -> nn.Module:
 
 
 def _stack(
-    layers: Sequence[tuple[int, int, int, int, str | None]],
-    in_channels: int,
+    rows: Sequence[tuple[int, int, int, int]],
+    activation: str,
+    crelu_layers: Sequence[int],
     pools: dict[int, nn.Module],
-    tail: Sequence[tuple[str, nn.Module]],
+    seed: int,
 ) -> nn.Sequential:
-    """Blocks ``convK`` from (filters, kernel, stride, padding, activation) rows; CReLU doubles the next input."""
+    """A chain of blocks ``convK`` from (filters, kernel, stride, padding) rows, then global average pooling.
+
+    CReLU on ``crelu_layers`` (doubling the next layer's input), ``activation`` elsewhere; Gaussian
+    filters from ``seed``.
+    """
     parts: OrderedDict[str, nn.Module] = OrderedDict()
-    channels = in_channels
-    for k, (filters, kernel, stride, padding, act) in enumerate(layers, start=1):
+    channels = 3
+    for k, (filters, kernel, stride, padding) in enumerate(rows, start=1):
+        act = "crelu" if k in crelu_layers else activation
         parts[f"conv{k}"] = _block(nn.Conv2d(channels, filters, kernel, stride, padding), act)
         channels = 2 * filters if act == "crelu" else filters
         if k in pools:
             parts[f"pool{k}"] = pools[k]
-    parts.update(tail)
-    return nn.Sequential(parts)
+    parts.update(pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten())
+    return gaussian_init_(nn.Sequential(parts), seed)
 
 
 def all_cnn_b(
@@ -100,9 +106,7 @@ def all_cnn_b(
         (1024, 1, 1, 0),
         (num_classes, 1, 1, 0),
     ]
-    layers = [(f, k, s, p, "crelu" if i in crelu_layers else activation) for i, (f, k, s, p) in enumerate(rows, 1)]
-    tail = [("pool", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten())]
-    return gaussian_init_(_stack(layers, 3, {9: nn.Dropout(0.5)}, tail), seed)
+    return _stack(rows, activation, crelu_layers, {9: nn.Dropout(0.5)}, seed)
 
 
 def convpool_cnn_c(
@@ -130,10 +134,9 @@ def convpool_cnn_c(
         (192, 1, 1, 0),
         (num_classes, 1, 1, 0),
     ]
-    layers = [(f, k, s, p, "crelu" if i in crelu_layers else activation) for i, (f, k, s, p) in enumerate(rows, 1)]
-    pools = {3: nn.MaxPool2d(3, 2, padding=1), 6: nn.MaxPool2d(3, 2, padding=1)}
-    tail = [("pool", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten())]
-    return gaussian_init_(_stack(layers, 3, pools, tail), seed)
+    return _stack(
+        rows, activation, crelu_layers, {3: nn.MaxPool2d(3, 2, padding=1), 6: nn.MaxPool2d(3, 2, padding=1)}, seed
+    )
 
 
 @dataclass(frozen=True)
