@@ -191,15 +191,24 @@ def patch_pinv(
     return op.patches_adjoint(columns) / coverage.clamp(min=1)
 
 
-def patch_is_exact(op: ConvOperator) -> bool:
-    """Whether :func:`patch_pinv` recovers every input pixel: full column rank patch matrices, every pixel read."""
-    full_rank = bool((torch.linalg.matrix_rank(op.patch_matrices().double()) == op.patch_size).all())
-    return full_rank and bool((op.coverage() > 0).all())
+def patch_is_exact(conv: nn.Conv2d | ConvOperator, input_size: tuple[int, int]) -> bool:
+    """Whether :func:`patch_pinv` recovers every input pixel: full column rank patch matrices, every pixel read.
+
+    Cached per layer and input size (recomputed when the weight changes in place).
+    """
+    op = _operator(conv, input_size)
+
+    def decide() -> bool:
+        full_rank = bool((torch.linalg.matrix_rank(op.patch_matrices().double()) == op.patch_size).all())
+        return full_rank and bool((op.coverage() > 0).all())
+
+    return _cached(conv, ("patch-exact", op.in_shape), decide)  # type: ignore[return-value]
 
 
-def choose_method(op: ConvOperator) -> str:
+def choose_method(conv: nn.Conv2d | ConvOperator, input_size: tuple[int, int]) -> str:
     """The route of ``"auto"``: ``"patch"`` if exact, else ``"fft"`` if the DFT diagonalises the layer, else LSQR."""
-    if patch_is_exact(op):
+    op = _operator(conv, input_size)
+    if patch_is_exact(conv, input_size):
         return "patch"
     if circulant_reason(op) is None:
         return "fft"
@@ -310,7 +319,7 @@ def conv_pinv(
         raise ValueError(f"conv_pinv: expected method in {sorted(CONV_METHODS)}, got {method!r}")
     op = _operator(conv, input_size)
     z = _linear_response(conv, op, y)
-    route = choose_method(op) if method == "auto" else method
+    route = choose_method(conv, input_size) if method == "auto" else method
     iterations, converged = 0, True
     if route == "patch":
         x_hat = patch_pinv(conv, y, input_size, rtol=rtol)

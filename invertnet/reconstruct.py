@@ -225,9 +225,8 @@ def _invert_conv(module: nn.Module, record: LayerRecord, y: torch.Tensor, ctx: I
         warn=False,
         return_info=True,
     )
-    op = ConvOperator.from_conv(module, input_size)
     if info.method == "patch":
-        exact = patch_is_exact(op)
+        exact = patch_is_exact(module, input_size)
         note = "" if exact else "patch reading of a layer it cannot invert: not the operator's pseudo-inverse"
     else:
         exact = False

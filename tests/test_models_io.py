@@ -120,3 +120,11 @@ def test_save_image_round_trip(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (tmp_path / "out.png").stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
+
+
+def test_load_image_refuses_two_channel_images(tmp_path):
+    skio.imsave(tmp_path / "la.png", np.zeros((8, 8, 2), np.uint8), check_contrast=False)
+    with pytest.raises(
+        ImageReadError, match=r"expected a greyscale, RGB or RGBA image, got an array of shape \(8, 8, 2\)"
+    ):
+        load_image(tmp_path / "la.png")

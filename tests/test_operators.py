@@ -102,3 +102,14 @@ def test_to_dense_refuses_large_sizes():
     op = ConvOperator(torch.randn(96, 3, 11, 11), (224, 224), stride=4)
     with pytest.raises(TooLargeError, match=r"279936 x 150528 \(314\.0 GiB in torch.float64\)"):
         op.to_dense()
+
+
+def test_construction_errors():
+    with pytest.raises(ShapeError, match=r"ConvOperator: 5 filters do not split into groups=2"):
+        ConvOperator(torch.randn(5, 1, 3, 3), (6, 6), groups=2)
+    with pytest.raises(ValueError, match=r"expected padding_mode in \('zeros', 'circular', 'reflect', 'replicate'\)"):
+        ConvOperator(torch.randn(2, 1, 3, 3), (6, 6), padding_mode="mirror")
+    with pytest.raises(ShapeError, match=r"expected padding as an int, \(h, w\) or \(left, right, top, bottom\), got"):
+        ConvOperator(torch.randn(2, 1, 3, 3), (6, 6), padding=(1, 1, 1))
+    with pytest.raises(ShapeError, match=r"circular padding \(4, 4, 0, 0\) needs every pad at most the input size"):
+        Padding((4, 4, 0, 0), "circular", (3, 3))

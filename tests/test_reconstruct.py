@@ -253,3 +253,26 @@ def test_joint_rejects_negative_tv():
     net = nn.Sequential(nn.Conv2d(3, 4, 3))
     with pytest.raises(ValueError, match=r"expected a non-negative tv weight, got -1.0; use 0 for no prior"):
         reconstruct(net, torch.rand(1, 3, 8, 8), "0", "joint", tv=-1.0)
+
+
+def test_unsupported_variants_are_refused_with_a_reason():
+    x = torch.rand(1, 3, 8, 8)
+    no_stats = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, track_running_stats=False)).eval()
+    with pytest.raises(UnsupportedLayerError, match=r"expected BatchNorm2d '1' with running statistics"):
+        reconstruct(no_stats, x, "1")
+    avg = nn.Sequential(nn.AvgPool2d(2, ceil_mode=True))
+    with pytest.raises(UnsupportedLayerError, match=r"expected AvgPool2d '0' to be a plain average"):
+        reconstruct(avg, x, "0")
+    ceil = nn.Sequential(nn.MaxPool2d(2, ceil_mode=True))
+    with pytest.raises(UnsupportedLayerError, match=r"without ceil_mode for maxpool='guess'"):
+        reconstruct(ceil, x, "0", maxpool="guess")
+    dropout = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Dropout(0.5)).train()
+    with pytest.raises(ValueError, match=r"expected Dropout '1' in eval mode"):
+        reconstruct(dropout, x, "1")
+
+
+def test_injectivity_report_needs_a_conv_or_pool():
+    from invertnet.spectrum import injectivity_report
+
+    with pytest.raises(ValueError, match=r"expected a model with Conv2d or pooling layers, got Sequential"):
+        injectivity_report(nn.Sequential(nn.ReLU()), (8, 8))

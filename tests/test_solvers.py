@@ -163,9 +163,10 @@ def test_numerically_singular_layer_is_flagged():
 
 
 def test_auto_picks_the_exact_route():
-    assert choose_method(ConvOperator(torch.randn(12, 3, 2, 2), (8, 8))) == "patch"
-    assert choose_method(ConvOperator(torch.randn(4, 3, 3, 3), (8, 8), padding=1, padding_mode="circular")) == "fft"
-    assert choose_method(ConvOperator(torch.randn(4, 3, 3, 3), (8, 8), padding=1)) == "lsqr"
+    assert choose_method(ConvOperator(torch.randn(12, 3, 2, 2), (8, 8)), (8, 8)) == "patch"
+    circular = ConvOperator(torch.randn(4, 3, 3, 3), (8, 8), padding=1, padding_mode="circular")
+    assert choose_method(circular, (8, 8)) == "fft"
+    assert choose_method(torch.nn.Conv2d(3, 4, 3, padding=1), (8, 8)) == "lsqr"
 
 
 def test_lsqr_warns_when_it_stops_early():
