@@ -16,7 +16,7 @@ from _timing import median_seconds
 from skimage import data
 from skimage.metrics import structural_similarity
 
-from invertnet import reconstruct, ssim
+from invertnet import CONV_METHODS, reconstruct, ssim
 from invertnet.io import load_image
 from invertnet.models import build_model
 
@@ -28,12 +28,13 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float64")
+    parser.add_argument("--method", choices=sorted(CONV_METHODS), default="patch", help="convolution route timed")
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(0)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.dtype}, All-CNN-B (CReLU conv1-4), "
-        f"{args.size}x{args.size}, median of {args.repeat}"
+        f"{args.size}x{args.size}, method {args.method}, median of {args.repeat}"
     )
 
     model = build_model("all-cnn-b-crelu").to(dtype)
@@ -47,9 +48,11 @@ def main() -> None:
     for layer in ("conv1", "conv2", "conv3", "conv4"):
         fresh = build_model("all-cnn-b-crelu").to(dtype)  # empty pseudo-inverse cache
         start = time.perf_counter()
-        result = reconstruct(fresh, image, layer)
+        result = reconstruct(fresh, image, layer, args.method)
         first = time.perf_counter() - start
-        cached = median_seconds(lambda layer=layer, fresh=fresh: reconstruct(fresh, image, layer), args.repeat)
+        cached = median_seconds(
+            lambda layer=layer, fresh=fresh: reconstruct(fresh, image, layer, args.method), args.repeat
+        )
         print(
             f"{layer:>6} {first * 1e3:9.1f} ms {cached * 1e3:7.1f} ms {cached / forward:7.1f}x "
             f"{float(result.psnr):6.2f} dB {float(result.ssim):7.4f}"
