@@ -7,19 +7,30 @@ undone: ``z = pos - neg``, then the pseudo-inverse of the convolution, layer by 
 The house, in layers (imports point down only):
 
 1. Tensor maths, no I/O
-   - :mod:`invertnet.activations` -- ``CReLU``/``crelu`` (and the leaky variant), ``invert_crelu``, ``AVR``.
+   - :mod:`invertnet.activations` -- ``CReLU``/``crelu`` (and the leaky variant), ``invert_crelu``,
+     ``AVR``, ``Proportional`` (ReLU on m of every n channels) and ``invert_proportional``.
    - :mod:`invertnet.operators` -- ``ConvOperator`` (forward, adjoint, im2col ``patches``, patch
      matrices, ``to_dense``), ``Padding`` (every padding mode and its adjoint), ``dottest``.
-2. Pseudo-inverses
+2. Pseudo-inverses and spectra
+   - :mod:`invertnet.spectral` -- the DFT of circular convolutions: exact spectra and ``A^+``.
+   - :mod:`invertnet.solvers` -- batched matrix-free LSQR.
    - :mod:`invertnet.pinv` -- ``patch_pinv`` (the paper's reading), ``conv_pinv`` (routes by name).
+   - :mod:`invertnet.spectrum` -- ``sigma_min``/``sigma_max`` (Lanczos), ``injectivity_report``.
 3. Walking a model, measuring
-   - :mod:`invertnet.trace` -- run a model once up to a layer, record the chain of modules.
+   - :mod:`invertnet.trace` -- run a model once up to a layer, record the chain of modules;
+     ``layer_outputs`` of any architecture.
    - :mod:`invertnet.reconstruct` -- ``reconstruct``: invert that chain back to the input; the
      registry of layer inverses (``register_inverse``).
+   - :mod:`invertnet.joint` -- joint inversion of a prefix (L-BFGS, then pattern-fixed Gauss-Newton).
+   - :mod:`invertnet.compare` -- ``compare_methods``: every method from every layer, as a table.
    - :mod:`invertnet.metrics` -- ``psnr``, ``ssim`` (Wang et al. 2004 or scikit-image's defaults),
      ``relative_error``.
-4. Around it
-   - :mod:`invertnet.models` -- All-CNN-B, ConvPool-CNN-C (conv1..convN names).
+4. Around it: the paper's models and analyses, files, figures
+   - :mod:`invertnet.models` -- the model zoo: All-CNN-B, ConvPool-CNN-C, VGG-16 (CIFAR) variants.
+   - :mod:`invertnet.pairing` -- opposite-phase filter pairing (the paper's Figs. 2-3).
+   - :mod:`invertnet.bounds` -- Rademacher complexities and Theorem 4.1's bound.
+   - :mod:`invertnet.invariance` -- invariance scores (Goodfellow et al. 2009).
+   - :mod:`invertnet.sparsity` -- activation sparsity per layer.
    - :mod:`invertnet.io` -- images (scikit-image), weights (``weights_only=True`` / safetensors).
    - :mod:`invertnet.plotting` -- paper figures.
 5. :mod:`invertnet.cli` -- the ``invertnet`` command, thin.
@@ -41,7 +52,17 @@ Example
 True
 """
 
-from invertnet.activations import AVR, CReLU, avr, crelu, invert_crelu, leaky_relu_inverse
+from invertnet.activations import (
+    AVR,
+    CReLU,
+    Proportional,
+    avr,
+    crelu,
+    invert_crelu,
+    invert_proportional,
+    leaky_relu_inverse,
+)
+from invertnet.compare import ComparisonRow, compare_methods
 from invertnet.errors import (
     AdjointMismatchError,
     ImageReadError,
@@ -66,6 +87,7 @@ __all__ = [
     "CONV_METHODS",
     "AdjointMismatchError",
     "CReLU",
+    "ComparisonRow",
     "ConvOperator",
     "ImageReadError",
     "InvalidCReLUOutputError",
@@ -74,6 +96,7 @@ __all__ = [
     "LayerStep",
     "LinearOperator",
     "NotAChainError",
+    "Proportional",
     "Reconstruction",
     "ShapeError",
     "SolveInfo",
@@ -81,10 +104,12 @@ __all__ = [
     "UnsupportedLayerError",
     "WeightsError",
     "avr",
+    "compare_methods",
     "conv_pinv",
     "crelu",
     "dottest",
     "invert_crelu",
+    "invert_proportional",
     "leaky_relu_inverse",
     "patch_pinv",
     "psnr",

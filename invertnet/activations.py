@@ -19,7 +19,9 @@ and :math:`\rho_{a,+} - \rho_{a,-} = (1 + a) z`, so :math:`z = (\rho_{a,+} - \rh
 for every :math:`a \neq -1`.
 
 ReLU loses the negative part and AVR (:math:`|z|`) loses the sign: both are the paper's baselines
-and are not invertible.
+and are not invertible. The proportional module (:class:`Proportional`) sits in between: ReLU on
+``m`` of every ``n`` channels, the identity on the rest; its linear channels invert exactly, its
+ReLU channels keep their positive part and lose the rest (:func:`invert_proportional` says where).
 """
 
 from __future__ import annotations
@@ -31,7 +33,17 @@ from torch import nn
 from invertnet._checks import require_tensor
 from invertnet.errors import InvalidCReLUOutputError
 
-__all__ = ["AVR", "CReLU", "avr", "crelu", "invert_crelu", "leaky_relu_inverse"]
+__all__ = [
+    "AVR",
+    "CReLU",
+    "Proportional",
+    "avr",
+    "crelu",
+    "invert_crelu",
+    "invert_proportional",
+    "leaky_relu_inverse",
+    "proportional",
+]
 
 #: Entries whose size is below ``CRELU_TOLERANCE_ULPS * eps(dtype) * max|h|`` count as zero in
 #: the validity check of :func:`invert_crelu`.
@@ -253,3 +265,62 @@ class AVR(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return avr(x)
+
+
+def _rectified_channels(x: torch.Tensor, m: int, n: int, dim: int) -> torch.Tensor:
+    """Boolean mask broadcastable to ``x``: the channels ``c`` with ``c mod n < m``."""
+    if not 0 <= m <= n or n < 1:
+        raise ValueError(f"proportional: expected 0 <= m <= n and n >= 1, got m={m}, n={n}")
+    shape = [1] * x.ndim
+    shape[dim] = x.shape[dim]
+    return (torch.arange(x.shape[dim], device=x.device) % n < m).reshape(shape)
+
+
+def proportional(x: torch.Tensor, m: int, n: int, dim: int = 1) -> torch.Tensor:
+    r"""ReLU on ``m`` of every ``n`` channels (those with :math:`c \bmod n < m`), the identity on the rest.
+
+    Examples
+    --------
+    >>> import torch
+    >>> proportional(torch.tensor([[-1.0, -2.0, -3.0, -4.0]]), 1, 2)
+    tensor([[ 0., -2.,  0., -4.]])
+    """
+    return torch.where(_rectified_channels(x, m, n, dim), F.relu(x), x)
+
+
+def invert_proportional(h: torch.Tensor, m: int, n: int, dim: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Undo :func:`proportional` where it can be undone; say where it cannot.
+
+    Returns ``(z, known)``: :math:`z = h` (the linear channels are the pre-activation itself, and on
+    the rectified channels :math:`h > 0` means :math:`z = h`), and the boolean mask ``known`` of the
+    entries recovered exactly. Where a rectified channel is 0, :math:`z \le 0` is all that is left:
+    the estimate puts 0 there (the minimum-norm choice) and ``known`` is False.
+
+    Examples
+    --------
+    >>> import torch
+    >>> z, known = invert_proportional(torch.tensor([[0.0, -2.0, 3.0, 0.0]]), 1, 2)
+    >>> z.tolist(), known.tolist()
+    ([[0.0, -2.0, 3.0, 0.0]], [[False, True, True, True]])
+    """
+    rectified = _rectified_channels(h, m, n, dim)
+    return h.clone(), ~rectified | (h > 0)
+
+
+class Proportional(nn.Module):
+    """ReLU on ``m`` of every ``n`` channels, linear on the others (see :func:`proportional`).
+
+    ``m = n`` is ReLU, ``m = 0`` the identity. Inverse: :func:`invert_proportional`.
+    """
+
+    def __init__(self, m: int, n: int, dim: int = 1) -> None:
+        super().__init__()
+        if not 0 <= m <= n or n < 1:
+            raise ValueError(f"Proportional: expected 0 <= m <= n and n >= 1, got m={m}, n={n}")
+        self.m, self.n, self.dim = m, n, dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return proportional(x, self.m, self.n, self.dim)
+
+    def extra_repr(self) -> str:
+        return f"m={self.m}, n={self.n}, dim={self.dim}"

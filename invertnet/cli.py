@@ -7,6 +7,7 @@ written atomically.
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,10 +15,20 @@ from typing import Any
 import click
 import torch
 
+from invertnet.compare import compare_methods, format_comparison
 from invertnet.errors import InvertnetError
-from invertnet.io import load_image, load_weights, save_image
-from invertnet.models import MODELS, build_model
-from invertnet.plotting import layer_row_figure, reconstruction_figure, save_figure, spectrum_figure
+from invertnet.io import load_image, load_state_dict, load_weights, save_image
+from invertnet.joint import LBFGS_ROUND
+from invertnet.models import MODELS, build_model, count_parameters
+from invertnet.pairing import expected_random_mu, pairing_by_layer
+from invertnet.plotting import (
+    comparison_figure,
+    layer_row_figure,
+    pairing_figure,
+    reconstruction_figure,
+    save_figure,
+    spectrum_figure,
+)
 from invertnet.reconstruct import MAXPOOL_MODES, RECONSTRUCTION_METHODS, Reconstruction, reconstruct
 from invertnet.spectrum import injectivity_report
 from invertnet.trace import find_layer, list_layers
@@ -25,6 +36,8 @@ from invertnet.trace import find_layer, list_layers
 __all__ = ["main"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+#: Caps of the two phases of ``--method joint``.
+JOINT_EVALUATIONS, JOINT_STEPS = 500, 30
 
 
 class _OneLineErrors(click.Group):
@@ -211,7 +224,8 @@ def reconstruct_command(
     results = []
     for name in layers:
         if method == "joint":
-            with click.progressbar(length=30, label=f"{name}: joint inversion", file=sys.stderr) as bar:
+            rounds = -(-JOINT_EVALUATIONS // LBFGS_ROUND) + JOINT_STEPS
+            with click.progressbar(length=rounds, label=f"{name}: joint inversion", file=sys.stderr) as bar:
                 result = reconstruct(
                     model,
                     picture,
@@ -220,10 +234,13 @@ def reconstruct_command(
                     maxpool=maxpool,
                     tv=tv,
                     box=(0.0, 1.0) if tv else None,
+                    lbfgs_evaluations=JOINT_EVALUATIONS,
+                    max_steps=JOINT_STEPS,
                     progress=lambda step, residual: bar.update(1),
                 )
             click.echo(
-                f"{name:>8}  joint: {result.joint.iterations} steps, feature residual "
+                f"{name:>8}  joint: {result.joint.evaluations} L-BFGS evaluations, "
+                f"{result.joint.iterations} Gauss-Newton steps, feature residual "
                 f"{float(result.feature_residual[0]):.2g}{'; ' + result.note if result.note else ''}"
             )
         else:
@@ -237,6 +254,123 @@ def reconstruct_command(
         save_image(results[0].image, outputs[0])
         save_figure(reconstruction_figure(results[0]), outputs[1])
         click.echo(f"wrote {outputs[0]} and {outputs[1]}")
+
+
+def _names(text: str, option: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise click.BadParameter(f"expected a comma-separated list, got {text!r}", param_hint=option)
+    return names
+
+
+@cli.command("compare")
+@click.argument("image", type=click.Path(path_type=Path))
+@model_option
+@weights_option
+@seed_option
+@click.option(
+    "--layers", "layer_list", default=None, help="Comma-separated layers [default: the model's conv1..conv4]."
+)
+@click.option(
+    "--methods",
+    "method_list",
+    default="patch,lsqr,joint",
+    show_default=True,
+    help=f"Comma-separated, among {', '.join(RECONSTRUCTION_METHODS)}.",
+)
+@size_option
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
+@click.option("--dtype", type=click.Choice(sorted(DTYPES)), default="float64", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Figure [default: IMAGE-STEM_compare.png].")
+@click.option("--force", is_flag=True, help="Overwrite an existing figure.")
+def compare_command(
+    image: Path,
+    model_name: str,
+    weights: Path | None,
+    seed: int,
+    layer_list: str | None,
+    method_list: str,
+    size: int | None,
+    device: str,
+    dtype: str,
+    out: Path | None,
+    force: bool,
+) -> None:
+    """Compare inversion methods on IMAGE from several layers: one table, one figure.
+
+    Prints layer, method, PSNR, SSIM, relative error, relative feature residual and seconds;
+    the figure has one row per method and one column per layer.
+    """
+    spec = MODELS[model_name]
+    layers = _names(layer_list, "--layers") if layer_list is not None else list(spec.figure_layers)
+    methods = _names(method_list, "--methods")
+    unknown = [m for m in methods if m not in RECONSTRUCTION_METHODS]
+    if unknown:
+        raise click.BadParameter(
+            f"expected methods among {', '.join(RECONSTRUCTION_METHODS)}, got {', '.join(unknown)}",
+            param_hint="--methods",
+        )
+    out = out or Path(f"{image.stem}_compare.png")
+    _claim([out], force)
+    model = _model(model_name, weights, seed, _device(device), DTYPES[dtype])
+    for name in layers:
+        find_layer(model, name)
+    picture, note = load_image(image, size or spec.input_size)
+    if note:
+        click.echo(f"input: {note}")
+    rows = compare_methods(
+        model,
+        picture,
+        layers,
+        methods,
+        lbfgs_evaluations=JOINT_EVALUATIONS,
+        max_steps=JOINT_STEPS,
+    )
+    click.echo(format_comparison(rows))
+    save_figure(comparison_figure(rows, picture), out)
+    click.echo(f"wrote {out}")
+
+
+@cli.command("models")
+def models_command() -> None:
+    """List the built-in models with their parameter counts (ours and the paper's)."""
+    click.echo(f"{'name':<28} {'parameters':>12} {'paper':>7} {'input':>6}  description")
+    for name, spec in MODELS.items():
+        paper = f"{spec.paper_parameters / 1e6:.2f}M" if spec.paper_parameters else "--"
+        count = count_parameters(spec.build(0))
+        click.echo(f"{name:<28} {count:>12,} {paper:>7} {spec.input_size:>6}  {spec.description}")
+
+
+@cli.command("pairing")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--layers", "layer_list", default=None, help="Comma-separated weight names [default: every conv weight].")
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=None, help="Figure [default: CHECKPOINT-STEM_pairing.png]."
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random reference filters.")
+@click.option("--force", is_flag=True, help="Overwrite an existing figure.")
+def pairing_command(checkpoint: Path, layer_list: str | None, out: Path | None, seed: int, force: bool) -> None:
+    """Pairing of opposite-phase filters in every conv weight of CHECKPOINT (the paper's Figs. 2-3).
+
+    CHECKPOINT is a state dict (.pt, loaded with weights_only=True) or a .safetensors file; every
+    4-D floating-point tensor counts as a conv weight. Prints, per layer, the mean cosine with the
+    pairing filter against the exact mean for random filters, and draws the histograms.
+    """
+    out = out or Path(f"{checkpoint.stem}_pairing.png")
+    _claim([out], force)
+    state = load_state_dict(checkpoint)
+    layers = _names(layer_list, "--layers") if layer_list is not None else None
+    pairings = pairing_by_layer(state, layers)
+    click.echo(f"{'weight':<32} {'filters':>7} {'dim':>6} {'mean mu':>8} {'random':>8} {'mu < -0.9':>9}")
+    for name, result in pairings.items():
+        n, dim = result.shape[0], math.prod(result.shape[1:])
+        paired = float((result.mu < -0.9).double().mean())
+        click.echo(
+            f"{name:<32} {n:>7} {dim:>6} {float(result.mu.mean()):>8.3f} {expected_random_mu(dim, n):>8.3f} "
+            f"{paired:>9.1%}"
+        )
+    save_figure(pairing_figure(pairings, seed=seed), out)
+    click.echo(f"wrote {out}")
 
 
 @cli.command("layers")

@@ -1,22 +1,37 @@
 r"""Joint inversion of a network prefix: match the features of every layer at once.
 
 Inverting one layer at a time throws away what later layers know (behind a CReLU input the
-unknowns are half the channels, but a linear pseudo-inverse treats all of them as free). A
-CReLU/ReLU network is piecewise linear: with the activation pattern (and max-pooling switches)
-of the current estimate fixed, :math:`f(x) = J_s x + c_s` exactly. Damped Gauss-Newton:
+unknowns are half the channels, but a linear pseudo-inverse treats all of them as free). Joint
+inversion minimises the relative feature misfit of the whole prefix,
 
 .. math::
 
-    \delta_k = \arg\min_\delta \|J_{s_k} \delta - (y - f(x_k))\|^2 + \lambda \|W_k^{1/2} \nabla(x_k + \delta)\|^2,
-    \qquad x_{k+1} = \Pi_{[lo, hi]}(x_k + \alpha_k \delta_k),
+    \min_x \; \frac{\|f(x) - y\|^2}{\|y\|^2} + \lambda \, \mathrm{TV}_\epsilon(x),
+    \qquad \mathrm{TV}_\epsilon(x) = \sum_p \sqrt{|\nabla x|_p^2 + \epsilon^2},
 
-with :math:`J` applied matrix-free (``torch.func.jvp`` / ``torch.func.vjp``), the inner problem solved
-by LSQR, :math:`\alpha_k` halved until the objective decreases, and the activation pattern updated
-at every step. The optional total-variation prior (:math:`\lambda > 0`) enters by iteratively
-reweighted least squares, :math:`W_k = 1 / \sqrt{|\nabla x_k|^2 + \epsilon^2}`. Where the features
-determine the input (an injective prefix), the fixed point is the input itself, recovered to
-rounding; where they do not, the result is *one* of many preimages, and the prior picks a natural
-one.
+in two phases:
+
+1. **L-BFGS** (``torch.optim.LBFGS`` with a strong-Wolfe line search) on the objective, from the
+   start it is given. It finds the right basin quickly: from a flat grey start it reaches 34 dB
+   from All-CNN-B conv2 at 224x224 in about 8 s on two cores.
+2. **Damped Gauss-Newton** on the pattern-fixed linearisation. A CReLU/ReLU network is piecewise
+   linear: with the activation pattern (and max-pooling switches) of the current estimate fixed,
+   :math:`f(x) = J_s x + c_s` exactly, so once the pattern is right one step solves the problem:
+
+   .. math::
+
+       \delta_k = \arg\min_\delta \|J_{s_k} \delta - (y - f(x_k))\|^2 + \lambda \|W_k^{1/2} \nabla(x_k + \delta)\|^2,
+       \qquad x_{k+1} = \Pi_{[lo, hi]}(x_k + \alpha_k \delta_k),
+
+   with :math:`J` applied matrix-free (``torch.func.jvp`` / ``torch.func.vjp``), the inner problem
+   solved by LSQR, :math:`\alpha_k` halved until the objective decreases, and the TV prior by
+   iteratively reweighted least squares, :math:`W_k = 1 / \sqrt{|\nabla x_k|^2 + \epsilon^2}`.
+
+Both phases stop as soon as every image's relative feature residual is at most ``tol``. Where the
+features determine the input (an injective prefix), the fixed point is the input itself, recovered
+to rounding; where they do not, the result is *one* of many preimages, and the prior picks a
+natural one. Neither phase can cross every kink of a piecewise-linear map: a start in the wrong
+basin ends in a local minimum, and the reported residual says so.
 """
 
 from __future__ import annotations
@@ -42,19 +57,24 @@ class JointResult:
     ----------
     image : torch.Tensor
         The input estimate.
+    evaluations : int
+        L-BFGS objective evaluations (each one forward and one backward pass of the prefix).
     iterations : int
         Gauss-Newton steps taken.
     inner_iterations : int
-        LSQR iterations over all steps (each one Jacobian-vector and one vector-Jacobian product).
+        LSQR iterations over all Gauss-Newton steps (each one Jacobian-vector and one
+        vector-Jacobian product).
     residual : torch.Tensor
         Per image, the relative feature residual :math:`\|f(\hat x) - y\| / \|y\|`.
     converged : bool
         Whether every image met ``tol``.
     history : list of float
-        The largest relative feature residual before each step, and after the last.
+        The largest relative feature residual at the start, after every L-BFGS round and after
+        every Gauss-Newton step.
     """
 
     image: torch.Tensor
+    evaluations: int
     iterations: int
     inner_iterations: int
     residual: torch.Tensor
@@ -116,20 +136,26 @@ class _Linearisation(LinearOperator):
         return out
 
 
+#: L-BFGS objective evaluations between two residual checks (and progress reports).
+LBFGS_ROUND = 25
+
+
 def invert_jointly(
     f: Callable[[torch.Tensor], torch.Tensor],
     y: torch.Tensor,
     x0: torch.Tensor,
     *,
     tol: float = 1e-10,
+    lbfgs_evaluations: int = 500,
     max_steps: int = 30,
     inner_atol: float = 1e-6,
     inner_maxiter: int = 300,
     tv: float = 0.0,
     box: tuple[float, float] | None = None,
+    min_gain: float = 0.005,
     progress: Callable[[int, float], None] | None = None,
 ) -> JointResult:
-    r"""Find :math:`x` with :math:`f(x) = y` by damped Gauss-Newton on the pattern-fixed linearisation.
+    r"""Find :math:`x` with :math:`f(x) = y`: L-BFGS on the feature misfit, then pattern-fixed Gauss-Newton.
 
     Parameters
     ----------
@@ -139,19 +165,28 @@ def invert_jointly(
     y : torch.Tensor
         Target features.
     x0 : torch.Tensor
-        Start (e.g. the best layer-by-layer estimate).
+        Start (e.g. a flat grey image, or the best layer-by-layer estimate).
     tol : float, default 1e-10
         Stop when every image's relative feature residual :math:`\|f(x) - y\| / \|y\|` is at most ``tol``.
+    lbfgs_evaluations : int, default 500
+        Objective evaluations of the L-BFGS phase at most (0 skips it). It also ends when L-BFGS
+        stops making progress.
     max_steps : int, default 30
-        Gauss-Newton steps at most.
+        Gauss-Newton steps at most (0 skips the phase).
     inner_atol, inner_maxiter : float, int
-        LSQR's tolerance and cap for each step (inexact steps; the outer loop corrects them).
+        LSQR's tolerance and cap for each Gauss-Newton step (inexact steps; the outer loop corrects them).
     tv : float, default 0.0
-        Weight of the total-variation prior (IRLS). Use it when the prefix is not injective.
+        Weight of the total-variation prior. Use it when the prefix is not injective.
     box : (float, float), optional
-        Keep the estimate in ``[lo, hi]`` (e.g. ``(0, 1)`` for images).
+        Keep the estimate in ``[lo, hi]`` (e.g. ``(0, 1)`` for images): the start, the end of the
+        L-BFGS phase and every Gauss-Newton step are projected onto it.
+    min_gain : float, default 0.005
+        Each phase ends when an L-BFGS round (or a Gauss-Newton step) lowers the largest relative
+        feature residual by less than this fraction: it has reached a (local) minimum, and more
+        rounds buy little (from All-CNN-B conv2, PSNR peaks before the residual stops creeping down).
     progress : callable, optional
-        Called as ``progress(step, residual)`` after every step (the CLI draws its bar with it).
+        Called as ``progress(round, residual)`` after every L-BFGS round of :data:`LBFGS_ROUND`
+        evaluations and every Gauss-Newton step (the CLI draws its bar with it).
 
     Returns
     -------
@@ -186,10 +221,59 @@ def invert_jointly(
 
     with torch.no_grad():
         residual, value = objective(x)
-        history = [float(residual.max())]
-        inner_total = 0
-        steps = 0
-        while steps < max_steps and float(residual.max()) > tol:
+    history = [float(residual.max())]
+    reports = 0
+
+    def report() -> None:
+        nonlocal reports
+        reports += 1
+        if progress is not None:
+            progress(reports, history[-1])
+
+    def unmet() -> bool:
+        return float(residual.max()) > tol
+
+    # Phase 1: L-BFGS on the summed per-image objectives (the images are independent).
+    evaluations = 0
+    if lbfgs_evaluations > 0 and unmet():
+        variable = x.clone().requires_grad_(True)
+        optimiser = torch.optim.LBFGS(
+            [variable],
+            lr=1.0,
+            max_iter=LBFGS_ROUND,
+            max_eval=LBFGS_ROUND,
+            history_size=20,
+            tolerance_grad=0.0,
+            tolerance_change=0.0,
+            line_search_fn="strong_wolfe",
+        )
+
+        def closure() -> torch.Tensor:
+            nonlocal evaluations
+            optimiser.zero_grad()
+            total = objective(variable)[1].sum()
+            total.backward()
+            evaluations += 1
+            return total
+
+        while evaluations < lbfgs_evaluations and unmet():
+            before = evaluations
+            optimiser.param_groups[0]["max_eval"] = min(LBFGS_ROUND, lbfgs_evaluations - evaluations)
+            optimiser.step(closure)
+            with torch.no_grad():
+                candidate = variable.detach() if box is None else variable.detach().clamp(*box)
+                residual, value = objective(candidate)
+            x = candidate.clone()
+            history.append(float(residual.max()))
+            report()
+            if evaluations - before <= 1 or history[-1] > (1 - min_gain) * history[-2]:
+                break  # no decrease found, or too little: a (local) minimum
+
+    # Phase 2: Gauss-Newton with the activation pattern fixed at the current estimate.
+    inner_total = 0
+    steps = 0
+    with torch.no_grad():
+        while steps < max_steps and unmet():
             weights = None
             if tv > 0:
                 magnitude = _gradient(x).pow(2).sum(dim=1, keepdim=True).add(1e-6).sqrt()
@@ -218,8 +302,7 @@ def invert_jointly(
             value = torch.where(better, new_value, value)
             steps += 1
             history.append(float(residual.max()))
-            if progress is not None:
-                progress(steps, history[-1])
-            if not bool(better.any()):
+            report()
+            if not bool(better.any()) or history[-1] > (1 - min_gain) * history[-2]:
                 break
-    return JointResult(x, steps, inner_total, residual, bool((residual <= tol).all()), history)
+    return JointResult(x, evaluations, steps, inner_total, residual, not unmet(), history)

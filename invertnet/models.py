@@ -1,18 +1,43 @@
-r"""The paper's architectures, with layers named ``conv1`` ... ``convN``.
+r"""The paper's architectures (the model zoo), with layers named ``conv1`` ... ``convN``.
 
-Each ``convK`` is a block ``nn.Sequential(conv=Conv2d, act=activation)``; reconstructing "from
-conv3" inverts the block's output (the activation), as in the paper's Fig. 5. With CReLU on a
-layer the next convolution sees twice as many input channels and keeps its number of filters
-(the paper's "CReLU (conv1-4)" models, Shang et al. 2016, Table 4).
+Each ``convK`` is a block ``nn.Sequential(conv=Conv2d[, bn=BatchNorm2d], act=activation)``;
+reconstructing "from conv3" inverts the block's output (the activation), as in the paper's Fig. 5.
+With CReLU on a layer the next convolution sees twice as many input channels and keeps its number
+of filters (Shang et al. 2016, Tables 2-4); the "half" models halve the filters of their CReLU
+layers, so that the next layer keeps its input width.
 
 - :func:`all_cnn_b`: All-CNN-B for ImageNet (Springenberg et al. 2014, Table 6): 12 convolutions,
   strides 4, 1, 2, 1, 1, 2, 1, 1, 2, 1, 1, 1; kernels 11, 1, 3, 5, 1, 3, 3, 1, 3, 3, 1, 1. The
   paper gives no padding: we pad ``k // 2`` for ``k > 1`` except conv1 (unpadded, 54x54 output at
-  224x224). ReLU: 9,372,840 parameters (the paper: 9.37M); CReLU on conv1-4: 10,144,936 (10.14M).
+  224x224).
 - :func:`convpool_cnn_c`: ConvPool-CNN-C for CIFAR (Springenberg et al. 2014, Table 2): 3x3
   convolutions 96, 96, 96, max-pool 3/2, 192, 192, 192, max-pool 3/2, 3x3 192 (unpadded),
   1x1 192, 1x1 classes, global average. Padding 1 and pool padding 1 give the 6x6 map the
   original reports before the global average.
+- :func:`vgg16_cifar`: VGG-16 for CIFAR with BatchNorm (13 convolutions, five max-pools, one
+  linear classifier), with CReLU on conv1 / conv1, 3 / conv1, 3, 5.
+
+Parameter counts against the paper's (:data:`MODELS`, ``invertnet models``):
+
+========================== ============ ========= ===================================================
+model                      ours         paper     difference
+========================== ============ ========= ===================================================
+all-cnn-b-relu             9,372,840    9.37M     --
+all-cnn-b-crelu            10,144,936   10.14M    --
+all-cnn-b-crelu-conv1-7    11,766,952   11.62M    the paper's count is exactly CReLU on conv1-6
+                                                  (11,619,496): conv8's doubled input, 384x384
+                                                  weights, is missing from it
+all-cnn-b-crelu-half       4,686,420    4.68M     -- (4.686M, truncated in the paper)
+all-cnn-b-crelu-147-half   8,605,480    8.60M     --
+convpool-cnn-c-relu        1,369,738    1.4M      --
+convpool-cnn-c-double      5,467,402    5.6M      ours is 2.4% smaller; doubling conv1-8 cannot give
+                                                  more than 4x the ReLU model's 1.37M
+convpool-cnn-c-crelu       2,735,626    2.8M      ours is 2.3% smaller; unexplained (the paper gives
+                                                  no layer table for it)
+convpool-cnn-c-crelu-half  685,834      0.7M      --
+========================== ============ ========= ===================================================
+
+We build the layers the papers describe and do not adjust them to reach a count.
 
 Filters are Gaussian from a seed (He scaling, :math:`\mathcal{N}(0, 2 / \text{fan-in})`, zero
 bias) unless weights are loaded (:func:`invertnet.io.load_weights`).
@@ -27,28 +52,34 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from invertnet.activations import CReLU
+from invertnet.activations import AVR, CReLU
 
-__all__ = ["MODELS", "ModelSpec", "all_cnn_b", "build_model", "convpool_cnn_c", "gaussian_init_"]
+__all__ = [
+    "MODELS",
+    "ModelSpec",
+    "all_cnn_b",
+    "build_model",
+    "convpool_cnn_c",
+    "count_parameters",
+    "gaussian_init_",
+    "vgg16_cifar",
+]
+
+#: Activation modules by name.
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"crelu": CReLU, "relu": nn.ReLU, "avr": AVR}
 
 
-def _activation(name: str) -> nn.Module:
-    return {"crelu": CReLU, "relu": nn.ReLU}[name]()
-
-
-def _block(conv: nn.Conv2d, activation: str | None) -> nn.Sequential:
-    parts: OrderedDict[str, nn.Module] = OrderedDict(conv=conv)
-    if activation is not None:
-        parts["act"] = _activation(activation)
-    return nn.Sequential(parts)
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters (weights, biases, BatchNorm scales and shifts; not running statistics)."""
+    return sum(p.numel() for p in model.parameters())
 
 
 def gaussian_init_(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Fill every conv weight with He-scaled Gaussian noise from ``seed`` and zero the biases (in place)."""
+    """Fill every conv and linear weight with He-scaled Gaussian noise from ``seed``; zero the biases (in place)."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for module in model.modules():
-            if isinstance(module, nn.Conv2d):
+            if isinstance(module, nn.Conv2d | nn.Linear):
                 fan_in = module.weight[0].numel()
                 noise = torch.randn(module.weight.shape, generator=generator, dtype=torch.float64)
                 module.weight.copy_(noise * (2.0 / fan_in) ** 0.5)
@@ -60,36 +91,59 @@ def gaussian_init_(model: nn.Module, seed: int = 0) -> nn.Module:
 def _stack(
     rows: Sequence[tuple[int, int, int, int]],
     activation: str,
-    crelu_layers: Sequence[int],
+    special: dict[int, str],
     pools: dict[int, nn.Module],
     seed: int,
+    *,
+    width: dict[int, float] | None = None,
+    batch_norm: bool = False,
+    head: Sequence[tuple[str, nn.Module]] = (),
 ) -> nn.Sequential:
-    """A chain of blocks ``convK`` from (filters, kernel, stride, padding) rows, then global average pooling.
+    """A chain of blocks ``convK`` from (filters, kernel, stride, padding) rows, then ``head``.
 
-    CReLU on ``crelu_layers`` (doubling the next layer's input), ``activation`` elsewhere; Gaussian
-    filters from ``seed``.
+    Layer ``k`` has ``special[k]`` as its activation (``activation`` otherwise) and
+    ``round(filters * width[k])`` filters; a CReLU doubles the next layer's input. Each block is
+    ``conv`` (then ``bn`` with ``batch_norm``) then ``act``. ``head`` defaults to global average
+    pooling and flattening. Gaussian filters from ``seed``.
     """
+    width = width or {}
     parts: OrderedDict[str, nn.Module] = OrderedDict()
     channels = 3
     for k, (filters, kernel, stride, padding) in enumerate(rows, start=1):
-        act = "crelu" if k in crelu_layers else activation
-        parts[f"conv{k}"] = _block(nn.Conv2d(channels, filters, kernel, stride, padding), act)
+        filters = round(filters * width.get(k, 1.0))
+        act = special.get(k, activation)
+        block: OrderedDict[str, nn.Module] = OrderedDict(conv=nn.Conv2d(channels, filters, kernel, stride, padding))
+        if batch_norm:
+            block["bn"] = nn.BatchNorm2d(filters)
+        block["act"] = ACTIVATIONS[act]()
+        parts[f"conv{k}"] = nn.Sequential(block)
         channels = 2 * filters if act == "crelu" else filters
         if k in pools:
             parts[f"pool{k}"] = pools[k]
-    parts.update(pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten())
+    parts.update(head or [("pool", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten())])
     return gaussian_init_(nn.Sequential(parts), seed)
 
 
+def _on(layers: Sequence[int], name: str) -> dict[int, str]:
+    return dict.fromkeys(layers, name)
+
+
 def all_cnn_b(
-    activation: str = "relu", crelu_layers: Sequence[int] = (1, 2, 3, 4), num_classes: int = 1000, seed: int = 0
+    activation: str = "relu",
+    crelu_layers: Sequence[int] = (1, 2, 3, 4),
+    num_classes: int = 1000,
+    seed: int = 0,
+    *,
+    avr_layers: Sequence[int] = (),
+    half_layers: Sequence[int] = (),
 ) -> nn.Sequential:
-    """All-CNN-B (ImageNet) with CReLU on ``crelu_layers`` and ``activation`` elsewhere.
+    """All-CNN-B (ImageNet) with CReLU on ``crelu_layers``, AVR on ``avr_layers``, ``activation`` elsewhere.
+
+    ``half_layers`` have half the filters (the paper's "half" models: CReLU keeps the output width).
 
     Examples
     --------
-    >>> model = all_cnn_b()
-    >>> sum(p.numel() for p in model.parameters())
+    >>> count_parameters(all_cnn_b())
     10144936
     """
     rows = [
@@ -106,7 +160,9 @@ def all_cnn_b(
         (1024, 1, 1, 0),
         (num_classes, 1, 1, 0),
     ]
-    return _stack(rows, activation, crelu_layers, {9: nn.Dropout(0.5)}, seed)
+    special = _on(avr_layers, "avr") | _on(crelu_layers, "crelu")
+    width = dict.fromkeys(half_layers, 0.5)
+    return _stack(rows, activation, special, {9: nn.Dropout(0.5)}, seed, width=width)
 
 
 def convpool_cnn_c(
@@ -114,13 +170,16 @@ def convpool_cnn_c(
     crelu_layers: Sequence[int] = (1, 2, 3, 4, 5, 6, 7, 8),
     num_classes: int = 10,
     seed: int = 0,
+    *,
+    width: float = 1.0,
 ) -> nn.Sequential:
     """ConvPool-CNN-C (CIFAR) with CReLU on ``crelu_layers`` (all but the classifier by default).
 
+    ``width`` scales the filters of conv1-8 (2 for the paper's "double", 0.5 for "half").
+
     Examples
     --------
-    >>> model = convpool_cnn_c(crelu_layers=())
-    >>> sum(p.numel() for p in model.parameters())
+    >>> count_parameters(convpool_cnn_c(crelu_layers=()))
     1369738
     """
     rows = [
@@ -134,33 +193,99 @@ def convpool_cnn_c(
         (192, 1, 1, 0),
         (num_classes, 1, 1, 0),
     ]
-    return _stack(
-        rows, activation, crelu_layers, {3: nn.MaxPool2d(3, 2, padding=1), 6: nn.MaxPool2d(3, 2, padding=1)}, seed
-    )
+    pools = {3: nn.MaxPool2d(3, 2, padding=1), 6: nn.MaxPool2d(3, 2, padding=1)}
+    widths = dict.fromkeys(range(1, 9), width)
+    return _stack(rows, activation, _on(crelu_layers, "crelu"), pools, seed, width=widths)
+
+
+def vgg16_cifar(crelu_layers: Sequence[int] = (), num_classes: int = 10, seed: int = 0) -> nn.Sequential:
+    """VGG-16 for CIFAR: 13 3x3 convolutions with BatchNorm, five 2x2 max-pools, one linear classifier.
+
+    Widths 64, 64, 128, 128, 256 x3, 512 x6; CReLU on ``crelu_layers`` (the paper's conv1 / conv1,3 /
+    conv1,3,5 models), ReLU elsewhere. Input 32x32.
+
+    Examples
+    --------
+    >>> count_parameters(vgg16_cifar())
+    14728266
+    """
+    widths = [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
+    rows = [(w, 3, 1, 1) for w in widths]
+    pools = {k: nn.MaxPool2d(2, 2) for k in (2, 4, 7, 10, 13)}
+    head = [("flatten", nn.Flatten()), ("classifier", nn.Linear(512, num_classes))]
+    return _stack(rows, "relu", _on(crelu_layers, "crelu"), pools, seed, batch_norm=True, head=head)
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A built-in model: its builder, default input size, and the layers of the paper's reconstruction figure."""
+    """A built-in model: builder, input size, figure layers, description, and the paper's parameter count.
+
+    ``figure_layers`` are the layers of the paper's reconstruction figure; ``paper_parameters`` is
+    the count Shang et al. (2016) report (``None`` where they give none).
+    """
 
     build: Callable[[int], nn.Module]
     input_size: int
     figure_layers: tuple[str, ...]
     description: str
+    paper_parameters: float | None = None
 
+
+_FIGURE = ("conv1", "conv2", "conv3", "conv4")
+_B = "All-CNN-B (ImageNet)"
+_C = "ConvPool-CNN-C (CIFAR-10)"
 
 MODELS: dict[str, ModelSpec] = {
-    "all-cnn-b-crelu": ModelSpec(
-        lambda seed: all_cnn_b(seed=seed),
-        224,
-        ("conv1", "conv2", "conv3", "conv4"),
-        "All-CNN-B (ImageNet), CReLU on conv1-4, ReLU above (Shang et al. 2016, Fig. 5)",
+    "all-cnn-b-relu": ModelSpec(lambda s: all_cnn_b(crelu_layers=(), seed=s), 224, _FIGURE, f"{_B}, ReLU", 9.37e6),
+    "all-cnn-b-avr": ModelSpec(
+        lambda s: all_cnn_b(crelu_layers=(), avr_layers=range(1, 5), seed=s), 224, _FIGURE, f"{_B}, AVR on conv1-4"
     ),
-    "convpool-cnn-c-crelu": ModelSpec(
-        lambda seed: convpool_cnn_c(seed=seed),
+    "all-cnn-b-avr-conv1-7": ModelSpec(
+        lambda s: all_cnn_b(crelu_layers=(), avr_layers=range(1, 8), seed=s), 224, _FIGURE, f"{_B}, AVR on conv1-7"
+    ),
+    "all-cnn-b-crelu": ModelSpec(
+        lambda s: all_cnn_b(seed=s), 224, _FIGURE, f"{_B}, CReLU on conv1-4 (Shang et al. 2016, Fig. 5)", 10.14e6
+    ),
+    "all-cnn-b-crelu-conv1-7": ModelSpec(
+        lambda s: all_cnn_b(crelu_layers=range(1, 8), seed=s), 224, _FIGURE, f"{_B}, CReLU on conv1-7", 11.62e6
+    ),
+    "all-cnn-b-crelu-half": ModelSpec(
+        lambda s: all_cnn_b(crelu_layers=range(1, 13), half_layers=range(1, 13), seed=s),
+        224,
+        _FIGURE,
+        f"{_B}, CReLU with half the filters on every layer (the classifier: 500 filters, 1000 outputs)",
+        4.68e6,
+    ),
+    "all-cnn-b-crelu-147-half": ModelSpec(
+        lambda s: all_cnn_b(crelu_layers=(1, 4, 7), half_layers=(1, 4, 7), seed=s),
+        224,
+        _FIGURE,
+        f"{_B}, CReLU with half the filters on conv1, 4, 7",
+        8.60e6,
+    ),
+    "convpool-cnn-c-relu": ModelSpec(
+        lambda s: convpool_cnn_c(crelu_layers=(), seed=s), 32, _FIGURE, f"{_C}, ReLU", 1.4e6
+    ),
+    "convpool-cnn-c-double": ModelSpec(
+        lambda s: convpool_cnn_c(crelu_layers=(), width=2.0, seed=s),
         32,
-        ("conv1", "conv2", "conv3", "conv4"),
-        "ConvPool-CNN-C (CIFAR-10), CReLU on conv1-8",
+        _FIGURE,
+        f"{_C}, ReLU, twice the filters",
+        5.6e6,
+    ),
+    "convpool-cnn-c-crelu": ModelSpec(lambda s: convpool_cnn_c(seed=s), 32, _FIGURE, f"{_C}, CReLU on conv1-8", 2.8e6),
+    "convpool-cnn-c-crelu-half": ModelSpec(
+        lambda s: convpool_cnn_c(width=0.5, seed=s), 32, _FIGURE, f"{_C}, CReLU on conv1-8, half the filters", 0.7e6
+    ),
+    "vgg16-cifar-relu": ModelSpec(lambda s: vgg16_cifar(seed=s), 32, _FIGURE, "VGG-16 (CIFAR-10, BatchNorm), ReLU"),
+    "vgg16-cifar-crelu-conv1": ModelSpec(
+        lambda s: vgg16_cifar((1,), seed=s), 32, _FIGURE, "VGG-16 (CIFAR-10, BatchNorm), CReLU on conv1"
+    ),
+    "vgg16-cifar-crelu-conv13": ModelSpec(
+        lambda s: vgg16_cifar((1, 3), seed=s), 32, _FIGURE, "VGG-16 (CIFAR-10, BatchNorm), CReLU on conv1, 3"
+    ),
+    "vgg16-cifar-crelu-conv135": ModelSpec(
+        lambda s: vgg16_cifar((1, 3, 5), seed=s), 32, _FIGURE, "VGG-16 (CIFAR-10, BatchNorm), CReLU on conv1, 3, 5"
     ),
 }
 

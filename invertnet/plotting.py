@@ -1,8 +1,11 @@
-"""Figures for papers (matplotlib, no global pyplot state).
+r"""Figures for papers (matplotlib, no global pyplot state).
 
 - :func:`reconstruction_figure`: input | reconstruction | error map, metrics in the titles.
 - :func:`layer_row_figure`: the paper's Fig. 5 row: the input, then the reconstruction from each
   layer, with PSNR / SSIM / relative error under each panel.
+- :func:`comparison_figure`: rows = methods, columns = layers, metrics under each panel.
+- :func:`pairing_figure`: per layer, the histogram of the pairing cosines :math:`\mu_i` against
+  Gaussian random filters of the same shape (the paper's Figs. 2-3).
 - :func:`spectrum_figure`: singular values of every layer of an injectivity report.
 - :func:`save_figure`: write a figure atomically (PNG, PDF or SVG by the suffix).
 """
@@ -16,11 +19,20 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from invertnet.compare import ComparisonRow
 from invertnet.io import atomic_write
+from invertnet.pairing import Pairing, random_mu_cdf, random_pairing
 from invertnet.reconstruct import Reconstruction
 from invertnet.spectrum import LayerSpectrum
 
-__all__ = ["layer_row_figure", "reconstruction_figure", "save_figure", "spectrum_figure"]
+__all__ = [
+    "comparison_figure",
+    "layer_row_figure",
+    "pairing_figure",
+    "reconstruction_figure",
+    "save_figure",
+    "spectrum_figure",
+]
 
 
 def _display(image: torch.Tensor) -> np.ndarray:
@@ -70,6 +82,66 @@ def layer_row_figure(results: Sequence[Reconstruction]) -> Figure:
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
+    return fig
+
+
+def comparison_figure(rows: Sequence[ComparisonRow], original: torch.Tensor | None = None) -> Figure:
+    """A grid of reconstructions, one row per method and one column per layer, metrics under each.
+
+    ``original``, when given, is shown in an extra first column of the first row.
+    """
+    if not rows:
+        raise ValueError("comparison_figure: expected at least one row of compare_methods, got none")
+    layers = list(dict.fromkeys(r.layer for r in rows))
+    methods = list(dict.fromkeys(r.method for r in rows))
+    extra = original is not None
+    fig = Figure(figsize=(2.4 * (len(layers) + extra), 2.9 * len(methods)), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(len(methods), len(layers) + extra, squeeze=False))
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if extra:
+        axes[0, 0].imshow(_display(original), cmap="gray", vmin=0, vmax=1)
+        axes[0, 0].set_title("input")
+        for ax in axes[1:, 0]:
+            ax.set_axis_off()
+    for r in rows:
+        ax = axes[methods.index(r.method), layers.index(r.layer) + extra]
+        ax.imshow(_display(r.image), cmap="gray", vmin=0, vmax=1)
+        ax.set_title(f"{r.layer}, {r.method}", fontsize=9)
+        ax.set_xlabel(
+            f"{r.psnr:.2f} dB, SSIM {r.ssim:.3f}\nfeat. res. {r.feature_residual:.2g}, {r.seconds:.1f} s", fontsize=8
+        )
+    return fig
+
+
+def pairing_figure(pairings: dict[str, Pairing], labels: Sequence[str] | None = None, seed: int = 0) -> Figure:
+    r"""One panel per layer: the histogram of :math:`\mu_i` against random filters.
+
+    Random filters: Gaussian of the same shape, drawn from ``seed`` (a step outline), and their
+    exact density (dashed). ``labels`` replace the layer names in the panel titles.
+    """
+    if not pairings:
+        raise ValueError("pairing_figure: expected at least one layer's pairing, got none")
+    names = list(pairings)
+    titles = list(labels) if labels is not None else names
+    fig = Figure(figsize=(3.2 * len(names), 3.0), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(names), sharey=False, squeeze=False)[0])
+    bins = np.linspace(-1, 1, 41)
+    grid = np.linspace(-1, 1, 801)
+    for ax, name, title in zip(axes, names, titles, strict=True):
+        result = pairings[name]
+        n, dim = result.shape[0], int(np.prod(result.shape[1:]))
+        ax.hist(result.mu.cpu().numpy(), bins=bins, density=True, color="tab:blue", alpha=0.7, label="filters")
+        reference = random_pairing(result.shape, seed).mu.numpy()
+        ax.hist(reference, bins=bins, density=True, histtype="step", color="black", label="random")
+        density = np.gradient(random_mu_cdf(grid, dim, n), grid)
+        ax.plot(grid, density, "--", color="gray", linewidth=1, label="random, exact")
+        ax.set_title(f"{title} ({n} x {dim})", fontsize=9)
+        ax.set_xlabel(r"$\mu_i$ (cosine with the pairing filter)")
+        ax.set_xlim(-1, 1)
+    axes[0].set_ylabel("density")
+    axes[0].legend(fontsize=7)
     return fig
 
 

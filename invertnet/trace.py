@@ -19,7 +19,16 @@ from torch import nn
 from invertnet._checks import require_4d
 from invertnet.errors import LayerNotFoundError, NotAChainError
 
-__all__ = ["LayerInfo", "LayerRecord", "Trace", "find_layer", "layer_names", "list_layers", "trace"]
+__all__ = [
+    "LayerInfo",
+    "LayerRecord",
+    "Trace",
+    "find_layer",
+    "layer_names",
+    "layer_outputs",
+    "list_layers",
+    "trace",
+]
 
 
 @dataclass
@@ -202,3 +211,39 @@ def list_layers(model: nn.Module, image: torch.Tensor) -> list[LayerInfo]:
             handle.remove()
     names = {module: name for name, module in named}
     return [LayerInfo(names[m], type(m).__name__, shapes[m], not list(m.children())) for m in started if m in names]
+
+
+def layer_outputs(
+    model: nn.Module, images: torch.Tensor, layers: list[str] | tuple[str, ...]
+) -> dict[str, torch.Tensor]:
+    """The outputs of the named ``layers`` on ``images`` (one forward pass, no gradients; any architecture).
+
+    Examples
+    --------
+    >>> import torch
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    >>> layer_outputs(net, torch.rand(2, 3, 8, 8), ["1"])["1"].shape
+    torch.Size([2, 4, 6, 6])
+    """
+    images = _model_input(model, images)
+    modules = {name: find_layer(model, name) for name in layers}
+    captured: dict[str, torch.Tensor] = {}
+
+    def catcher(name: str):
+        def hook(module: nn.Module, args: tuple, output: object) -> None:
+            if isinstance(output, torch.Tensor):
+                captured[name] = output.detach()
+
+        return hook
+
+    handles = [module.register_forward_hook(catcher(name)) for name, module in modules.items()]
+    try:
+        with torch.no_grad():
+            model(images)
+    finally:
+        for handle in handles:
+            handle.remove()
+    missing = [name for name in layers if name not in captured]
+    if missing:
+        raise LayerNotFoundError(f"expected layers {missing} to output a tensor in the forward pass, got none")
+    return captured

@@ -138,6 +138,14 @@ def test_existing_output_is_kept_without_force(tmp_path):
             lambda d: ["reconstruct", "--layer", "conv1", ASSETS / "astronaut.png", "--method", "joint", "--tv", "-1"],
             "expected a non-negative weight, got -1.0",
         ),
+        (
+            lambda d: ["compare", ASSETS / "astronaut.png", "--methods", "patch,magic"],
+            "expected methods among auto, patch, fft, lsqr, dense, joint, got magic",
+        ),
+        (lambda d: ["compare", ASSETS / "astronaut.png", "--methods", " , "], "expected a comma-separated list"),
+        (lambda d: ["compare", ASSETS / "astronaut.png", "--layers", "conv1,conv99"], "valid names: conv1, conv1.conv"),
+        (lambda d: ["compare", ASSETS / "astronaut.png", "--model", "resnet"], "Invalid value for '--model'"),
+        (lambda d: ["compare", d / "missing.png", *FAST, "--layers", "conv1"], "does not exist"),
     ],
     ids=[
         "missing-image",
@@ -152,6 +160,11 @@ def test_existing_output_is_kept_without_force(tmp_path):
         "bad-device",
         "typo",
         "negative-tv",
+        "compare-unknown-method",
+        "compare-empty-methods",
+        "compare-unknown-layer",
+        "compare-unknown-model",
+        "compare-missing-image",
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, make_args, match):
@@ -256,3 +269,64 @@ def test_joint_method_runs_with_progress(tmp_path):
     assert "joint:" in result.stdout
     assert "feature residual" in result.stdout
     assert files == ["coffee_conv1.png", "coffee_conv1_figure.png"]
+
+
+def test_compare_prints_the_table_and_writes_the_grid(tmp_path):
+    out = tmp_path / "grid.png"
+    args = ["compare", ASSETS / "coffee.png", *FAST, "--layers", "conv1,conv2", "--methods", "patch,lsqr", "--out", out]
+    result, _ = run(args, tmp_path)
+    assert result.exit_code == 0, result.output
+    table = [line.split() for line in result.stdout.splitlines() if line.startswith("conv")]
+    assert [row[:2] for row in table] == [["conv1", "patch"], ["conv1", "lsqr"], ["conv2", "patch"], ["conv2", "lsqr"]]
+    assert min(float(table[0][2]), float(table[1][2])) > 100  # conv1: 96 filters for 27 patch entries, exact
+    assert skio.imread(out).ndim == 3
+    again, _ = run(args, tmp_path)
+    _one_line_error(again, "exists; pass --force")
+
+
+def test_models_lists_every_model_with_its_count():
+    result = CliRunner().invoke(cli, ["models"])
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line.split()[1] for line in result.stdout.splitlines()[1:]}
+    assert rows["all-cnn-b-crelu"] == "10,144,936"
+    assert rows["convpool-cnn-c-crelu-half"] == "685,834"
+    assert len(rows) == 15
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_pairing_reads_any_checkpoint(tmp_path, suffix):
+    state = build_model("convpool-cnn-c-relu").state_dict()
+    path = tmp_path / f"model{suffix}"
+    if suffix == ".pt":
+        torch.save(state, path)
+    else:
+        safetensors_torch = pytest.importorskip("safetensors.torch")
+        safetensors_torch.save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    out = tmp_path / "pairs.png"
+    result, _ = run(["pairing", path, "--layers", "conv1.conv.weight,conv8.conv.weight", "--out", out], tmp_path)
+    assert result.exit_code == 0, result.output
+    table = [line.split() for line in result.stdout.splitlines()[1:3]]
+    assert [row[:3] for row in table] == [["conv1.conv.weight", "96", "27"], ["conv8.conv.weight", "192", "192"]]
+    # Gaussian filters: the measured mean cosine sits at the exact random value
+    assert all(abs(float(row[3]) - float(row[4])) < 0.02 for row in table)
+    assert skio.imread(out).ndim == 3
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda d: d / "missing.pt", "does not exist or is not a file"),
+        (lambda d: d, "does not exist or is not a file"),
+        (lambda d: d / "garbage.pt", "expected a state dict saved with torch.save"),
+        (lambda d: d / "linear.pt", "expected convolution weights (4-D floating-point tensors), found none"),
+        (lambda d: d / "garbage.safetensors", "expected a valid .safetensors file"),
+    ],
+    ids=["missing", "directory", "not-a-checkpoint", "no-conv-weights", "corrupt-safetensors"],
+)
+def test_pairing_bad_checkpoints(tmp_path, make, match):
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
+    (tmp_path / "garbage.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00garbage!")
+    torch.save(torch.nn.Linear(3, 2).state_dict(), tmp_path / "linear.pt")
+    result, _ = run(["pairing", make(tmp_path), "--out", tmp_path / "out.png"], tmp_path)
+    _one_line_error(result, match)
+    assert not (tmp_path / "out.png").exists()

@@ -5,22 +5,71 @@ import pytest
 import torch
 from skimage import io as skio
 
-from invertnet import ImageReadError, WeightsError
+from invertnet import CReLU, ImageReadError, WeightsError, reconstruct
 from invertnet.io import load_image, load_weights, save_image
-from invertnet.models import all_cnn_b, build_model, convpool_cnn_c
+from invertnet.models import MODELS, all_cnn_b, build_model, convpool_cnn_c, count_parameters
+
+#: Our counts, by hand and by the builders; the paper's (Shang et al. 2016) where it gives one.
+COUNTS = {
+    "all-cnn-b-relu": (9_372_840, 9.37e6),
+    "all-cnn-b-avr": (9_372_840, None),
+    "all-cnn-b-avr-conv1-7": (9_372_840, None),
+    "all-cnn-b-crelu": (10_144_936, 10.14e6),
+    "all-cnn-b-crelu-conv1-7": (11_766_952, 11.62e6),
+    "all-cnn-b-crelu-half": (4_686_420, 4.68e6),
+    "all-cnn-b-crelu-147-half": (8_605_480, 8.60e6),
+    "convpool-cnn-c-relu": (1_369_738, 1.4e6),
+    "convpool-cnn-c-double": (5_467_402, 5.6e6),
+    "convpool-cnn-c-crelu": (2_735_626, 2.8e6),
+    "convpool-cnn-c-crelu-half": (685_834, 0.7e6),
+    "vgg16-cifar-relu": (14_728_266, None),
+    "vgg16-cifar-crelu-conv1": (14_765_130, None),
+    "vgg16-cifar-crelu-conv13": (14_912_586, None),
+    "vgg16-cifar-crelu-conv135": (15_502_410, None),
+}
+#: The models whose counts differ from the paper's beyond its rounding (explained in invertnet.models).
+DIFFER = {"all-cnn-b-crelu-conv1-7", "convpool-cnn-c-double", "convpool-cnn-c-crelu"}
 
 
-def _count(model):
-    return sum(p.numel() for p in model.parameters())
+@pytest.mark.parametrize("name", sorted(COUNTS))
+def test_parameter_counts(name):
+    ours, paper = COUNTS[name]
+    assert count_parameters(build_model(name)) == ours
+    assert MODELS[name].paper_parameters == paper
+    if paper is not None and name not in DIFFER:
+        # within one unit of the paper's last digit (it rounds, and sometimes truncates: 4,686,420 -> 4.68M)
+        step = 1e5 if paper < 1e6 or name.startswith("convpool") else 1e4
+        assert abs(ours - paper) <= step
 
 
-def test_parameter_counts_match_the_paper():
-    # Shang et al. 2016: All-CNN-B ReLU 9.37M, CReLU (conv1-4) 10.14M; ConvPool-CNN-C ReLU 1.4M (hand counts below)
-    assert _count(all_cnn_b(crelu_layers=())) == 9_372_840
-    assert _count(all_cnn_b()) == 10_144_936
-    assert _count(convpool_cnn_c(crelu_layers=())) == 1_369_738
-    # CReLU on conv1-8 of ConvPool-CNN-C: 2,735,626 (the paper rounds its CReLU model to 2.8M)
-    assert _count(convpool_cnn_c()) == 2_735_626
+def test_hand_count_of_all_cnn_b_relu():
+    # conv weights (k*k*C_in*C_out) plus biases, layer by layer (Springenberg et al. 2014, Table 6)
+    rows = [(3, 96, 11), (96, 96, 1), (96, 96, 3), (96, 256, 5), (256, 256, 1), (256, 256, 3), (256, 384, 3)]
+    rows += [(384, 384, 1), (384, 384, 3), (384, 1024, 3), (1024, 1024, 1), (1024, 1000, 1)]
+    assert sum(k * k * a * b + b for a, b, k in rows) == COUNTS["all-cnn-b-relu"][0]
+
+
+def test_the_papers_conv1_7_count_is_crelu_on_conv1_6():
+    # documented in invertnet.models: 11.62M is what CReLU on conv1-6 gives, not conv1-7
+    assert count_parameters(all_cnn_b(crelu_layers=range(1, 7))) == 11_619_496
+
+
+@pytest.mark.parametrize("name", sorted(COUNTS))
+def test_zoo_layers_are_named_conv1_to_convn(name):
+    model = build_model(name)
+    convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs == [f"conv{k}.conv" for k in range(1, len(convs) + 1)]
+
+
+@pytest.mark.parametrize("name", ["vgg16-cifar-crelu-conv135", "convpool-cnn-c-crelu-half", "convpool-cnn-c-double"])
+def test_cifar_models_run_and_invert_from_conv1(name):
+    model = build_model(name).double()
+    x = torch.rand(1, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        assert model(x).shape == (1, 10)
+    result = reconstruct(model, x, "conv1", "lsqr")
+    lossless = isinstance(model.conv1.act, CReLU)
+    assert (float(result.relative_error) <= 1e-6) == lossless
 
 
 def test_output_shapes():

@@ -1,3 +1,4 @@
+import itertools
 from collections import OrderedDict
 
 import pytest
@@ -9,10 +10,13 @@ from invertnet import (
     CReLU,
     LayerNotFoundError,
     NotAChainError,
+    ShapeError,
     UnsupportedLayerError,
     reconstruct,
     relative_error,
 )
+from invertnet.compare import compare_methods, format_comparison
+from invertnet.joint import LBFGS_ROUND, invert_jointly
 
 
 def _injective_crelu_stack() -> nn.Sequential:
@@ -225,18 +229,49 @@ def test_joint_recovers_an_injective_crelu_stack_from_its_deepest_layer():
     assert result.note == ""
 
 
-def test_joint_stops_on_the_step_cap_and_reports_it():
+@pytest.mark.parametrize(
+    ("evaluations", "steps", "rounds"),
+    [(0, 1, 1), (2 * LBFGS_ROUND, 0, 2), (LBFGS_ROUND + 3, 1, 3)],
+)
+def test_joint_stops_on_its_caps_and_reports_them(evaluations, steps, rounds):
     net = _deep_injective_stack()
     x = torch.rand(1, 2, 10, 10, dtype=torch.float64)
-    start = torch.full_like(x, 0.5)
-    from invertnet.joint import invert_jointly
-
     with torch.no_grad():
-        capped = invert_jointly(net, net(x), start, max_steps=1, inner_maxiter=3)
-    assert capped.iterations == 1
+        capped = invert_jointly(
+            net, net(x), torch.full_like(x, 0.5), lbfgs_evaluations=evaluations, max_steps=steps, inner_maxiter=3
+        )
+    assert capped.evaluations == evaluations
+    assert capped.iterations == steps
     assert not capped.converged
-    assert len(capped.history) == 2
-    assert capped.history[1] <= capped.history[0]  # a step is only taken when the objective decreases
+    assert len(capped.history) == 1 + rounds
+    # each round and each step only ever lowers the objective (no prior here: the residual)
+    assert all(later <= earlier for earlier, later in itertools.pairwise(capped.history))
+
+
+def test_joint_stops_at_the_residual_tolerance():
+    net = _deep_injective_stack()
+    x = torch.rand(1, 2, 10, 10, dtype=torch.float64)
+    with torch.no_grad():
+        loose = invert_jointly(net, net(x), torch.full_like(x, 0.5), tol=1e-2, max_steps=0)
+    assert loose.converged
+    assert float(loose.residual) <= 1e-2
+    assert loose.evaluations < 500
+    assert loose.history[-2] > 1e-2  # it stopped at the first round that met the tolerance
+
+
+def test_joint_start_from_the_layers_when_they_already_match():
+    net = nn.Sequential(nn.Conv2d(3, 12, 2), CReLU()).double()  # injective: layer by layer is exact
+    x = torch.rand(1, 3, 9, 9, dtype=torch.float64)
+    result = reconstruct(net, x, "1", "joint")
+    assert result.joint is not None
+    assert (result.joint.evaluations, result.joint.iterations) == (0, 0)
+    assert float(result.relative_error) <= 1e-10
+
+
+def test_joint_rejects_an_unknown_start():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3))
+    with pytest.raises(ValueError, match=r"expected joint_start in \('auto', 'layers', 'flat'\), got 'noise'"):
+        reconstruct(net, torch.rand(1, 3, 8, 8), "0", "joint", joint_start="noise")
 
 
 def test_joint_on_a_non_injective_prefix_says_one_of_many():
@@ -276,3 +311,36 @@ def test_injectivity_report_needs_a_conv_or_pool():
 
     with pytest.raises(ValueError, match=r"expected a model with Conv2d or pooling layers, got Sequential"):
         injectivity_report(nn.Sequential(nn.ReLU()), (8, 8))
+
+
+def test_compare_methods_returns_one_row_per_layer_and_method():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), CReLU(), nn.Conv2d(8, 16, 3, padding=1), CReLU()).double()
+    x = torch.rand(1, 3, 12, 12, dtype=torch.float64)
+    rows = compare_methods(net, x, ["1", "3"], ["patch", "lsqr", "joint"])
+    assert [(r.layer, r.method) for r in rows] == [
+        (layer, m) for layer in ("1", "3") for m in ("patch", "lsqr", "joint")
+    ]
+    by = {(r.layer, r.method): r for r in rows}
+    # conv 3 -> 4 filters on 27 patch entries: the patch route is lossy, the operator's own solution exact
+    assert by["1", "patch"].relative_error > 1e-2
+    assert by["1", "lsqr"].relative_error <= 1e-8
+    # from the deeper layer the joint inversion matches the features the layer-by-layer routes miss
+    assert by["3", "joint"].feature_residual <= 1e-10
+    assert by["3", "joint"].feature_residual < by["3", "lsqr"].feature_residual
+    assert all(r.seconds > 0 and r.image.shape == x.shape for r in rows)
+    table = format_comparison(rows).splitlines()
+    assert table[0].split() == ["layer", "method", "PSNR", "dB", "SSIM", "rel.", "err.", "feat.", "res.", "s"]
+    assert len(table) == 1 + len(rows)
+
+
+@pytest.mark.parametrize(
+    ("image", "methods", "error", "match"),
+    [
+        (torch.rand(2, 3, 8, 8), ["patch"], ShapeError, r"expected one image \(1, C, H, W\), got a batch of 2"),
+        (torch.rand(1, 3, 8, 8), ["patch", "magic"], ValueError, r"expected methods among .*got \['patch', 'magic'\]"),
+    ],
+)
+def test_compare_methods_rejects_bad_input(image, methods, error, match):
+    with pytest.raises(error, match=match):
+        compare_methods(nn.Sequential(nn.Conv2d(3, 4, 3)), image, ["0"], methods)

@@ -1,0 +1,167 @@
+r"""Pairing of opposite-phase filters (Shang et al. 2016, Sec. 2.1, Figs. 2-3).
+
+For the unit-normalised filters :math:`\phi_1, \dots, \phi_n` of a layer (each filter flattened over
+its input channels and kernel), the *pairing filter* of :math:`\phi_i` is the most negatively
+correlated other filter, and :math:`\mu_i` its cosine:
+
+.. math::
+
+    \bar\phi_i = \phi_{j^*}, \quad j^* = \arg\min_{j \ne i} \langle \phi_i, \phi_j \rangle, \qquad
+    \mu_i = \langle \phi_i, \bar\phi_i \rangle \in [-1, 1].
+
+The paper observes that the lower layers of ReLU networks learn pairs (:math:`\mu_i` near
+:math:`-1`), i.e. the network spends filters on recovering the negative phase, which CReLU gives for
+free. The reference is random filters of the same shape: the cosine of two independent uniform
+directions in :math:`\mathbb{R}^d` has :math:`(t + 1) / 2 \sim \mathrm{Beta}(\tfrac{d-1}{2}, \tfrac{d-1}{2})`,
+and given :math:`\phi_i` the :math:`n - 1` cosines are independent, so :math:`\mu_i` is their minimum:
+:math:`P(\mu_i \le t) = 1 - (1 - F(t))^{n-1}` (:func:`random_mu_cdf`).
+
+Works on any checkpoint: :func:`conv_weights` takes an ``nn.Module`` (every ``Conv2d``) or a state
+dict (every 4-D floating-point tensor).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.integrate
+import scipy.stats
+import torch
+from torch import nn
+
+from invertnet.errors import InvertnetError, ShapeError
+
+__all__ = [
+    "NoConvWeightsError",
+    "Pairing",
+    "conv_weights",
+    "expected_random_mu",
+    "pairing",
+    "pairing_by_layer",
+    "random_mu_cdf",
+    "random_pairing",
+]
+
+
+class NoConvWeightsError(InvertnetError, ValueError):
+    """A model or checkpoint without the convolution weights an analysis needs."""
+
+
+@dataclass(frozen=True)
+class Pairing:
+    r"""The pairing of one layer's filters.
+
+    Attributes
+    ----------
+    mu : torch.Tensor
+        ``(n,)`` float64, :math:`\mu_i`.
+    partner : torch.Tensor
+        ``(n,)`` long, the index of each filter's pairing filter.
+    shape : tuple of int
+        The weight's shape, ``(n, C_in / groups, kh, kw)``.
+    """
+
+    mu: torch.Tensor
+    partner: torch.Tensor
+    shape: tuple[int, ...]
+
+
+def pairing(weight: torch.Tensor) -> Pairing:
+    r"""Pairing filters and :math:`\mu_i` of a layer's filters (one per row of ``weight.flatten(1)``).
+
+    Computed in float64 on the weight's device. Zero filters have no direction and are refused.
+
+    Examples
+    --------
+    >>> import torch
+    >>> w = torch.tensor([[1.0, 0.0], [-2.0, 0.0], [0.0, 3.0]])
+    >>> p = pairing(w)
+    >>> p.mu.tolist(), p.partner.tolist()
+    ([-1.0, -1.0, 0.0], [1, 0, 0])
+    """
+    if not isinstance(weight, torch.Tensor) or weight.ndim < 2 or weight.shape[0] < 2:
+        shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
+        raise ShapeError(f"pairing: expected a weight of shape (n >= 2, ...), got {shape}")
+    flat = weight.detach().flatten(1).double()
+    norms = flat.norm(dim=1, keepdim=True)
+    if bool((norms == 0).any()):
+        zero = int((norms[:, 0] == 0).nonzero()[0])
+        raise ValueError(f"pairing: filter {zero} is zero and has no direction; drop zero filters first")
+    unit = flat / norms
+    cosines = (unit @ unit.T).clamp(-1, 1)
+    cosines.fill_diagonal_(float("inf"))
+    mu, partner = cosines.min(dim=1)
+    return Pairing(mu, partner, tuple(weight.shape))
+
+
+def random_pairing(shape: Sequence[int], seed: int = 0) -> Pairing:
+    """The pairing of Gaussian random filters of ``shape`` (the paper's reference histogram)."""
+    generator = torch.Generator().manual_seed(seed)
+    return pairing(torch.randn(tuple(shape), generator=generator, dtype=torch.float64))
+
+
+def random_mu_cdf(t: np.ndarray | float, dim: int, filters: int) -> np.ndarray:
+    r""":math:`P(\mu_i \le t)` for ``filters`` independent uniform directions in :math:`\mathbb{R}^{dim}`."""
+    a = (dim - 1) / 2
+    survival = scipy.stats.beta.sf((np.asarray(t, dtype=float) + 1) / 2, a, a)
+    return 1 - survival ** (filters - 1)
+
+
+def expected_random_mu(dim: int, filters: int) -> float:
+    r""":math:`E[\mu_i] = -1 + \int_{-1}^{1} (1 - F(t))^{n-1} \, dt` for random filters (see :func:`random_mu_cdf`).
+
+    Examples
+    --------
+    >>> round(expected_random_mu(2, 2), 6)  # two random directions in the plane: E cos = 0
+    0.0
+    """
+    value, _ = scipy.integrate.quad(lambda t: 1 - random_mu_cdf(t, dim, filters), -1, 1, limit=200)
+    return -1 + value
+
+
+def conv_weights(source: nn.Module | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Convolution weights by name: every ``Conv2d`` of a module, or every 4-D float tensor of a state dict.
+
+    Module entries are named after the module (``"conv1.conv"``), state dict entries after the key.
+    """
+    if isinstance(source, nn.Module):
+        found = {name: m.weight for name, m in source.named_modules() if isinstance(m, nn.Conv2d)}
+    elif isinstance(source, Mapping):
+        found = {
+            str(k): v
+            for k, v in source.items()
+            if isinstance(v, torch.Tensor) and v.ndim == 4 and v.is_floating_point()
+        }
+    else:
+        raise TypeError(f"conv_weights: expected an nn.Module or a state dict, got {type(source).__name__}")
+    if not found:
+        raise NoConvWeightsError(
+            "expected convolution weights (4-D floating-point tensors), found none; "
+            "give a model with Conv2d layers or a checkpoint that holds their weights"
+        )
+    return found
+
+
+def pairing_by_layer(
+    source: nn.Module | Mapping[str, torch.Tensor], layers: Sequence[str] | None = None
+) -> dict[str, Pairing]:
+    """:func:`pairing` of every convolution weight of ``source`` (or of the named ``layers``).
+
+    Examples
+    --------
+    >>> from invertnet.models import build_model
+    >>> result = pairing_by_layer(build_model("convpool-cnn-c-relu"), ["conv1.conv"])
+    >>> result["conv1.conv"].mu.shape
+    torch.Size([96])
+    """
+    weights = conv_weights(source)
+    if layers is not None:
+        missing = [name for name in layers if name not in weights]
+        if missing:
+            raise NoConvWeightsError(
+                f"expected convolution weights named {missing}, found only {sorted(weights)}; pick names from that list"
+            )
+        weights = {name: weights[name] for name in layers}
+    return {name: pairing(w) for name, w in weights.items() if w.shape[0] >= 2}
