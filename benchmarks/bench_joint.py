@@ -4,7 +4,8 @@ All-CNN-B with CReLU on conv1-4, seeded Gaussian filters, astronaut at 224x224, 
 For each of conv1..conv4 it runs, in this one process:
 
 - the layer-by-layer routes ``patch`` and ``auto`` (LSQR where no closed form is exact);
-- ``joint`` (L-BFGS on the feature misfit from a flat start, then pattern-fixed Gauss-Newton);
+- ``joint`` as the CLI runs it: L-BFGS on the feature misfit with a TV prior (weight 0.01) from a
+  flat start, then at most 5 pattern-fixed Gauss-Newton steps, in the box [0, 1];
 - the baseline: gradient descent with momentum 0.9 from small noise on Mahendran & Vedaldi's
   objective ``||f(x) - y||^2 / ||y||^2 + R_alpha(x) + R_TV(x)`` with their normalised priors
   (alpha = 6, beta = 2, B = 80/255 on images centred at 0.5, V = B / 6.5), the learning rate
@@ -92,7 +93,8 @@ def main() -> None:
         joint_seconds = 0.0
         for method in ("patch", "auto", "joint"):
             start = time.perf_counter()
-            result = reconstruct(model, image, layer, method)
+            options = {"tv": 0.01, "box": (0.0, 1.0), "max_steps": 5} if method == "joint" else {}
+            result = reconstruct(model, image, layer, method, **options)
             seconds = time.perf_counter() - start
             row(
                 method if method != "joint" else f"joint ({result.joint.evaluations} ev, {result.joint.iterations} GN)",

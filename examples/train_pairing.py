@@ -7,7 +7,7 @@ has the same 32 filters (its decoder reads 64 channels). The figure puts both en
 histograms against Gaussian random filters of the same shape. Shang et al. (2016) report that the
 lower layers of ReLU networks learn pairs (mu near -1) and argue that CReLU makes them unnecessary.
 
-Run: ``python examples/train_pairing.py [--out DIR] [--small]`` (about a minute on 2 cores).
+Run: ``python examples/train_pairing.py [--out DIR] [--small]`` (a few minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def train(model: nn.Sequential, x: torch.Tensor, steps: int, batch: int = 128) -
 def main(out: Path, small: bool = False) -> dict[str, dict[str, float]]:
     """Write ``train_pairing.png``; return, per model, its error, mean mu and fraction of filters with mu < -0.9."""
     x = patches(2_000 if small else 20_000)
-    steps = 50 if small else 3_000
+    steps = 50 if small else 2_000
     results, pairings = {}, {}
     for name, activation in (("ReLU", nn.ReLU()), ("CReLU", CReLU())):
         model = autoencoder(activation, seed=0)

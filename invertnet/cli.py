@@ -36,8 +36,13 @@ from invertnet.trace import find_layer, list_layers
 __all__ = ["main"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-#: Caps of the two phases of ``--method joint``.
-JOINT_EVALUATIONS, JOINT_STEPS = 500, 30
+#: ``--method joint``: caps of its two phases, and the default TV weight (images are in [0, 1]).
+JOINT_EVALUATIONS, JOINT_STEPS, JOINT_TV = 500, 5, 0.01
+
+
+def _joint_options(tv: float) -> dict[str, Any]:
+    """What the CLI passes to a joint inversion: the caps, the prior, and the [0, 1] box of its images."""
+    return {"lbfgs_evaluations": JOINT_EVALUATIONS, "max_steps": JOINT_STEPS, "tv": tv, "box": (0.0, 1.0)}
 
 
 class _OneLineErrors(click.Group):
@@ -128,6 +133,13 @@ weights_option = click.option(
     help="State dict (.pt via weights_only=True, or .safetensors); default: Gaussian filters.",
 )
 seed_option = click.option("--seed", type=int, default=0, show_default=True, help="Seed of the Gaussian filters.")
+tv_option = click.option(
+    "--tv",
+    type=click.FloatRange(min=0),
+    default=JOINT_TV,
+    show_default=True,
+    help="joint: weight of the total-variation prior of its L-BFGS phase (0: none).",
+)
 size_option = click.option(
     "--size", type=click.IntRange(min=8), default=None, help="Square input size [default: the model's, 224 or 32]."
 )
@@ -173,13 +185,7 @@ def cli() -> None:
     default=None,
     help="Output PNG [default: IMAGE-STEM_LAYER.png, or IMAGE-STEM_layers.png with --all-layers].",
 )
-@click.option(
-    "--tv",
-    type=float,
-    default=0.0,
-    show_default=True,
-    help="--method joint: weight of a total-variation prior (for layers whose features have many preimages).",
-)
+@tv_option
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
 def reconstruct_command(
     image: Path,
@@ -202,8 +208,6 @@ def reconstruct_command(
     Writes the reconstruction and a side-by-side figure (input | reconstruction | error map),
     and prints PSNR, SSIM (Wang et al. 2004) and the relative error.
     """
-    if tv < 0:
-        raise click.BadParameter(f"expected a non-negative weight, got {tv}; use 0 for no prior", param_hint="--tv")
     if all_layers == (layer is not None):
         raise click.UsageError("give exactly one of --layer NAME and --all-layers")
     spec = MODELS[model_name]
@@ -232,10 +236,7 @@ def reconstruct_command(
                     name,
                     method,
                     maxpool=maxpool,
-                    tv=tv,
-                    box=(0.0, 1.0) if tv else None,
-                    lbfgs_evaluations=JOINT_EVALUATIONS,
-                    max_steps=JOINT_STEPS,
+                    **_joint_options(tv),
                     progress=lambda step, residual: bar.update(1),
                 )
             click.echo(
@@ -282,6 +283,7 @@ def _names(text: str, option: str) -> list[str]:
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
 @click.option("--dtype", type=click.Choice(sorted(DTYPES)), default="float64", show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Figure [default: IMAGE-STEM_compare.png].")
+@tv_option
 @click.option("--force", is_flag=True, help="Overwrite an existing figure.")
 def compare_command(
     image: Path,
@@ -294,6 +296,7 @@ def compare_command(
     device: str,
     dtype: str,
     out: Path | None,
+    tv: float,
     force: bool,
 ) -> None:
     """Compare inversion methods on IMAGE from several layers: one table, one figure.
@@ -323,8 +326,7 @@ def compare_command(
         picture,
         layers,
         methods,
-        lbfgs_evaluations=JOINT_EVALUATIONS,
-        max_steps=JOINT_STEPS,
+        **_joint_options(tv),
     )
     click.echo(format_comparison(rows))
     save_figure(comparison_figure(rows, picture), out)

@@ -2,36 +2,39 @@ r"""Joint inversion of a network prefix: match the features of every layer at on
 
 Inverting one layer at a time throws away what later layers know (behind a CReLU input the
 unknowns are half the channels, but a linear pseudo-inverse treats all of them as free). Joint
-inversion minimises the relative feature misfit of the whole prefix,
+inversion fits the features of the whole prefix in two phases:
 
-.. math::
-
-    \min_x \; \frac{\|f(x) - y\|^2}{\|y\|^2} + \lambda \, \mathrm{TV}_\epsilon(x),
-    \qquad \mathrm{TV}_\epsilon(x) = \sum_p \sqrt{|\nabla x|_p^2 + \epsilon^2},
-
-in two phases:
-
-1. **L-BFGS** (``torch.optim.LBFGS`` with a strong-Wolfe line search) on the objective, from the
-   start it is given. It finds the right basin quickly: from a flat grey start it reaches 34 dB
-   from All-CNN-B conv2 at 224x224 in about 8 s on two cores.
-2. **Damped Gauss-Newton** on the pattern-fixed linearisation. A CReLU/ReLU network is piecewise
-   linear: with the activation pattern (and max-pooling switches) of the current estimate fixed,
-   :math:`f(x) = J_s x + c_s` exactly, so once the pattern is right one step solves the problem:
+1. **L-BFGS** (``torch.optim.LBFGS`` with a strong-Wolfe line search) from the start it is given, on
 
    .. math::
 
-       \delta_k = \arg\min_\delta \|J_{s_k} \delta - (y - f(x_k))\|^2 + \lambda \|W_k^{1/2} \nabla(x_k + \delta)\|^2,
+       \min_x \; \frac{\|f(x) - y\|^2}{\|y\|^2} + \lambda \, \frac{\mathrm{TV}_\epsilon(x)}{\|y\|^2},
+       \qquad \mathrm{TV}_\epsilon(x) = \sum_p \sqrt{|\nabla x|_p^2 + \epsilon^2}.
+
+   It finds the basin; the total-variation prior (:math:`\lambda` = ``tv``) steers it to a
+   natural image where the features leave freedom, and away from the wrong activation patterns
+   at the borders, where few receptive fields constrain the pixels. Measured on All-CNN-B from
+   conv2 at 224x224 (a flat grey start, 2 cores, box [0, 1]): 34 dB without the prior, 40.6 dB
+   in 6 s with ``tv=0.01``.
+2. **Damped Gauss-Newton** on the pattern-fixed linearisation, without the prior. A CReLU/ReLU
+   network is piecewise linear: with the activation pattern (and max-pooling switches) of the
+   current estimate fixed, :math:`f(x) = J_s x + c_s` exactly, so once the pattern is right one
+   step solves the problem:
+
+   .. math::
+
+       \delta_k = \arg\min_\delta \|J_{s_k} \delta - (y - f(x_k))\|^2 \;\text{(minimum norm)},
        \qquad x_{k+1} = \Pi_{[lo, hi]}(x_k + \alpha_k \delta_k),
 
    with :math:`J` applied matrix-free (``torch.func.jvp`` / ``torch.func.vjp``), the inner problem
-   solved by LSQR, :math:`\alpha_k` halved until the objective decreases, and the TV prior by
-   iteratively reweighted least squares, :math:`W_k = 1 / \sqrt{|\nabla x_k|^2 + \epsilon^2}`.
+   solved by LSQR from zero (so the step has no component the features cannot see, and the
+   prior's choice there stays), and :math:`\alpha_k` halved until the misfit decreases.
 
 Both phases stop as soon as every image's relative feature residual is at most ``tol``. Where the
 features determine the input (an injective prefix), the fixed point is the input itself, recovered
-to rounding; where they do not, the result is *one* of many preimages, and the prior picks a
-natural one. Neither phase can cross every kink of a piecewise-linear map: a start in the wrong
-basin ends in a local minimum, and the reported residual says so.
+to rounding; where they do not, the result is *one* of many preimages. Neither phase can cross
+every kink of a piecewise-linear map: a start in the wrong basin ends in a local minimum, and the
+reported residual says so.
 """
 
 from __future__ import annotations
@@ -91,48 +94,22 @@ def _gradient(x: torch.Tensor) -> torch.Tensor:
     return torch.stack([dh, dw], dim=1)
 
 
-def _gradient_adjoint(g: torch.Tensor) -> torch.Tensor:
-    dh, dw = g[:, 0], g[:, 1]
-    out = torch.zeros_like(dh)
-    out[..., 1:, :] += dh[..., :-1, :]
-    out[..., :-1, :] -= dh[..., :-1, :]
-    out[..., :, 1:] += dw[..., :, :-1]
-    out[..., :, :-1] -= dw[..., :, :-1]
-    return out
-
-
 class _Linearisation(LinearOperator):
-    r""":math:`\delta \mapsto (J \delta, \sqrt{\lambda W} \nabla \delta)` at a fixed point, flattened per sample."""
+    r""":math:`\delta \mapsto J \delta` at a fixed point (the activation pattern frozen), flattened per sample."""
 
-    def __init__(
-        self,
-        f: Callable[[torch.Tensor], torch.Tensor],
-        x: torch.Tensor,
-        out_shape: tuple[int, ...],
-        weights: torch.Tensor | None,
-    ) -> None:
-        self.f, self.x, self.weights = f, x, weights
-        self._features = math.prod(out_shape)
-        self._feature_shape = out_shape
-        prior = 0 if weights is None else 2 * x[0].numel()
+    def __init__(self, f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, out_shape: tuple[int, ...]) -> None:
+        self.f, self.x = f, x
         self.in_shape = tuple(x.shape[1:])
-        self.out_shape = (self._features + prior,)
+        self.out_shape = (math.prod(out_shape),)
+        self._feature_shape = out_shape
         _, self._vjp = vjp(f, x)
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
         _, jv = jvp(self.f, (self.x,), (v,))
-        parts = [jv.flatten(1)]
-        if self.weights is not None:
-            parts.append((self.weights * _gradient(v)).flatten(1))
-        return torch.cat(parts, dim=1)
+        return jv.flatten(1)
 
     def adjoint(self, u: torch.Tensor) -> torch.Tensor:
-        n = u.shape[0]
-        features = u[:, : self._features].reshape(n, *self._feature_shape)
-        (out,) = self._vjp(features)
-        if self.weights is not None:
-            prior = u[:, self._features :].reshape(n, 2, *self.in_shape)
-            out = out + _gradient_adjoint(self.weights * prior)
+        (out,) = self._vjp(u.reshape(u.shape[0], *self._feature_shape))
         return out
 
 
@@ -176,7 +153,8 @@ def invert_jointly(
     inner_atol, inner_maxiter : float, int
         LSQR's tolerance and cap for each Gauss-Newton step (inexact steps; the outer loop corrects them).
     tv : float, default 0.0
-        Weight of the total-variation prior. Use it when the prefix is not injective.
+        Weight of the total-variation prior of the L-BFGS phase (``0.01`` suits images in [0, 1]
+        with a box; see the module notes).
     box : (float, float), optional
         Keep the estimate in ``[lo, hi]`` (e.g. ``(0, 1)`` for images): the start, the end of the
         L-BFGS phase and every Gauss-Newton step are projected onto it.
@@ -211,12 +189,12 @@ def invert_jointly(
         x = x.clamp(*box)
     y_norm = y.flatten(1).norm(dim=1).clamp(min=torch.finfo(y.dtype).tiny)
 
-    def objective(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def objective(x: torch.Tensor, prior: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
         features = f(x)
         residual = (features - y).flatten(1).norm(dim=1) / y_norm
         value = residual**2
-        if tv > 0:
-            value = value + tv * _gradient(x).pow(2).sum(dim=1).add(1e-6).sqrt().flatten(1).sum(dim=1) / y_norm**2
+        if prior > 0:
+            value = value + prior * _gradient(x).pow(2).sum(dim=1).add(1e-6).sqrt().flatten(1).sum(dim=1) / y_norm**2
         return residual, value
 
     with torch.no_grad():
@@ -251,11 +229,12 @@ def invert_jointly(
         def closure() -> torch.Tensor:
             nonlocal evaluations
             optimiser.zero_grad()
-            total = objective(variable)[1].sum()
+            total = objective(variable, tv)[1].sum()
             total.backward()
             evaluations += 1
             return total
 
+        last = float("inf")
         while evaluations < lbfgs_evaluations and unmet():
             before = evaluations
             optimiser.param_groups[0]["max_eval"] = min(LBFGS_ROUND, lbfgs_evaluations - evaluations)
@@ -263,27 +242,22 @@ def invert_jointly(
             with torch.no_grad():
                 candidate = variable.detach() if box is None else variable.detach().clamp(*box)
                 residual, value = objective(candidate)
+                current = float(objective(candidate, tv)[1].sum())
             x = candidate.clone()
             history.append(float(residual.max()))
             report()
-            if evaluations - before <= 1 or history[-1] > (1 - min_gain) * history[-2]:
+            if evaluations - before <= 1 or current > (1 - min_gain) * last:
                 break  # no decrease found, or too little: a (local) minimum
+            last = current
 
     # Phase 2: Gauss-Newton with the activation pattern fixed at the current estimate.
     inner_total = 0
     steps = 0
     with torch.no_grad():
         while steps < max_steps and unmet():
-            weights = None
-            if tv > 0:
-                magnitude = _gradient(x).pow(2).sum(dim=1, keepdim=True).add(1e-6).sqrt()
-                weights = (tv / magnitude).sqrt().expand(-1, 2, *x.shape[1:])
-            op = _Linearisation(f, x, tuple(y.shape[1:]), weights)
-            rhs = [(y - f(x)).flatten(1)]
-            if weights is not None:
-                rhs.append(-(weights * _gradient(x)).flatten(1))
+            op = _Linearisation(f, x, tuple(y.shape[1:]))
             solution = lsqr(
-                op, torch.cat(rhs, dim=1), atol=inner_atol, btol=inner_atol, maxiter=inner_maxiter, warn=False
+                op, (y - f(x)).flatten(1), atol=inner_atol, btol=inner_atol, maxiter=inner_maxiter, warn=False
             )
             inner_total += solution.iterations
             step = 1.0

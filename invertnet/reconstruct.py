@@ -420,7 +420,8 @@ def reconstruct(
         step's note (no warning is raised); nearly singular layers can need far more iterations than
         they are worth.
     tv, box, joint_tol, lbfgs_evaluations, max_steps, progress
-        ``"joint"`` only: total-variation weight, box constraint, relative feature residual to stop
+        ``"joint"`` only: total-variation weight of the L-BFGS phase (``tv=0.01, box=(0.0, 1.0)``
+        is what the CLI uses on [0, 1] images), box constraint, relative feature residual to stop
         at, caps of the L-BFGS and Gauss-Newton phases, and a ``progress(round, residual)`` callback.
     joint_start : {"auto", "layers", "flat"}
         ``"joint"`` only: start from the ``"auto"`` layer-by-layer estimate (``"layers"``), from a

@@ -136,7 +136,7 @@ def test_existing_output_is_kept_without_force(tmp_path):
         (lambda d: ["reconstruct", "--layr", "conv1"], "No such option '--layr'"),
         (
             lambda d: ["reconstruct", "--layer", "conv1", ASSETS / "astronaut.png", "--method", "joint", "--tv", "-1"],
-            "expected a non-negative weight, got -1.0",
+            "-1.0 is not in the range x>=0",
         ),
         (
             lambda d: ["compare", ASSETS / "astronaut.png", "--methods", "patch,magic"],
