@@ -36,6 +36,7 @@ from invertnet.errors import InvertnetError, ShapeError
 __all__ = [
     "NoConvWeightsError",
     "Pairing",
+    "ZeroFilterError",
     "conv_weights",
     "expected_random_mu",
     "pairing",
@@ -47,6 +48,10 @@ __all__ = [
 
 class NoConvWeightsError(InvertnetError, ValueError):
     """A model or checkpoint without the convolution weights an analysis needs."""
+
+
+class ZeroFilterError(InvertnetError, ValueError):
+    """A filter of all zeros (e.g. pruned), which has no direction to pair."""
 
 
 @dataclass(frozen=True)
@@ -88,7 +93,7 @@ def pairing(weight: torch.Tensor) -> Pairing:
     norms = flat.norm(dim=1, keepdim=True)
     if bool((norms == 0).any()):
         zero = int((norms[:, 0] == 0).nonzero()[0])
-        raise ValueError(f"pairing: filter {zero} is zero and has no direction; drop zero filters first")
+        raise ZeroFilterError(f"pairing: filter {zero} is zero and has no direction; drop zero filters first")
     unit = flat / norms
     cosines = (unit @ unit.T).clamp(-1, 1)
     cosines.fill_diagonal_(float("inf"))

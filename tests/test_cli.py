@@ -320,13 +320,15 @@ def test_pairing_reads_any_checkpoint(tmp_path, suffix):
         (lambda d: d / "garbage.pt", "expected a state dict saved with torch.save"),
         (lambda d: d / "linear.pt", "expected convolution weights (4-D floating-point tensors), found none"),
         (lambda d: d / "garbage.safetensors", "expected a valid .safetensors file"),
+        (lambda d: d / "pruned.pt", "filter 1 is zero and has no direction"),
     ],
-    ids=["missing", "directory", "not-a-checkpoint", "no-conv-weights", "corrupt-safetensors"],
+    ids=["missing", "directory", "not-a-checkpoint", "no-conv-weights", "corrupt-safetensors", "zero-filter"],
 )
 def test_pairing_bad_checkpoints(tmp_path, make, match):
     (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
     (tmp_path / "garbage.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00garbage!")
     torch.save(torch.nn.Linear(3, 2).state_dict(), tmp_path / "linear.pt")
+    torch.save({"conv.weight": torch.stack([torch.ones(1, 3, 3), torch.zeros(1, 3, 3)])}, tmp_path / "pruned.pt")
     result, _ = run(["pairing", make(tmp_path), "--out", tmp_path / "out.png"], tmp_path)
     _one_line_error(result, match)
     assert not (tmp_path / "out.png").exists()
