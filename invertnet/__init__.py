@@ -14,6 +14,8 @@ The house, in layers (imports point down only):
 2. Pseudo-inverses and spectra
    - :mod:`invertnet.spectral` -- the DFT of circular convolutions: exact spectra and ``A^+``.
    - :mod:`invertnet.solvers` -- batched matrix-free LSQR.
+   - :mod:`invertnet.windows` -- pseudo-inverses of blocks of outputs: exact on a layer's range
+     when a block determines its window (LSQR's start).
    - :mod:`invertnet.pinv` -- ``patch_pinv`` (the paper's reading), ``conv_pinv`` (routes by name).
    - :mod:`invertnet.spectrum` -- ``sigma_min``/``sigma_max`` (Lanczos), ``injectivity_report``.
 3. Walking a model, measuring
@@ -70,6 +72,7 @@ from invertnet.errors import (
     InvertnetError,
     LayerNotFoundError,
     NotAChainError,
+    RouteError,
     ShapeError,
     TooLargeError,
     UnsupportedLayerError,
@@ -98,6 +101,7 @@ __all__ = [
     "NotAChainError",
     "Proportional",
     "Reconstruction",
+    "RouteError",
     "ShapeError",
     "SolveInfo",
     "TooLargeError",

@@ -15,6 +15,7 @@ __all__ = [
     "InvertnetError",
     "LayerNotFoundError",
     "NotAChainError",
+    "RouteError",
     "ShapeError",
     "TooLargeError",
     "UnsupportedLayerError",
@@ -40,6 +41,10 @@ class AdjointMismatchError(InvertnetError, ValueError):
 
 class TooLargeError(InvertnetError, ValueError):
     """An operation would materialise more memory than allowed."""
+
+
+class RouteError(InvertnetError, ValueError):
+    """An inversion route that does not apply to this layer (e.g. ``"fft"`` on zero padding)."""
 
 
 class UnsupportedLayerError(InvertnetError, TypeError):

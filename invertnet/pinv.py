@@ -25,6 +25,12 @@ reports iterations, residual and convergence, and warns when it stops unconverge
 
 ``"dense"`` — from the materialised matrix; tiny sizes only.
 
+``"window"`` — the patch reading grown to blocks of outputs (:mod:`invertnet.windows`): one dense
+pseudo-inverse, applied block by block. Exact on responses in the range of :math:`A` (e.g. a CReLU
+layer's recovered pre-activations) when a block determines its window; a local fit otherwise.
+``"lsqr"`` starts from it whenever it applies, which leaves LSQR nothing to do on such responses
+and still converges to :math:`A^+ y` on any other.
+
 ``"auto"`` picks the exact closed form that applies (``"patch"`` when every patch matrix has full
 column rank and the fields do not overlap or the layer is injective by it, ``"fft"`` when the DFT
 diagonalises the layer), else ``"lsqr"``, and says which in :class:`SolveInfo`.
@@ -41,10 +47,11 @@ import torch
 from torch import nn
 
 from invertnet._checks import pair, require_4d
-from invertnet.errors import ShapeError
+from invertnet.errors import RouteError, ShapeError
 from invertnet.operators import DENSE_MAX_ENTRIES, ConvOperator
 from invertnet.solvers import lsqr
 from invertnet.spectral import CirculantFactorization, circulant_reason
+from invertnet.windows import WindowInverse, window_block
 
 __all__ = ["CONV_METHODS", "SolveInfo", "choose_method", "conv_pinv", "patch_is_exact", "patch_pinv", "pinv_rtol"]
 
@@ -65,6 +72,8 @@ class SolveInfo:
         Relative residual :math:`\max_i \|A \hat x_i - y_i\| / \|y_i\|` over the batch.
     converged : bool
         Whether the solver met its tolerance (always True for closed forms).
+    start : str
+        ``"lsqr"``: where it started, ``"zero"`` or ``"window"`` (the :mod:`invertnet.windows` estimate).
     """
 
     method: str
@@ -72,6 +81,7 @@ class SolveInfo:
     iterations: int
     residual: float
     converged: bool
+    start: str = "zero"
 
 
 def pinv_rtol(shape: tuple[int, ...], dtype: torch.dtype) -> float:
@@ -137,6 +147,29 @@ def _factorization(conv: nn.Conv2d | ConvOperator, op: ConvOperator, like: torch
     """The layer's per-frequency SVD (see :mod:`invertnet.spectral`), cached per layer, input size, dtype and device."""
     key = ("fft", op.in_shape, like.dtype, like.device)
     return _cached(conv, key, lambda: CirculantFactorization(op, like))  # type: ignore[return-value]
+
+
+def _window_inverse(conv: nn.Conv2d | ConvOperator, op: ConvOperator, like: torch.Tensor) -> WindowInverse | None:
+    """The layer's window pseudo-inverse if a block of outputs determines its window, else None; cached."""
+
+    def build() -> WindowInverse | None:
+        block = window_block(op)
+        if block is None:
+            return None
+        inverse = WindowInverse(op, block, like)
+        return inverse if inverse.injective else None
+
+    return _cached(conv, ("window", op.in_shape, like.dtype, like.device), build)  # type: ignore[return-value]
+
+
+def _window_reason(op: ConvOperator) -> str:
+    block = window_block(op)
+    if block is None:
+        return (
+            f"no block within the size limit has as many equations as unknowns ({op.out_shape[0]} "
+            f"filters for {op.in_shape[0]} input channels at stride {op.stride})"
+        )
+    return f"the {block[0]}x{block[1]} block's matrix is rank deficient"
 
 
 def patch_pinv(
@@ -222,6 +255,7 @@ CONV_METHODS: dict[str, str] = {
     "fft": "the operator's Moore-Penrose pseudo-inverse through the 2-D DFT (circular or no padding)",
     "lsqr": "the operator's minimum-norm least-squares solution by matrix-free LSQR",
     "dense": "the operator's Moore-Penrose pseudo-inverse from its dense matrix (tiny sizes)",
+    "window": "pseudo-inverse of a block of outputs, block by block (exact on the operator's range)",
 }
 
 
@@ -235,7 +269,8 @@ def conv_pinv(
     rtol: float | None = ...,
     atol: float = ...,
     maxiter: int | None = ...,
-    precondition: bool = ...,
+    precondition: bool | None = ...,
+    warm_start: bool = ...,
     warn: bool = ...,
     max_entries: int = ...,
     return_info: Literal[False] = ...,
@@ -250,7 +285,8 @@ def conv_pinv(
     rtol: float | None = ...,
     atol: float = ...,
     maxiter: int | None = ...,
-    precondition: bool = ...,
+    precondition: bool | None = ...,
+    warm_start: bool = ...,
     warn: bool = ...,
     max_entries: int = ...,
     return_info: Literal[True],
@@ -264,7 +300,8 @@ def conv_pinv(
     rtol: float | None = None,
     atol: float = 1e-10,
     maxiter: int | None = None,
-    precondition: bool = False,
+    precondition: bool | None = None,
+    warm_start: bool = True,
     warn: bool = True,
     max_entries: int = DENSE_MAX_ENTRIES,
     return_info: bool = False,
@@ -277,7 +314,7 @@ def conv_pinv(
     y : torch.Tensor
         The layer's output, ``(N, C_out, H_out, W_out)``, bias included.
     input_size : (int, int)
-    method : {"auto", "patch", "fft", "lsqr", "dense"}
+    method : {"auto", "patch", "fft", "lsqr", "dense", "window"}
         See :data:`CONV_METHODS` and the module docstring.
     rtol : float, optional
         Closed forms: singular values below ``rtol * sigma_max`` (the global largest) are cut;
@@ -286,10 +323,16 @@ def conv_pinv(
         ``"lsqr"``: its ``atol`` and ``btol`` (see :func:`invertnet.solvers.lsqr`).
     maxiter : int, optional
         ``"lsqr"``: iteration cap.
-    precondition : bool, default False
-        ``"lsqr"``: scale each pixel by :math:`\sqrt{ar c / c}` (:math:`c` its coverage). About halves the
+    precondition : bool, optional
+        ``"lsqr"``: scale each pixel by :math:`\sqrt{\bar c / c}` (:math:`c` its coverage). About halves the
         iterations on strided layers whose borders fewer fields read; the result is then *a* least-squares
-        solution, the minimum-norm one only when the layer is injective on the pixels it reads.
+        solution, the minimum-norm one only when the layer is injective on the pixels it reads. Default
+        (None): on exactly when the warm start applies, which proves that injectivity.
+    warm_start : bool, default True
+        ``"lsqr"``: start from the ``"window"`` estimate when a block of outputs determines its window
+        (:mod:`invertnet.windows`; the block's pseudo-inverse is computed once per layer and cached). The
+        layer is then injective on the pixels it reads and the estimate lies in its row space, so the limit
+        is still :math:`A^+ (y - b)`; on responses in the range of the layer the start is already exact.
     warn : bool, default True
         ``"lsqr"``: warn (:class:`~invertnet.solvers.ConvergenceWarning`) when it stops unconverged.
     max_entries : int
@@ -320,13 +363,13 @@ def conv_pinv(
     op = _operator(conv, input_size)
     z = _linear_response(conv, op, y)
     route = choose_method(conv, input_size) if method == "auto" else method
-    iterations, converged = 0, True
+    iterations, converged, start = 0, True, "zero"
     if route == "patch":
         x_hat = patch_pinv(conv, y, input_size, rtol=rtol)
     elif route == "fft":
         reason = circulant_reason(op)
         if reason is not None:
-            raise ValueError(
+            raise RouteError(
                 f"conv_pinv: method 'fft' needs a layer the 2-D DFT diagonalises, but {reason}; "
                 "use method='lsqr' (any layer) or 'auto'"
             )
@@ -335,7 +378,8 @@ def conv_pinv(
         x_hat = factors.pinv(z, cut)
     elif route == "lsqr":
         scale = None
-        if precondition:
+        window = _window_inverse(conv, op, z) if warm_start else None
+        if precondition or (precondition is None and window is not None):
             coverage = op.coverage(z.device, z.dtype)
             covered = coverage > 0
             scale = torch.where(covered, (coverage[covered].mean() / coverage.clamp(min=1)).sqrt(), 1.0)
@@ -346,9 +390,19 @@ def conv_pinv(
             btol=atol,
             maxiter=maxiter,
             preconditioner=None if scale is None else (lambda v: v * scale),
+            x0=None if window is None else window.apply(z),
             warn=warn,
         )
         x_hat, iterations, converged = result.x, result.iterations, bool(result.converged.all())
+        start = "zero" if window is None else "window"
+    elif route == "window":
+        window = _window_inverse(conv, op, z)
+        if window is None:
+            raise RouteError(
+                f"conv_pinv: method 'window' needs a block of outputs that determines the pixels it reads, but "
+                f"{_window_reason(op)}; use method='lsqr' (any layer) or 'auto'"
+            )
+        x_hat = window.apply(z)
     else:
         matrix = op.to_dense(dtype=z.dtype, device=z.device, max_entries=max_entries)
         cut = pinv_rtol(tuple(matrix.shape), z.dtype) if rtol is None else rtol
@@ -357,4 +411,4 @@ def conv_pinv(
         return x_hat
     tiny = torch.finfo(z.dtype).tiny
     residual = (op.forward(x_hat) - z).flatten(1).norm(dim=1) / z.flatten(1).norm(dim=1).clamp(min=tiny)
-    return x_hat, SolveInfo(route, route != "lsqr", iterations, float(residual.detach().max()), converged)
+    return x_hat, SolveInfo(route, route != "lsqr", iterations, float(residual.detach().max()), converged, start)

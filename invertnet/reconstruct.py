@@ -234,9 +234,14 @@ def _invert_conv(module: nn.Module, record: LayerRecord, y: torch.Tensor, ctx: I
     if info.method == "patch":
         exact = patch_is_exact(module, input_size)
         note = "" if exact else "patch reading of a layer it cannot invert: not the operator's pseudo-inverse"
+    elif info.method == "window":
+        exact = False
+        note = "window: pseudo-inverse of blocks of outputs; exact on the layer's range, a local fit off it"
     else:
         exact = False
         note = f"{info.method}: the operator's minimum-norm least-squares solution (exact where it is injective)"
+        if info.start == "window":
+            note += f"; started from the window estimate, {info.iterations} iterations after it"
         if not info.converged:
             note += f"; not converged after {info.iterations} iterations (relative residual {info.residual:.2g})"
     return StepResult(estimate, info.method, exact, note)

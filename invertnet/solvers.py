@@ -70,6 +70,7 @@ def lsqr(
     btol: float = 1e-10,
     maxiter: int | None = None,
     preconditioner: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    x0: torch.Tensor | None = None,
     warn: bool = True,
 ) -> LsqrResult:
     r"""Solve :math:`\min_x \|A x - b\|_2` for each sample of ``b``, matrix-free.
@@ -87,6 +88,11 @@ def lsqr(
         ``n``; rounding slows it on ill-conditioned operators).
     preconditioner : callable, optional
         A symmetric positive definite :math:`M`, applied to input-shaped tensors (right preconditioning).
+    x0 : torch.Tensor, optional
+        Starting point, ``(N, *op.in_shape)``. LSQR then solves for the correction,
+        :math:`x = x_0 + \arg\min_d \|A d - (b - A x_0)\|`, and reaches :math:`A^+ b` when :math:`x_0` lies in
+        the row space of :math:`A` (e.g. when :math:`A` is injective); the tolerances stay relative to
+        :math:`\|b\|`, so a start that already solves the system costs no iteration.
     warn : bool, default True
         Raise a :class:`ConvergenceWarning` when a sample hits the cap unconverged.
 
@@ -109,9 +115,9 @@ def lsqr(
     tiny = torch.finfo(b.dtype).tiny
     n = b.shape[0]
 
-    u = b.clone()
+    bnorm = _norm(b)
+    u = b.clone() if x0 is None else b - op.forward(x0)
     beta = _norm(u)
-    bnorm = beta.clone()
     u = _scale(u, 1 / beta.clamp(min=tiny))
     v = m(op.adjoint(u))
     alpha = _norm(v)
@@ -120,8 +126,9 @@ def lsqr(
     y = torch.zeros_like(v)
     phibar, rhobar = beta.clone(), alpha.clone()
     anorm2 = torch.zeros_like(beta)
-    ynorm = torch.zeros_like(beta)
-    done = (bnorm == 0) | (alpha == 0)
+    x0norm = torch.zeros_like(beta) if x0 is None else _norm(x0)
+    ynorm = x0norm.clone()
+    done = (bnorm == 0) | (alpha == 0) | (beta <= btol * bnorm)
     test2 = torch.zeros_like(beta)
     iterations = 0
     while not bool(done.all()) and iterations < maxiter:
@@ -143,13 +150,13 @@ def lsqr(
         y = torch.where(active.reshape(-1, *([1] * (y.ndim - 1))), y + _scale(w, phi / rho), y)
         w = v - _scale(w, theta / rho)
         anorm = anorm2.sqrt()
-        ynorm = _norm(y)
+        ynorm = _norm(y) + x0norm
         rnorm = phibar.abs()
         test1 = rnorm / bnorm.clamp(min=tiny)
         test2 = (alpha * c.abs()) * rnorm / (anorm * rnorm).clamp(min=tiny)
         stop = (test1 <= btol + atol * anorm * ynorm / bnorm.clamp(min=tiny)) | (test2 <= atol) | (alpha == 0)
         done = done | stop
-    x = m(y)
+    x = m(y) if x0 is None else x0 + m(y)
     residual = _norm(op.forward(x) - b) / bnorm.clamp(min=tiny)
     if warn and not bool(done.all()):
         warnings.warn(

@@ -22,6 +22,12 @@ if os.environ.get("CI"):
 TOL = {torch.float64: (1e-10, 1e-12), torch.float32: (1e-4, 1e-5)}
 
 
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    """Every test draws from the same global random state, whatever ran before it."""
+    torch.manual_seed(0)
+
+
 @pytest.fixture
 def generator() -> torch.Generator:
     return torch.Generator().manual_seed(1234)

@@ -140,7 +140,7 @@ def test_existing_output_is_kept_without_force(tmp_path):
         ),
         (
             lambda d: ["compare", ASSETS / "astronaut.png", "--methods", "patch,magic"],
-            "expected methods among auto, patch, fft, lsqr, dense, joint, got magic",
+            "expected methods among auto, patch, fft, lsqr, dense, window, joint, got magic",
         ),
         (lambda d: ["compare", ASSETS / "astronaut.png", "--methods", " , "], "expected a comma-separated list"),
         (lambda d: ["compare", ASSETS / "astronaut.png", "--layers", "conv1,conv99"], "valid names: conv1, conv1.conv"),

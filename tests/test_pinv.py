@@ -101,7 +101,7 @@ def test_bad_input():
     with pytest.raises(TypeError, match=r"expected a floating-point tensor, got torch.int64"):
         patch_pinv(conv, torch.zeros(1, 4, 6, 6, dtype=torch.long), (8, 8))
     with pytest.raises(
-        ValueError, match=r"expected method in \['auto', 'dense', 'fft', 'lsqr', 'patch'\], got 'magic'"
+        ValueError, match=r"expected method in \['auto', 'dense', 'fft', 'lsqr', 'patch', 'window'\], got 'magic'"
     ):
         conv_pinv(conv, torch.zeros(1, 4, 6, 6), (8, 8), method="magic")
     big = torch.nn.Conv2d(3, 8, 3)

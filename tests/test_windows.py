@@ -1,0 +1,107 @@
+"""Window pseudo-inverses (blocks of outputs), and LSQR started from them, against the dense pseudo-inverse."""
+
+import pytest
+import torch
+from conftest import assert_close
+from hypothesis import assume, given, settings
+from strategies import ConvConfig, conv_configs
+
+from invertnet import ConvOperator, RouteError, conv_pinv
+from invertnet.solvers import lsqr
+from invertnet.windows import WindowInverse, window_block
+
+
+def _window(op: ConvOperator) -> WindowInverse | None:
+    block = window_block(op)
+    if block is None:
+        return None
+    inverse = WindowInverse(op, block, torch.zeros((), dtype=torch.float64))
+    return inverse if inverse.injective else None
+
+
+def _dense_pinv(op: ConvOperator) -> torch.Tensor:
+    return torch.linalg.pinv(op.to_dense())
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm().clamp(min=1e-300))
+
+
+@settings(max_examples=80, deadline=None)
+@given(conv_configs())
+def test_window_inverse_is_exact_on_the_range(cfg: ConvConfig):
+    """For y = A x the tiled window estimate equals A^+ y (x on the pixels the layer reads, 0 elsewhere)."""
+    op = cfg.operator()
+    window = _window(op)
+    assume(window is not None and window.condition < 1e4)
+    x = torch.rand(2, *op.in_shape, dtype=torch.float64)
+    y = op.forward(x)
+    reference = (_dense_pinv(op) @ y.flatten(1).T).T.reshape_as(x)
+    assert_close(window.apply(y), reference)
+
+
+@settings(max_examples=60, deadline=None)
+@given(conv_configs())
+def test_lsqr_from_the_window_reaches_the_minimum_norm_solution(cfg: ConvConfig):
+    """On responses outside the range the window estimate is only a start; LSQR from it still reaches A^+ y."""
+    op = cfg.operator()
+    window = _window(op)
+    assume(window is not None and window.condition < 1e3 and op.out_dim > op.in_dim)
+    y = torch.randn(2, *op.out_shape, dtype=torch.float64)
+    reference = (_dense_pinv(op) @ y.flatten(1).T).T.reshape(2, *op.in_shape)
+    start = window.apply(y)
+    result = lsqr(op, y, atol=1e-14, btol=1e-14, maxiter=5000, x0=start)
+    assert bool(result.converged.all())
+    assert _relative(result.x, reference) <= 1e-8
+
+
+def test_all_cnn_b_conv1_shape_is_recovered_without_iterating():
+    """96 filters of 11x11x3 at stride 4 (fewer filters than the 363 patch entries): blocks of outputs still invert."""
+    conv = torch.nn.Conv2d(3, 96, 11, stride=4).double()
+    x = torch.rand(1, 3, 31, 31, dtype=torch.float64)  # (31 - 11) / 4 + 1 = 6 outputs read every pixel
+    with torch.no_grad():
+        y = conv(x)
+        windowed, info = conv_pinv(conv, y, (31, 31), "window", return_info=True)
+        solved, lsqr_info = conv_pinv(conv, y, (31, 31), "lsqr", return_info=True)
+    assert info.method == "window"
+    assert_close(windowed, x)
+    assert (lsqr_info.start, lsqr_info.iterations) == ("window", 0)
+    assert_close(solved, x)
+    with torch.no_grad():
+        x32 = conv_pinv(conv.float(), y.float(), (31, 31), "window")
+    assert x32.dtype == torch.float32
+    assert float((x32 - x).abs().max()) < 1e-3  # window condition number ~1e2 times float32 rounding
+
+
+def test_noisy_responses_need_lsqr_after_the_window():
+    """Off the range the window estimate is a local fit, not A^+ y; LSQR from it iterates to A^+ y."""
+    conv = torch.nn.Conv2d(3, 96, 11, stride=4, bias=False).double()
+    op = ConvOperator.from_conv(conv, (31, 31))
+    y = op.forward(torch.rand(1, 3, 31, 31, dtype=torch.float64))
+    y = y + 0.1 * y.norm() * torch.randn_like(y) / y.numel() ** 0.5
+    reference = (_dense_pinv(op) @ y.flatten(1).T).T.reshape(1, *op.in_shape)
+    window = conv_pinv(conv, y, (31, 31), "window")
+    solved, info = conv_pinv(conv, y, (31, 31), "lsqr", atol=1e-14, return_info=True)
+    assert _relative(window, reference) > 1e-3
+    assert info.start == "window"
+    assert info.iterations > 0
+    assert _relative(solved, reference) <= 1e-8
+
+
+def test_lsqr_without_a_window_starts_from_zero():
+    conv = torch.nn.Conv2d(4, 4, 3, padding=1).double()  # as many filters as channels: no block has enough equations
+    y = torch.randn(1, 4, 8, 8, dtype=torch.float64)
+    _, info = conv_pinv(conv, y, (8, 8), "lsqr", return_info=True)
+    assert info.start == "zero"
+    assert info.iterations > 0
+
+
+def test_window_route_refuses_layers_it_cannot_invert():
+    conv = torch.nn.Conv2d(4, 4, 3, padding=1)
+    with pytest.raises(
+        RouteError,
+        match=r"method 'window' needs a block of outputs that determines the pixels it reads, but no block within "
+        r"the size limit has as many equations as unknowns \(4 filters for 4 input channels at stride \(1, 1\)\); "
+        r"use method='lsqr'",
+    ):
+        conv_pinv(conv, torch.zeros(1, 4, 8, 8), (8, 8), method="window")
