@@ -105,3 +105,15 @@ def test_window_route_refuses_layers_it_cannot_invert():
         r"use method='lsqr'",
     ):
         conv_pinv(conv, torch.zeros(1, 4, 8, 8), (8, 8), method="window")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_window_routes_follow_the_input_device():
+    conv = torch.nn.Conv2d(2, 20, 3, padding=1).double().cuda()
+    x = torch.rand(1, 2, 10, 10, dtype=torch.float64, device="cuda")
+    with torch.no_grad():
+        y = conv(x)
+        for method in ("window", "lsqr"):
+            x_hat = conv_pinv(conv, y, (10, 10), method=method)
+            assert x_hat.device.type == "cuda"
+            assert_close(x_hat, x)
