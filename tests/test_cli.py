@@ -146,6 +146,14 @@ def test_existing_output_is_kept_without_force(tmp_path):
         (lambda d: ["compare", ASSETS / "astronaut.png", "--layers", "conv1,conv99"], "valid names: conv1, conv1.conv"),
         (lambda d: ["compare", ASSETS / "astronaut.png", "--model", "resnet"], "Invalid value for '--model'"),
         (lambda d: ["compare", d / "missing.png", *FAST, "--layers", "conv1"], "does not exist"),
+        (
+            lambda d: ["reconstruct", "--layer", "conv1", ASSETS / "astronaut.png", "--method", "fft"],
+            "method 'fft' needs a layer the 2-D DFT diagonalises, but padding is 'zeros'",
+        ),
+        (
+            lambda d: ["reconstruct", "--layer", "conv2", ASSETS / "astronaut.png", "--method", "window"],
+            "method 'window' needs a block of outputs that determines the pixels it reads",
+        ),
     ],
     ids=[
         "missing-image",
@@ -165,6 +173,8 @@ def test_existing_output_is_kept_without_force(tmp_path):
         "compare-unknown-layer",
         "compare-unknown-model",
         "compare-missing-image",
+        "fft-on-zero-padding",
+        "window-on-a-layer-it-cannot-invert",
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, make_args, match):
