@@ -42,3 +42,13 @@ def astronaut() -> torch.Tensor:
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype = torch.float64) -> None:
     rtol, atol = TOL[dtype]
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol)
+
+
+def relative_gap(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """``||actual - expected|| / ||expected||``."""
+    return float((actual - expected).norm() / expected.norm().clamp(min=1e-300))
+
+
+def dense_pinv_solution(op, y: torch.Tensor) -> torch.Tensor:
+    """The reference ``pinv(dense matrix) @ y`` for a batch of responses, shaped like the operator's input."""
+    return (torch.linalg.pinv(op.to_dense()) @ y.flatten(1).T).T.reshape(y.shape[0], *op.in_shape)

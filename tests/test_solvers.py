@@ -4,7 +4,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import assert_close
+from conftest import assert_close, dense_pinv_solution, relative_gap
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from strategies import ConvConfig, conv_configs
@@ -14,14 +14,6 @@ from invertnet.pinv import choose_method
 from invertnet.solvers import ConvergenceWarning, lsqr
 from invertnet.spectral import circulant_reason
 from invertnet.spectrum import conv_singular_values, injectivity_report, sigma_max, sigma_min
-
-
-def _dense_pinv_solution(op: ConvOperator, z: torch.Tensor) -> torch.Tensor:
-    return (torch.linalg.pinv(op.to_dense()) @ z.flatten(1).T).T.reshape(z.shape[0], *op.in_shape)
-
-
-def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm().clamp(min=1e-300))
 
 
 @settings(max_examples=60, deadline=None)
@@ -36,7 +28,7 @@ def test_lsqr_matches_dense_pinv(cfg: ConvConfig):
     z = torch.randn(2, *op.out_shape, dtype=torch.float64)
     result = lsqr(op, z, atol=1e-14, btol=1e-14, maxiter=5000)
     assert bool(result.converged.all())
-    assert _relative(result.x, _dense_pinv_solution(op, z)) <= 1e-8
+    assert relative_gap(result.x, dense_pinv_solution(op, z)) <= 1e-8
 
 
 @st.composite
@@ -86,7 +78,7 @@ def test_fft_matches_dense_pinv_and_svd(cfg: ConvConfig):
         z = y - (conv.bias.reshape(1, -1, 1, 1) if conv.bias is not None else 0)
         x_fft, info = conv_pinv(conv, y, cfg.size, method="fft", return_info=True)
     assert info.method == "fft"
-    assert _relative(x_fft, _dense_pinv_solution(op, z)) <= 1e-8
+    assert relative_gap(x_fft, dense_pinv_solution(op, z)) <= 1e-8
 
 
 def test_dense_route_satisfies_penrose_conditions():
@@ -151,7 +143,7 @@ def test_injectivity_report_verdicts():
     assert report[3].verdict == "not injective (pooling)"
     x = torch.rand(1, 3, 9, 9, dtype=torch.float64)
     with torch.no_grad():
-        assert _relative(conv_pinv(net[0], net[0](x), (9, 9), method="lsqr", atol=1e-14), x) < 1e-8
+        assert relative_gap(conv_pinv(net[0], net[0](x), (9, 9), method="lsqr", atol=1e-14), x) < 1e-8
 
 
 def test_numerically_singular_layer_is_flagged():
@@ -190,8 +182,8 @@ def test_lsqr_preconditioned_reaches_the_same_solution_on_injective_layers():
         options = {"atol": 1e-13, "warm_start": False, "return_info": True}
         plain, info = conv_pinv(conv, y, (12, 12), "lsqr", **options)
         scaled, info_scaled = conv_pinv(conv, y, (12, 12), "lsqr", precondition=True, **options)
-    assert _relative(plain, x) < 1e-9
-    assert _relative(scaled, x) < 1e-9
+    assert relative_gap(plain, x) < 1e-9
+    assert relative_gap(scaled, x) < 1e-9
     assert info.iterations > 0
     assert info_scaled.iterations > 0
 
