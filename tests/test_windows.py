@@ -109,3 +109,11 @@ def test_window_routes_follow_the_input_device():
             x_hat = conv_pinv(conv, y, (10, 10), method=method)
             assert x_hat.device.type == "cuda"
             assert_close(x_hat, x)
+
+
+def test_window_route_names_a_rank_deficient_block():
+    conv = torch.nn.Conv2d(2, 4, 1, bias=False)
+    with torch.no_grad():
+        conv.weight[:, 1] = conv.weight[:, 0]  # both input channels look alike: no block tells them apart
+    with pytest.raises(RouteError, match=r"method 'window' needs .*, but the 1x1 block's matrix is rank deficient"):
+        conv_pinv(conv, torch.zeros(1, 4, 5, 5), (5, 5), method="window")
