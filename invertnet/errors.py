@@ -15,6 +15,7 @@ __all__ = [
     "InvertnetError",
     "LayerNotFoundError",
     "NotAChainError",
+    "OptionError",
     "RouteError",
     "ShapeError",
     "TooLargeError",
@@ -65,3 +66,7 @@ class ImageReadError(InvertnetError, ValueError):
 
 class WeightsError(InvertnetError, ValueError):
     """A weights file that is missing, unreadable or does not fit the model."""
+
+
+class OptionError(InvertnetError, ValueError):
+    """An option outside its allowed values (an unknown method, a negative weight, a bad range)."""
