@@ -10,15 +10,19 @@ from __future__ import annotations
 
 __all__ = [
     "AdjointMismatchError",
+    "DTypeError",
+    "ForwardError",
     "ImageReadError",
     "InvalidCReLUOutputError",
     "InvertnetError",
     "LayerNotFoundError",
+    "ModelError",
     "NotAChainError",
     "OptionError",
     "RouteError",
     "ShapeError",
     "TooLargeError",
+    "TrainingModeError",
     "UnsupportedLayerError",
     "WeightsError",
 ]
@@ -70,3 +74,19 @@ class WeightsError(InvertnetError, ValueError):
 
 class OptionError(InvertnetError, ValueError):
     """An option outside its allowed values (an unknown method, a negative weight, a bad range)."""
+
+
+class ModelError(InvertnetError, TypeError):
+    """Something given as a model that is not an ``nn.Module``."""
+
+
+class ForwardError(InvertnetError, ValueError):
+    """A model whose forward pass fails on the given input (the message names the module)."""
+
+
+class TrainingModeError(InvertnetError, ValueError):
+    """A layer in training mode where inversion needs eval mode (BatchNorm, Dropout)."""
+
+
+class DTypeError(InvertnetError, TypeError):
+    """A tensor of a dtype that cannot be used (e.g. an integer image where floats in a known range are needed)."""

@@ -20,10 +20,10 @@ import torch
 from matplotlib.figure import Figure
 
 from invertnet.compare import ComparisonRow
+from invertnet.injectivity import LayerSpectrum
 from invertnet.io import atomic_write
 from invertnet.pairing import Pairing, random_mu_cdf, random_pairing
 from invertnet.reconstruct import Reconstruction
-from invertnet.spectrum import LayerSpectrum
 
 __all__ = [
     "comparison_figure",

@@ -16,7 +16,8 @@ from invertnet import (
     relative_error,
 )
 from invertnet.compare import compare_methods, format_comparison
-from invertnet.joint import LBFGS_ROUND, invert_jointly
+from invertnet.joint import LBFGS_ROUND, JointOptions, match_features
+from invertnet.pinv import SolveOptions
 
 
 def _injective_crelu_stack() -> nn.Sequential:
@@ -76,10 +77,12 @@ def test_relu_baseline_measurably_loses():
     one, two = reconstruct(relu_net, x, "1"), reconstruct(relu_net, x, "3")
     assert not one.exact
     assert one.steps[0].note.startswith("ReLU: negative part lost")
-    # measured (seed 0): relative error 1.51 from the first ReLU; 278 from the second, where the square but
-    # ill-conditioned 48x48 patch matrix of the second conv amplifies what the ReLU removed
-    assert float(one.relative_error) > 1.0
-    assert float(two.relative_error) > 100.0
+    # measured (seed 0), auto (A^+ of each conv): relative error 0.53 from the first ReLU, 0.72 from the second
+    assert float(one.relative_error) > 0.25
+    assert float(two.relative_error) > 0.35
+    # the paper's patch reading is exact on the range only: off it, the square but ill-conditioned 48x48 patch
+    # matrix of the second conv amplifies what the ReLU removed (measured 281)
+    assert float(reconstruct(relu_net, x, "3", "patch").relative_error) > 100.0
 
 
 def test_container_and_dotted_names():
@@ -172,7 +175,7 @@ def test_bad_method_and_maxpool_mode():
     net = nn.Sequential(nn.Conv2d(3, 4, 3))
     with pytest.raises(
         ValueError,
-        match=r"expected method in \['auto', 'dense', 'fft', 'joint', 'lsqr', 'patch', 'window'\], got 'nope'",
+        match=r"expected method in \['auto', 'patch', 'window', 'fft', 'dense', 'lsqr', 'joint'\], got 'nope'",
     ):
         reconstruct(net, torch.rand(1, 3, 8, 8), "0", method="nope")
     with pytest.raises(ValueError, match=r"expected maxpool in \('switches', 'guess'\), got 'max'"):
@@ -195,7 +198,9 @@ def test_whole_operator_routes_agree():
         nn.Conv2d(8, 6, 3, padding=1, padding_mode="circular"),
     ).double()
     x = torch.rand(1, 3, 8, 8, dtype=torch.float64)
-    results = {m: reconstruct(net, x, "2", m, atol=1e-14, maxiter=5000) for m in ("fft", "lsqr", "dense")}
+    results = {
+        m: reconstruct(net, x, "2", m, options=SolveOptions(atol=1e-14, maxiter=5000)) for m in ("fft", "lsqr", "dense")
+    }
     assert [s.route for s in results["fft"].steps] == ["fft", "invert_crelu", "fft"]
     torch.testing.assert_close(results["lsqr"].image, results["fft"].image, rtol=1e-8, atol=1e-10)
     torch.testing.assert_close(results["dense"].image, results["fft"].image, rtol=1e-8, atol=1e-10)
@@ -205,7 +210,9 @@ def test_whole_operator_routes_agree():
 def test_unconverged_lsqr_is_reported_in_the_step():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1)).double()  # no block of outputs determines its window
-    result = reconstruct(net, torch.rand(1, 3, 12, 12, dtype=torch.float64), "0", "lsqr", maxiter=2)
+    result = reconstruct(
+        net, torch.rand(1, 3, 12, 12, dtype=torch.float64), "0", "lsqr", options=SolveOptions(maxiter=2)
+    )
     assert result.steps[0].route == "lsqr"
     assert "not converged after 2 iterations" in result.steps[0].note
 
@@ -238,9 +245,8 @@ def test_joint_stops_on_its_caps_and_reports_them(evaluations, steps, rounds):
     net = _deep_injective_stack()
     x = torch.rand(1, 2, 10, 10, dtype=torch.float64)
     with torch.no_grad():
-        capped = invert_jointly(
-            net, net(x), torch.full_like(x, 0.5), lbfgs_evaluations=evaluations, max_steps=steps, inner_maxiter=3
-        )
+        options = JointOptions(lbfgs_evaluations=evaluations, max_steps=steps, inner_maxiter=3)
+        capped = match_features(net, net(x), torch.full_like(x, 0.5), options)
     assert capped.evaluations == evaluations
     assert capped.iterations == steps
     assert not capped.converged
@@ -253,7 +259,7 @@ def test_joint_stops_at_the_residual_tolerance():
     net = _deep_injective_stack()
     x = torch.rand(1, 2, 10, 10, dtype=torch.float64)
     with torch.no_grad():
-        loose = invert_jointly(net, net(x), torch.full_like(x, 0.5), tol=1e-2, max_steps=0)
+        loose = match_features(net, net(x), torch.full_like(x, 0.5), JointOptions(tol=1e-2, max_steps=0))
     assert loose.converged
     assert float(loose.residual) <= 1e-2
     assert loose.evaluations < 500
@@ -271,15 +277,15 @@ def test_joint_start_from_the_layers_when_they_already_match():
 
 def test_joint_rejects_an_unknown_start():
     net = nn.Sequential(nn.Conv2d(3, 4, 3))
-    with pytest.raises(ValueError, match=r"expected joint_start in \('auto', 'layers', 'flat'\), got 'noise'"):
-        reconstruct(net, torch.rand(1, 3, 8, 8), "0", "joint", joint_start="noise")
+    with pytest.raises(ValueError, match=r"expected start in \('auto', 'layers', 'flat'\), got 'noise'"):
+        reconstruct(net, torch.rand(1, 3, 8, 8), "0", "joint", joint=JointOptions(start="noise"))
 
 
 def test_joint_on_a_non_injective_prefix_says_one_of_many():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), CReLU(), nn.Conv2d(8, 2, 1)).double()
     x = torch.rand(1, 3, 12, 12, dtype=torch.float64)
-    result = reconstruct(net, x, "2", "joint", tv=1e-3, box=(0.0, 1.0), max_steps=3)
+    result = reconstruct(net, x, "2", "joint", joint=JointOptions(tv=1e-3, box=(0.0, 1.0), max_steps=3))
     assert result.note.startswith("the features have many preimages (2 has fewer responses than unknowns)")
     assert float(result.image.min()) >= 0.0
     assert float(result.image.max()) <= 1.0
@@ -288,7 +294,7 @@ def test_joint_on_a_non_injective_prefix_says_one_of_many():
 def test_joint_rejects_negative_tv():
     net = nn.Sequential(nn.Conv2d(3, 4, 3))
     with pytest.raises(ValueError, match=r"expected a non-negative tv weight, got -1.0; use 0 for no prior"):
-        reconstruct(net, torch.rand(1, 3, 8, 8), "0", "joint", tv=-1.0)
+        reconstruct(net, torch.rand(1, 3, 8, 8), "0", "joint", joint=JointOptions(tv=-1.0))
 
 
 def test_unsupported_variants_are_refused_with_a_reason():
@@ -308,9 +314,9 @@ def test_unsupported_variants_are_refused_with_a_reason():
 
 
 def test_injectivity_report_needs_a_conv_or_pool():
-    from invertnet.spectrum import injectivity_report
+    from invertnet.injectivity import injectivity_report
 
-    with pytest.raises(ValueError, match=r"expected a model with Conv2d or pooling layers, got Sequential"):
+    with pytest.raises(UnsupportedLayerError, match=r"expected a model with Conv2d or pooling layers, got Sequential"):
         injectivity_report(nn.Sequential(nn.ReLU()), (8, 8))
 
 

@@ -1,6 +1,7 @@
 """Whole-operator pseudo-inverses (fft, lsqr, dense) against the dense matrix, and spectra against the dense SVD."""
 
 import warnings
+from dataclasses import replace
 
 import pytest
 import torch
@@ -9,11 +10,12 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from strategies import ConvConfig, conv_configs
 
-from invertnet import ConvOperator, CReLU, conv_pinv
+from invertnet import ConvOperator, CReLU, SolveOptions, conv_pinv
+from invertnet.injectivity import injectivity_report
 from invertnet.pinv import choose_method
 from invertnet.solvers import ConvergenceWarning, lsqr
 from invertnet.spectral import circulant_reason
-from invertnet.spectrum import conv_singular_values, injectivity_report, sigma_max, sigma_min
+from invertnet.spectrum import conv_singular_values, sigma_max, sigma_min
 
 
 @settings(max_examples=60, deadline=None)
@@ -143,7 +145,10 @@ def test_injectivity_report_verdicts():
     assert report[3].verdict == "not injective (pooling)"
     x = torch.rand(1, 3, 9, 9, dtype=torch.float64)
     with torch.no_grad():
-        assert relative_gap(conv_pinv(net[0], net[0](x), (9, 9), method="lsqr", atol=1e-14), x) < 1e-8
+        assert (
+            relative_gap(conv_pinv(net[0], net[0](x), (9, 9), method="lsqr", options=SolveOptions(atol=1e-14)), x)
+            < 1e-8
+        )
 
 
 def test_numerically_singular_layer_is_flagged():
@@ -154,11 +159,17 @@ def test_numerically_singular_layer_is_flagged():
     assert report[0].verdict == "numerically singular"
 
 
-def test_auto_picks_the_exact_route():
-    assert choose_method(ConvOperator(torch.randn(12, 3, 2, 2), (8, 8)), (8, 8)) == "patch"
+def test_auto_picks_the_cheapest_provable_route():
+    # disjoint receptive fields: the patch pseudo-inverse is A^+ (1x1 at stride 1; kernel = stride)
+    assert choose_method(torch.nn.Conv2d(192, 96, 1), (54, 54)) == "patch"
+    assert choose_method(ConvOperator(torch.randn(4, 3, 2, 2), (8, 8), stride=2), (8, 8)) == "patch"
+    # full-rank but overlapping patches are exact on the range only: not A^+, so not auto's closed form
+    assert choose_method(ConvOperator(torch.randn(12, 3, 2, 2), (8, 8)), (8, 8)) == "lsqr"
     circular = ConvOperator(torch.randn(4, 3, 3, 3), (8, 8), padding=1, padding_mode="circular")
     assert choose_method(circular, (8, 8)) == "fft"
     assert choose_method(torch.nn.Conv2d(3, 4, 3, padding=1), (8, 8)) == "lsqr"
+    # a tiny layer: its dense SVD is cheaper than LSQR's budget
+    assert choose_method(torch.nn.Conv2d(1, 2, 2), (3, 3)) == "dense"
 
 
 def test_lsqr_warns_when_it_stops_early():
@@ -179,9 +190,11 @@ def test_lsqr_preconditioned_reaches_the_same_solution_on_injective_layers():
     x = torch.rand(2, 3, 12, 12, dtype=torch.float64)
     with torch.no_grad():
         y = conv(x)
-        options = {"atol": 1e-13, "warm_start": False, "return_info": True}
-        plain, info = conv_pinv(conv, y, (12, 12), "lsqr", **options)
-        scaled, info_scaled = conv_pinv(conv, y, (12, 12), "lsqr", precondition=True, **options)
+        options = SolveOptions(atol=1e-13, warm_start=False)
+        plain, info = conv_pinv(conv, y, (12, 12), "lsqr", options=options, return_info=True)
+        scaled, info_scaled = conv_pinv(
+            conv, y, (12, 12), "lsqr", options=replace(options, precondition=True), return_info=True
+        )
     assert relative_gap(plain, x) < 1e-9
     assert relative_gap(scaled, x) < 1e-9
     assert info.iterations > 0
@@ -191,7 +204,8 @@ def test_lsqr_preconditioned_reaches_the_same_solution_on_injective_layers():
 def test_fft_refuses_other_layers():
     conv = torch.nn.Conv2d(2, 3, 3, padding=1)
     with pytest.raises(
-        ValueError, match=r"method 'fft' needs a layer the 2-D DFT diagonalises, but padding is 'zeros'"
+        ValueError,
+        match=r"method 'fft' does not apply to this layer: padding is 'zeros', not circular; use method='lsqr'",
     ):
         conv_pinv(conv, torch.zeros(1, 3, 8, 8), (8, 8), method="fft")
     with pytest.raises(ValueError, match=r"expected a layer the 2-D DFT diagonalises, but the stride \(2, 2\) does"):

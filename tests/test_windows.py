@@ -6,7 +6,7 @@ from conftest import assert_close, dense_pinv_solution, relative_gap
 from hypothesis import assume, given, settings
 from strategies import ConvConfig, conv_configs
 
-from invertnet import ConvOperator, RouteError, conv_pinv
+from invertnet import ConvOperator, RouteError, SolveOptions, conv_pinv
 from invertnet.solvers import lsqr
 from invertnet.windows import WindowInverse, window_block
 
@@ -73,7 +73,7 @@ def test_noisy_responses_need_lsqr_after_the_window():
     y = y + 0.1 * y.norm() * torch.randn_like(y) / y.numel() ** 0.5
     reference = dense_pinv_solution(op, y)
     window = conv_pinv(conv, y, (31, 31), "window")
-    solved, info = conv_pinv(conv, y, (31, 31), "lsqr", atol=1e-14, return_info=True)
+    solved, info = conv_pinv(conv, y, (31, 31), "lsqr", options=SolveOptions(atol=1e-14), return_info=True)
     assert relative_gap(window, reference) > 1e-3
     assert info.start == "window"
     assert info.iterations > 0
@@ -92,7 +92,8 @@ def test_window_route_refuses_layers_it_cannot_invert():
     conv = torch.nn.Conv2d(4, 4, 3, padding=1)
     with pytest.raises(
         RouteError,
-        match=r"method 'window' needs a block of outputs that determines the pixels it reads, but no block within "
+        match=r"method 'window' does not apply to this layer: it needs a block of outputs that determines the pixels "
+        r"it reads, but no block within "
         r"the size limit has as many equations as unknowns \(4 filters for 4 input channels at stride \(1, 1\)\); "
         r"use method='lsqr'",
     ):
@@ -115,5 +116,9 @@ def test_window_route_names_a_rank_deficient_block():
     conv = torch.nn.Conv2d(2, 4, 1, bias=False)
     with torch.no_grad():
         conv.weight[:, 1] = conv.weight[:, 0]  # both input channels look alike: no block tells them apart
-    with pytest.raises(RouteError, match=r"method 'window' needs .*, but the 1x1 block's matrix is rank deficient"):
+    with pytest.raises(
+        RouteError,
+        match=r"method 'window' does not apply to this layer: it needs .*, but the 1x1 block's matrix is rank "
+        r"deficient",
+    ):
         conv_pinv(conv, torch.zeros(1, 4, 5, 5), (5, 5), method="window")
