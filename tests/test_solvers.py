@@ -204,7 +204,7 @@ def test_lsqr_preconditioned_reaches_the_same_solution_on_injective_layers():
 def test_fft_refuses_other_layers():
     conv = torch.nn.Conv2d(2, 3, 3, padding=1)
     with pytest.raises(
-        ValueError,
+        RouteError,
         match=r"method 'fft' does not apply to this layer: padding is 'zeros', not circular; use method='lsqr'",
     ):
         conv_pinv(conv, torch.zeros(1, 3, 8, 8), (8, 8), method="fft")
