@@ -11,7 +11,7 @@ import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 import torch
@@ -73,7 +73,7 @@ class _OneLineErrors(click.Group):
         sys.exit(code if isinstance(code, int) else 0)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     click.echo(f"invertnet: error: {' '.join(message.split())}", err=True)
     sys.exit(2)
 
@@ -227,7 +227,7 @@ def reconstruct_command(
         outputs = [out, out.with_name(f"{out.stem}_figure{out.suffix}")]
     _claim(outputs, force)
     model = _model(model_name, weights, seed, _device(device), DTYPES[dtype])
-    layers = spec.figure_layers if all_layers else (layer,)
+    layers = spec.figure_layers if layer is None else (layer,)
     for name in layers:
         find_layer(model, name)
     picture, note = load_image(image, size or spec.input_size)
@@ -246,6 +246,8 @@ def reconstruct_command(
                     maxpool=maxpool,
                     on_round=lambda step, residual: bar.update(1),
                 )
+            if result.joint is None:
+                raise RuntimeError(f"reconstruct(method='joint') returned no joint record for {name}")
             click.echo(
                 f"{name:>8}  joint: {result.joint.evaluations} L-BFGS evaluations, "
                 f"{result.joint.iterations} Gauss-Newton steps, feature residual "

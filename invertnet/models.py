@@ -46,8 +46,9 @@ bias) unless weights are loaded (:func:`invertnet.io.load_weights`).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -65,6 +66,8 @@ __all__ = [
     "vgg16_cifar",
 ]
 
+_M = TypeVar("_M", bound=nn.Module)
+
 #: Activation modules by name.
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"crelu": CReLU, "relu": nn.ReLU, "avr": AVR}
 
@@ -74,7 +77,7 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def gaussian_init_(model: nn.Module, seed: int = 0) -> nn.Module:
+def gaussian_init_(model: _M, seed: int = 0) -> _M:
     """Fill every conv and linear weight with He-scaled Gaussian noise from ``seed``; zero the biases (in place)."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -91,11 +94,11 @@ def gaussian_init_(model: nn.Module, seed: int = 0) -> nn.Module:
 def _stack(
     rows: Sequence[tuple[int, int, int, int]],
     activation: str,
-    special: dict[int, str],
-    pools: dict[int, nn.Module],
+    special: Mapping[int, str],
+    pools: Mapping[int, nn.Module],
     seed: int,
     *,
-    width: dict[int, float] | None = None,
+    width: Mapping[int, float] | None = None,
     batch_norm: bool = False,
     head: Sequence[tuple[str, nn.Module]] = (),
 ) -> nn.Sequential:

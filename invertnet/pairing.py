@@ -24,8 +24,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
+import numpy.typing as npt
 import scipy.integrate
 import scipy.stats
 import torch
@@ -107,7 +109,11 @@ def random_pairing(shape: Sequence[int], seed: int = 0) -> Pairing:
     return pairing(torch.randn(tuple(shape), generator=generator, dtype=torch.float64))
 
 
-def random_mu_cdf(t: np.ndarray | float, dim: int, filters: int) -> np.ndarray:
+@overload
+def random_mu_cdf(t: float, dim: int, filters: int) -> float: ...
+@overload
+def random_mu_cdf(t: npt.NDArray[np.floating], dim: int, filters: int) -> npt.NDArray[np.float64]: ...
+def random_mu_cdf(t: npt.NDArray[np.floating] | float, dim: int, filters: int) -> npt.NDArray[np.float64] | float:
     r""":math:`P(\mu_i \le t)` for ``filters`` independent uniform directions in :math:`\mathbb{R}^{dim}`."""
     a = (dim - 1) / 2
     survival = scipy.stats.beta.sf((np.asarray(t, dtype=float) + 1) / 2, a, a)

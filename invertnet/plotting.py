@@ -13,9 +13,10 @@ r"""Figures for papers (matplotlib, no global pyplot state).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from matplotlib.figure import Figure
 
@@ -35,9 +36,9 @@ __all__ = [
 ]
 
 
-def _display(image: torch.Tensor) -> np.ndarray:
+def _display(image: torch.Tensor) -> npt.NDArray[np.float64]:
     """First image of a batch as an (H, W, 3) or (H, W) array, clipped to [0, 1] for display."""
-    array = image[0].detach().cpu().double().clamp(0, 1).numpy().transpose(1, 2, 0)
+    array: npt.NDArray[np.float64] = image[0].detach().cpu().double().clamp(0, 1).numpy().transpose(1, 2, 0)
     return array[..., 0] if array.shape[-1] == 1 else array
 
 
@@ -100,7 +101,7 @@ def comparison_figure(rows: Sequence[ComparisonRow], original: torch.Tensor | No
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    if extra:
+    if original is not None:
         axes[0, 0].imshow(_display(original), cmap="gray", vmin=0, vmax=1)
         axes[0, 0].set_title("input")
         for ax in axes[1:, 0]:
@@ -115,7 +116,7 @@ def comparison_figure(rows: Sequence[ComparisonRow], original: torch.Tensor | No
     return fig
 
 
-def pairing_figure(pairings: dict[str, Pairing], labels: Sequence[str] | None = None, seed: int = 0) -> Figure:
+def pairing_figure(pairings: Mapping[str, Pairing], labels: Sequence[str] | None = None, seed: int = 0) -> Figure:
     r"""One panel per layer: the histogram of :math:`\mu_i` against random filters.
 
     Random filters: Gaussian of the same shape, drawn from ``seed`` (a step outline), and their

@@ -87,7 +87,7 @@ class LinearOperator(ABC):
                 f"{max_entries} entries; use a smaller input size or a matrix-free method"
             )
         eye = torch.eye(n, dtype=dtype, device=device)
-        columns = [self.forward(chunk.reshape(-1, *self.in_shape)).reshape(-1, m) for chunk in eye.split(4096)]
+        columns = [self.forward(chunk.reshape(-1, *self.in_shape)).reshape(-1, m) for chunk in torch.split(eye, 4096)]
         return torch.cat(columns).T.contiguous()
 
 

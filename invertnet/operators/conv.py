@@ -84,11 +84,13 @@ class ConvOperator(LinearOperator):
         self.dilation = pair(dilation, "dilation")
         self.groups = groups
         self.kernel_size = (kh, kw)
+        pads: tuple[int, int, int, int]
         if isinstance(padding, int) or len(padding) <= 2:
             ph, pw = pair(padding, "padding")
             pads = (pw, pw, ph, ph)
         elif len(padding) == 4:
-            pads = tuple(int(p) for p in padding)
+            left, right, top, bottom = (int(p) for p in padding)
+            pads = (left, right, top, bottom)
         else:
             raise ShapeError(
                 f"ConvOperator: expected padding as an int, (h, w) or (left, right, top, bottom), got {padding}"
@@ -102,6 +104,7 @@ class ConvOperator(LinearOperator):
                 f"ConvOperator: input {h}x{w} (padded {hp}x{wp}) is smaller than the dilated kernel "
                 f"{self.dilation[0] * (kh - 1) + 1}x{self.dilation[1] * (kw - 1) + 1}; use a larger input"
             )
+        self.input_size = (h, w)
         self.in_shape = (c_in_group * groups, h, w)
         self.out_shape = (c_out, ho, wo)
         # zero padding with equal sides runs inside conv2d / conv_transpose2d; other cases pad explicitly
@@ -128,9 +131,9 @@ class ConvOperator(LinearOperator):
         return cls(
             conv.weight,
             input_size,
-            stride=conv.stride,
+            stride=pair(conv.stride, "stride"),
             padding=tuple(conv._reversed_padding_repeated_twice),
-            dilation=conv.dilation,
+            dilation=pair(conv.dilation, "dilation"),
             groups=conv.groups,
             padding_mode=conv.padding_mode,
         )
@@ -146,8 +149,9 @@ class ConvOperator(LinearOperator):
         """
         kh, kw = pair(pool.kernel_size, "kernel_size")
         weight = torch.full((channels, 1, kh, kw), 1.0 / (kh * kw), dtype=like.dtype, device=like.device)
-        dilation = getattr(pool, "dilation", 1)
-        return cls(weight, input_size, pool.stride or pool.kernel_size, pool.padding, dilation, channels)
+        stride = pair(pool.stride or pool.kernel_size, "stride")
+        dilation = pair(pool.dilation, "dilation") if isinstance(pool, nn.MaxPool2d) else (1, 1)
+        return cls(weight, input_size, stride, pair(pool.padding, "padding"), dilation, channels)
 
     def __repr__(self) -> str:
         return (
@@ -203,7 +207,7 @@ class ConvOperator(LinearOperator):
         """How many receptive fields read each input pixel, shape ``(H, W)`` (the diagonal of :math:`S^T S`)."""
         one = ConvOperator(
             torch.ones(1, 1, *self.kernel_size, dtype=dtype, device=device),
-            self.in_shape[1:],
+            self.input_size,
             self.stride,
             self.pad.pads,
             self.dilation,
