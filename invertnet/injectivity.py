@@ -14,10 +14,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
 
+from invertnet._checks import pair
 from invertnet.activations import CReLU
 from invertnet.errors import UnsupportedLayerError
 from invertnet.operators import ConvOperator
@@ -94,7 +96,7 @@ def ruled_out_by_count(records: list[LayerRecord]) -> str | None:
 
 
 def _linear_operator(record: LayerRecord) -> ConvOperator | None:
-    module, size = record.module, tuple(record.input.shape[-2:])
+    module, size = record.module, pair(tuple(record.input.shape[-2:]), "input size")
     if isinstance(module, nn.Conv2d):
         return ConvOperator.from_conv(module, size)
     if isinstance(module, nn.AvgPool2d):
@@ -106,7 +108,8 @@ def _layer_spectrum(record: LayerRecord, previous: LayerRecord | None, rtol: flo
     in_shape, out_shape = tuple(record.input.shape[1:]), record.output_shape
     in_dim, out_dim = math.prod(in_shape), math.prod(out_shape)
     free = unknowns(record, previous)
-    common = dict(
+    common = partial(
+        LayerSpectrum,
         name=record.name,
         kind=type(record.module).__name__,
         in_shape=in_shape,
@@ -117,8 +120,7 @@ def _layer_spectrum(record: LayerRecord, previous: LayerRecord | None, rtol: flo
     )
     op = _linear_operator(record)
     if op is None:  # max-pooling: not linear; only the count speaks
-        return LayerSpectrum(
-            **common,
+        return common(
             sigma_max=math.nan,
             sigma_min=math.nan,
             condition=math.nan,
@@ -127,8 +129,9 @@ def _layer_spectrum(record: LayerRecord, previous: LayerRecord | None, rtol: flo
             verdict="not injective (pooling)",
             singular_values=None,
         )
-    op = ConvOperator(op.weight.double(), op.in_shape[1:], op.stride, op.pad.pads, op.dilation, op.groups, op.pad.mode)
+    op = ConvOperator(op.weight.double(), op.input_size, op.stride, op.pad.pads, op.dilation, op.groups, op.pad.mode)
     spectrum = None
+    values: torch.Tensor | None
     (h, w), (sh, sw) = op.in_shape[1:], op.stride
     if h % sh == 0 and w % sw == 0:
         spectrum = CirculantFactorization(op, torch.zeros((), dtype=torch.float64))
@@ -153,8 +156,7 @@ def _layer_spectrum(record: LayerRecord, previous: LayerRecord | None, rtol: flo
     else:
         verdict = "injective"
     condition = s_max / s_min if s_min > 0 else math.inf
-    return LayerSpectrum(
-        **common,
+    return common(
         sigma_max=s_max,
         sigma_min=s_min,
         condition=condition,

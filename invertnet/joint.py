@@ -164,14 +164,14 @@ class _Linearisation(LinearOperator):
         self.in_shape = tuple(x.shape[1:])
         self.out_shape = (math.prod(out_shape),)
         self._feature_shape = out_shape
-        _, self._vjp = vjp(f, x)
+        self._vjp = vjp(f, x)[1]
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
-        _, jv = jvp(self.f, (self.x,), (v,))
+        jv: torch.Tensor = jvp(self.f, (self.x,), (v,))[1]
         return jv.flatten(1)
 
     def adjoint(self, u: torch.Tensor) -> torch.Tensor:
-        (out,) = self._vjp(u.reshape(u.shape[0], *self._feature_shape))
+        out: torch.Tensor = self._vjp(u.reshape(u.shape[0], *self._feature_shape))[0]
         return out
 
 
@@ -271,7 +271,7 @@ def match_features(
             nonlocal evaluations
             optimiser.zero_grad()
             total = objective(variable, tv)[1].sum()
-            total.backward()
+            torch.autograd.backward(total)
             evaluations += 1
             return total
 
@@ -279,7 +279,7 @@ def match_features(
         while evaluations < lbfgs_evaluations and unmet():
             before = evaluations
             optimiser.param_groups[0]["max_eval"] = min(LBFGS_ROUND, lbfgs_evaluations - evaluations)
-            optimiser.step(closure)
+            optimiser.step(closure)  # type: ignore[no-untyped-call]  # torch leaves LBFGS.step unannotated
             with torch.no_grad():
                 candidate = variable.detach() if box is None else variable.detach().clamp(*box)
                 residual, value = objective(candidate)

@@ -178,7 +178,9 @@ def _prefix(recorded: Trace) -> Callable[[torch.Tensor], torch.Tensor]:
 def _feature_residual(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     r"""Per image, :math:`\|f(x) - y\| / \|y\|` (features of any shape)."""
     with torch.no_grad():
-        return (f(x) - y).flatten(1).norm(dim=1) / y.flatten(1).norm(dim=1).clamp(min=torch.finfo(y.dtype).tiny)
+        misfit: torch.Tensor = (f(x) - y).flatten(1).norm(dim=1)
+        scale: torch.Tensor = y.flatten(1).norm(dim=1).clamp(min=torch.finfo(y.dtype).tiny)
+        return misfit / scale
 
 
 def invert_layers(

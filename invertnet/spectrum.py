@@ -12,6 +12,7 @@ Which layers of a model can be inverted at all, and the per-layer report, are in
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import numpy as np
 import torch
@@ -51,7 +52,7 @@ def conv_singular_values(conv: nn.Conv2d | ConvOperator, input_size: tuple[int, 
 
 
 def _gram_eigenvalue(
-    op: LinearOperator, which: str, tol: float, maxiter: int | None, shift: float | None = None
+    op: LinearOperator, which: Literal["SA", "LA"], tol: float, maxiter: int | None, shift: float | None = None
 ) -> tuple[float, bool]:
     """An extreme eigenvalue of :math:`A^T A` (or of ``shift * I - A^T A``) by Lanczos (ARPACK), and convergence."""
     n = op.in_dim

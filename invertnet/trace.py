@@ -117,7 +117,7 @@ def _model_input(model: object, image: object) -> torch.Tensor:
 def find_layer(model: nn.Module, layer: str) -> nn.Module:
     """The submodule named ``layer``; :class:`LayerNotFoundError` listing the valid names otherwise."""
     model = require_module(model)
-    modules = dict(model.named_modules())
+    modules: dict[str, nn.Module] = dict(model.named_modules())
     if not layer or layer not in modules:
         names = layer_names(model)
         shown = ", ".join(names[:60]) + (f", ... ({len(names)} in all)" if len(names) > 60 else "")
@@ -190,7 +190,8 @@ def trace(model: nn.Module, image: torch.Tensor, layer: str) -> Trace:
     if target_output is None:
         raise LayerNotFoundError(f"layer {layer!r} did not run in the forward pass of {type(model).__name__}")
     _check_chain(records, inputs, outputs, image)
-    expected, version = outputs[-1] if outputs else (image, _version(image))
+    expected: object = outputs[-1][0] if outputs else image
+    version = outputs[-1][1] if outputs else _version(image)
     if target_output is not expected or not isinstance(expected, torch.Tensor):
         raise NotAChainError(
             f"expected {layer!r} to output the tensor its last submodule {records[-1].name!r} produced, got "
@@ -229,7 +230,8 @@ def _check_chain(
                 "its two uses apart: give each use its own module, or reconstruct from a layer before the second use"
             )
         seen[record.module] = record.name
-    expected, version = image, _version(image)
+    expected: object = image
+    version = _version(image)
     for i, (record, (given, given_version)) in enumerate(zip(records, inputs, strict=False)):
         before = "the image" if i == 0 else f"the output of {records[i - 1].name!r}"
         if given is not expected:

@@ -43,7 +43,10 @@ def _patch_pinvs(layer: ConvLayer, like: torch.Tensor, rtol: float | None) -> to
 
     def build() -> torch.Tensor:
         matrices = layer.op.patch_matrices(like)
-        return torch.linalg.pinv(matrices, rtol=pinv_rtol(tuple(matrices.shape), like.dtype) if rtol is None else rtol)
+        inverse: torch.Tensor = torch.linalg.pinv(
+            matrices, rtol=pinv_rtol(tuple(matrices.shape), like.dtype) if rtol is None else rtol
+        )
+        return inverse
 
     return layer.cached(("patch", like.dtype, like.device, rtol), build)
 
