@@ -87,7 +87,6 @@ def trained_like(model: nn.Module) -> nn.Module:
     generator = torch.Generator().manual_seed(0)
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):
-            assert module.running_mean is not None and module.running_var is not None
-            module.running_mean.copy_(torch.randn(module.num_features, generator=generator) * 0.1)
-            module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+            module.running_mean = torch.randn(module.num_features, generator=generator) * 0.1
+            module.running_var = torch.rand(module.num_features, generator=generator) + 0.5
     return model.double().eval()
