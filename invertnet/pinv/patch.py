@@ -9,8 +9,10 @@ With :math:`A = (I_L \otimes P) S` (:mod:`invertnet.operators.conv`), every rece
 
 - **Exact** when every group's :math:`P_k` has full column rank and every pixel is read: then
   :math:`\hat p = S x` and :math:`\hat x = x`.
-- **The operator's pseudo-inverse** when the receptive fields do not overlap and no field mixes padding
-  with pixels (each pixel read at most once, zero padding, e.g. a 1x1 kernel at stride 1, or kernel = stride):
+- **The operator's pseudo-inverse** for a 1x1 kernel (any padding: each field reads one pixel, so the
+  system decouples per pixel and the average of a pixel's copies, :math:`\frac1c \sum P^+ z`, is its
+  least-squares fit of minimum norm), and when the receptive fields do not overlap and no field mixes padding
+  with pixels (each pixel read at most once, zero padding, e.g. kernel = stride):
   then :math:`S` restricted to the non-empty fields has orthonormal rows, and
   :math:`(B S)^+ = S^+ B^+ = S^T B^+` for :math:`B = I \otimes P` (Greville's product rule), which is the
   formula above with coverage in :math:`\{0, 1\}`. Fields made only of padding are zero rows of :math:`A`,
@@ -73,6 +75,8 @@ def _disjoint_reason(layer: ConvLayer) -> str | None:
 
     def decide() -> str | None:
         op = layer.op
+        if op.kernel_size == (1, 1):
+            return None  # each field reads one pixel: the system decouples per pixel, and averaging is its fit
         if op.pad.mode != "zeros" and any(op.pad.pads):
             return f"{op.pad.mode} padding reads pixels twice"
         if float(layer.coverage().max()) > 1:
