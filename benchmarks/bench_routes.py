@@ -80,9 +80,8 @@ def main() -> None:
                 check=False,
             )
             if out.returncode != 0:
-                print(
-                    f"  {name:<6} failed: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}"
-                )
+                last = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"
+                print(f"  {name:<6} failed: {last}")
                 continue
             rows[name] = json.loads(out.stdout.strip().splitlines()[-1])
             print(

@@ -5,7 +5,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import assert_close, dense_pinv_solution, relative_gap
+from conftest import TOL, assert_close, condition, dense_pinv_solution, relative_gap
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from strategies import ConvConfig, conv_configs
@@ -25,12 +25,13 @@ def test_lsqr_matches_dense_pinv(cfg: ConvConfig):
     op = cfg.operator()
     singular = torch.linalg.svdvals(op.to_dense())
     nonzero = singular[singular > 1e-10 * singular[0]]
-    # LSQR's accuracy is governed by the condition number of A on its row space; 1e-8 needs a moderate one
+    # LSQR's accuracy is governed by the condition number of A on its row space: keep it moderate
     assume(len(nonzero) == len(singular) and float(nonzero[0] / nonzero[-1]) < 1e3)
     z = torch.randn(2, *op.out_shape, dtype=torch.float64)
     result = lsqr(op, z, atol=1e-14, btol=1e-14, maxiter=5000)
     assert bool(result.converged.all())
-    assert relative_gap(result.x, dense_pinv_solution(op, z)) <= 1e-8
+    # iterative, stopped at atol = btol = 1e-14: measured gaps up to 3.3e-13 (300 examples), hence 3e-11
+    assert relative_gap(result.x, dense_pinv_solution(op, z)) <= 3e-11
 
 
 @st.composite
@@ -69,18 +70,19 @@ def test_fft_matches_dense_pinv_and_svd(cfg: ConvConfig):
     op = ConvOperator.from_conv(conv, cfg.size)
     assume(circulant_reason(op) is None)
     dense = op.to_dense()
-    # singular values: exact to 1e-10 relative
+    # singular values: closed form, exact up to rounding relative to the largest (measured 5.0e-15)
     expected = torch.linalg.svdvals(dense)
     actual = conv_singular_values(conv, cfg.size)
     assert actual.shape == expected.shape
-    assert float((actual - expected).abs().max()) <= 1e-10 * float(expected[0])
+    assert float((actual - expected).abs().max()) <= TOL[torch.float64][0] * float(expected[0])
     # pseudo-inverse: A^+ y with the same cutoff as torch.linalg.pinv's default
     y = torch.randn(2, *op.out_shape, dtype=torch.float64)
     with torch.no_grad():
         z = y - (conv.bias.reshape(1, -1, 1, 1) if conv.bias is not None else 0)
         x_fft, info = conv_pinv(conv, y, cfg.size, method="fft", return_info=True)
     assert info.method == "fft"
-    assert relative_gap(x_fft, dense_pinv_solution(op, z)) <= 1e-8
+    # closed form: exact up to rounding amplified by the condition number of the kept spectrum
+    assert_close(x_fft, dense_pinv_solution(op, z), cond=condition(dense))
 
 
 def test_dense_route_satisfies_penrose_conditions():
@@ -91,10 +93,11 @@ def test_dense_route_satisfies_penrose_conditions():
     with torch.no_grad():
         bias = conv.bias.reshape(1, -1, 1, 1)
         a_plus = conv_pinv(conv, basis + bias, (6, 6), method="dense").reshape(op.out_dim, -1).T
-    assert_close(a @ a_plus @ a, a)
-    assert_close(a_plus @ a @ a_plus, a_plus)
-    assert_close((a @ a_plus).T, a @ a_plus)
-    assert_close((a_plus @ a).T, a_plus @ a)
+    cond = condition(a)
+    assert_close(a @ a_plus @ a, a, cond=cond)
+    assert_close(a_plus @ a @ a_plus, a_plus, cond=cond)
+    assert_close((a @ a_plus).T, a @ a_plus, cond=cond)
+    assert_close((a_plus @ a).T, a_plus @ a, cond=cond)
 
 
 @pytest.mark.parametrize(
@@ -113,8 +116,9 @@ def test_krylov_extreme_singular_values_match_dense(make_conv, size):
     singular = torch.linalg.svdvals(op.to_dense())
     smallest, converged = sigma_min(op)
     assert converged
-    assert abs(sigma_max(op) - float(singular[0])) <= 1e-6 * float(singular[0])
-    assert abs(smallest - float(singular[-1])) <= 1e-6 * float(singular[-1])
+    # iterative (Lanczos): measured relative errors up to 8.8e-16 (largest) and 4.8e-14 (smallest)
+    assert abs(sigma_max(op) - float(singular[0])) <= 1e-13 * float(singular[0])
+    assert abs(smallest - float(singular[-1])) <= 5e-12 * float(singular[-1])
 
 
 def test_sigma_min_sees_pixels_no_filter_reads():
@@ -145,10 +149,9 @@ def test_injectivity_report_verdicts():
     assert report[3].verdict == "not injective (pooling)"
     x = torch.rand(1, 3, 9, 9, dtype=torch.float64)
     with torch.no_grad():
-        assert (
-            relative_gap(conv_pinv(net[0], net[0](x), (9, 9), method="lsqr", options=SolveOptions(atol=1e-14)), x)
-            < 1e-8
-        )
+        # iterative, stopped at atol=1e-14: measured 1.3e-15
+        x_hat = conv_pinv(net[0], net[0](x), (9, 9), method="lsqr", options=SolveOptions(atol=1e-14))
+        assert relative_gap(x_hat, x) < 2e-13
 
 
 def test_numerically_singular_layer_is_flagged():
@@ -195,8 +198,9 @@ def test_lsqr_preconditioned_reaches_the_same_solution_on_injective_layers():
         scaled, info_scaled = conv_pinv(
             conv, y, (12, 12), "lsqr", options=replace(options, precondition=True), return_info=True
         )
-    assert relative_gap(plain, x) < 1e-9
-    assert relative_gap(scaled, x) < 1e-9
+    # iterative, stopped at atol=1e-13: measured 1.4e-12 (plain) and 8.7e-13 (preconditioned)
+    assert relative_gap(plain, x) < 2e-10
+    assert relative_gap(scaled, x) < 1e-10
     assert info.iterations > 0
     assert info_scaled.iterations > 0
 
