@@ -351,3 +351,49 @@ def test_compare_methods_returns_one_row_per_layer_and_method():
 def test_compare_methods_rejects_bad_input(image, methods, error, match):
     with pytest.raises(error, match=match):
         compare_methods(nn.Sequential(nn.Conv2d(3, 4, 3)), image, ["0"], methods)
+
+
+def test_one_vocabulary_closed_form_and_exact_are_reported_apart():
+    torch.manual_seed(0)
+    circular = nn.Sequential(nn.Conv2d(2, 6, 3, padding=1, padding_mode="circular"), CReLU()).double()
+    x = torch.rand(1, 2, 8, 8, dtype=torch.float64)
+    fft = reconstruct(circular, x, "1", "fft")
+    # an injective circular layer inverted by its DFT pseudo-inverse: closed form and exact (measured 8e-16)
+    assert [(s.route, s.closed_form, s.exact) for s in fft.steps] == [
+        ("invert_crelu", True, True),
+        ("fft", True, True),
+    ]
+    assert (fft.closed_form, fft.exact) == (True, True)
+    assert float(fft.relative_error) < 1e-13
+    lsqr = reconstruct(circular, x, "1", "lsqr", options=SolveOptions(maxiter=2, warm_start=False))
+    step = lsqr.steps[-1]
+    assert (step.route, step.closed_form, step.exact) == ("lsqr", False, False)
+    assert "not converged after 2 iterations" in step.note
+    assert (lsqr.closed_form, lsqr.exact) == (False, False)
+
+
+def test_avgpool_step_names_the_route_it_took():
+    net = nn.Sequential(nn.AvgPool2d(2)).double()  # kernel = stride: disjoint windows, the patch route is A^+
+    result = reconstruct(net, torch.rand(1, 3, 8, 8, dtype=torch.float64), "0")
+    assert (result.steps[0].route, result.steps[0].exact) == ("patch", False)
+    assert result.steps[0].note.startswith("averaging loses detail within each window")
+
+
+def test_register_inverse_refuses_to_overwrite_silently():
+    from invertnet.inverses import StepResult, inverse_for, register_inverse
+
+    before = inverse_for(nn.ReLU())
+    with pytest.raises(ValueError, match=r"expected module types without an inverse, got ReLU, which have one; pass"):
+        register_inverse(nn.ReLU)(lambda module, record, y, ctx: StepResult(y, "mine", False))
+    try:
+        register_inverse(nn.ReLU, replace=True)(lambda module, record, y, ctx: StepResult(y, "mine", False))
+        assert reconstruct(nn.Sequential(nn.ReLU()), torch.rand(1, 1, 4, 4), "0").steps[0].route == "mine"
+    finally:
+        register_inverse(nn.ReLU, replace=True)(before)
+
+
+def test_progress_reports_one_line_per_layer():
+    lines: list[str] = []
+    net = nn.Sequential(nn.Conv2d(3, 12, 2), CReLU()).double()
+    reconstruct(net, torch.rand(1, 3, 8, 8, dtype=torch.float64), "1", progress=lines.append)
+    assert lines == ["1: invert_crelu", "0: lsqr"]
