@@ -100,8 +100,8 @@ from invertnet.reconstruct import (
     RECONSTRUCTION_METHODS,
     LayerStep,
     Reconstruction,
+    invert_graph,
     invert_jointly,
-    invert_layers,
     reconstruct,
 )
 
@@ -149,8 +149,8 @@ __all__ = [
     "dottest",
     "injectivity_report",
     "invert_crelu",
+    "invert_graph",
     "invert_jointly",
-    "invert_layers",
     "invert_leaky_relu",
     "invert_proportional",
     "leaky_relu_inverse",

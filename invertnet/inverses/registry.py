@@ -17,6 +17,7 @@ __all__ = [
     "InversionContext",
     "LayerInverse",
     "StepResult",
+    "has_inverse",
     "inverse_for",
     "register_inverse",
     "require_eval",
@@ -118,6 +119,11 @@ def register_inverse(*types: type[nn.Module], replace: bool = False) -> Callable
 def supported_layers() -> list[str]:
     """Class names of the modules the walks can invert."""
     return sorted(t.__name__ for t in _INVERSES)
+
+
+def has_inverse(module: nn.Module) -> bool:
+    """Whether ``module``'s class (or a base class) has a registered inverse."""
+    return any(cls in _INVERSES for cls in type(module).__mro__)
 
 
 def inverse_for(module: nn.Module, name: str = "") -> LayerInverse:
