@@ -140,9 +140,14 @@ def solve_block(
         if residual_of is not None and bound is not None
         else "no contractive residual form"
     )
+    responses, unknowns = y[0].numel(), value[0].numel()
+    determined = (
+        f"the block has fewer responses ({responses}) than unknowns ({unknowns}): this is one of many preimages"
+        if responses < unknowns
+        else "the block determines its input only where it is injective (not proven)"
+    )
     note = (
         f"joint solve of the block from {graph.nodes[start].label!r} ({why}): relative residual {residual:.2g} "
-        f"after {result.evaluations} L-BFGS evaluations and {result.iterations} Gauss-Newton steps; the block "
-        "determines its input only where it is injective (not proven)"
+        f"after {result.evaluations} L-BFGS evaluations and {result.iterations} Gauss-Newton steps; {determined}"
     )
     return BlockResult(result.image, "joint block", False, note)

@@ -151,7 +151,15 @@ def _feature_residual(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
 
 
 def _many_preimages(graph: Graph) -> str | None:
-    """The first layer whose responses are fewer than the unknowns behind it (its features have many preimages)."""
+    """The first layer whose responses are fewer than the unknowns behind it (its features have many preimages).
+
+    A count along a chain only: where values join or fan out, the count of one layer does not bound what the
+    graph keeps (the walk's block solves say their own counts).
+    """
+    if any(len(node.parents) > 1 for node in graph.nodes.values()) or any(
+        len(readers) > 1 for readers in graph.consumers().values()
+    ):
+        return None
     for node in graph.nodes.values():
         if node.op != "module" or node.module is None:
             continue
