@@ -28,6 +28,7 @@ LAYERS = {
     "inverses": 3,
     "reconstruct": 3,
     "compare": 3,
+    "architectures": 4,
     "models": 4,
     "pairing": 4,
     "bounds": 4,
