@@ -19,6 +19,7 @@ __all__ = [
     "ModelError",
     "NotAChainError",
     "OptionError",
+    "OutOfRangeError",
     "RouteError",
     "ShapeError",
     "TooLargeError",
@@ -90,3 +91,7 @@ class TrainingModeError(InvertnetError, ValueError):
 
 class DTypeError(InvertnetError, TypeError):
     """A tensor of a dtype that cannot be used (e.g. an integer image where floats in a known range are needed)."""
+
+
+class OutOfRangeError(InvertnetError, ValueError):
+    """A tensor with values outside the range of the layer it should be the output of (``|y| > 1`` for Tanh)."""
