@@ -90,3 +90,10 @@ class TrainingModeError(InvertnetError, ValueError):
 
 class DTypeError(InvertnetError, TypeError):
     """A tensor of a dtype that cannot be used (e.g. an integer image where floats in a known range are needed)."""
+
+
+class InvalidActivationOutputError(InvertnetError, ValueError):
+    """A tensor cannot be the output of the given activation (ReLU, ReLU6, Hardtanh): NaN, or beyond a clip level."""
+
+
+__all__ += ["InvalidActivationOutputError"]
