@@ -13,6 +13,7 @@ __all__ = [
     "DTypeError",
     "ForwardError",
     "ImageReadError",
+    "InvalidActivationOutputError",
     "InvalidCReLUOutputError",
     "InvertnetError",
     "LayerNotFoundError",
@@ -95,3 +96,7 @@ class DTypeError(InvertnetError, TypeError):
 
 class OutOfRangeError(InvertnetError, ValueError):
     """A tensor with values outside the range of the layer it should be the output of (``|y| > 1`` for Tanh)."""
+
+
+class InvalidActivationOutputError(InvertnetError, ValueError):
+    """A tensor cannot be the output of the given activation (ReLU, ReLU6, Hardtanh): NaN, or beyond a clip level."""
