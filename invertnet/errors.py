@@ -18,6 +18,7 @@ __all__ = [
     "InvertnetError",
     "LayerNotFoundError",
     "ModelError",
+    "ModelSpecError",
     "NotAChainError",
     "OptionError",
     "OutOfRangeError",
@@ -100,3 +101,7 @@ class OutOfRangeError(InvertnetError, ValueError):
 
 class InvalidActivationOutputError(InvertnetError, ValueError):
     """A tensor cannot be the output of the given activation (ReLU, ReLU6, Hardtanh): NaN, or beyond a clip level."""
+
+
+class ModelSpecError(InvertnetError, ValueError):
+    """A ``--model`` string that names no model: unknown, unimportable, or not a callable returning a module."""

@@ -31,6 +31,7 @@ LAYERS = {
     "compare": 3,
     "architectures": 4,
     "models": 4,
+    "specs": 4,
     "pairing": 4,
     "bounds": 4,
     "invariance": 4,
