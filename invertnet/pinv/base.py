@@ -56,8 +56,9 @@ class SolveOptions:
         default ``max(m, n) * eps(dtype)`` (:func:`pinv_rtol`).
     atol : float, default 1e-10
         ``"lsqr"``: its ``atol`` and ``btol`` (see :func:`invertnet.solvers.lsqr`).
-    maxiter : int, optional
-        ``"lsqr"``: iteration cap.
+    maxiter : int or None, default 1000
+        ``"lsqr"``: iteration cap (``None``: :func:`invertnet.solvers.lsqr`'s own, up to 20,000). A layer that
+        stops unconverged says so (``SolveInfo.converged``, and the step's note in a reconstruction).
     precondition : bool, optional
         ``"lsqr"``: scale each pixel by :math:`\sqrt{\bar c / c}` (:math:`c` its coverage); the result is then
         *a* least-squares solution, the minimum-norm one only when the layer is injective on the pixels it
@@ -74,7 +75,7 @@ class SolveOptions:
 
     rtol: float | None = None
     atol: float = 1e-10
-    maxiter: int | None = None
+    maxiter: int | None = 1000
     precondition: bool | None = None
     warm_start: bool = True
     warn: bool = True
