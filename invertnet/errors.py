@@ -10,12 +10,15 @@ from __future__ import annotations
 
 __all__ = [
     "AdjointMismatchError",
+    "ArgumentTypeError",
     "ImageReadError",
     "InvalidCReLUOutputError",
     "InvertnetError",
     "LayerNotFoundError",
+    "NonFiniteError",
     "NotAChainError",
     "OptionError",
+    "OutputPathError",
     "RouteError",
     "ShapeError",
     "TooLargeError",
@@ -70,3 +73,15 @@ class WeightsError(InvertnetError, ValueError):
 
 class OptionError(InvertnetError, ValueError):
     """An option outside its allowed values (an unknown method, a negative weight, a bad range)."""
+
+
+class ArgumentTypeError(InvertnetError, TypeError):
+    """An argument of the wrong kind (e.g. an ``nn.Conv2d`` where a linear operator is expected)."""
+
+
+class NonFiniteError(InvertnetError, ValueError):
+    """A tensor (weights, an image) with NaN or infinite entries, which no analysis can use."""
+
+
+class OutputPathError(InvertnetError, ValueError):
+    """An output path that cannot be written (unknown file extension, missing or read-only directory)."""
