@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 import torch
 
 from invertnet._checks import require_tensor
-from invertnet.errors import AdjointMismatchError, ShapeError, TooLargeError
+from invertnet.errors import AdjointMismatchError, ArgumentTypeError, OptionError, ShapeError, TooLargeError
 
 __all__ = ["DENSE_MAX_ENTRIES", "LinearOperator", "dottest"]
 
@@ -133,6 +133,15 @@ def dottest(
     >>> op = ConvOperator.from_conv(torch.nn.Conv2d(3, 4, 3, stride=2), (9, 9))
     >>> lhs, rhs = dottest(op)
     """
+    if not isinstance(op, LinearOperator):
+        hint = (
+            "wrap it with ConvOperator.from_conv(conv, input_size)"
+            if isinstance(op, torch.nn.Conv2d)
+            else "build one with ConvOperator(...) or subclass LinearOperator"
+        )
+        raise ArgumentTypeError(f"dottest: expected a LinearOperator, got {type(op).__name__}; {hint}")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise OptionError(f"dottest: expected a batch size >= 1, got {batch!r}")
     if rtol is None:
         rtol = 1e-12 if dtype == torch.float64 else 1e-4
     x = torch.randn(batch, *op.in_shape, dtype=dtype, generator=generator).to(device)
