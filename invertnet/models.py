@@ -53,6 +53,7 @@ import torch
 from torch import nn
 
 from invertnet.activations import AVR, CReLU
+from invertnet.errors import OptionError
 
 __all__ = [
     "MODELS",
@@ -74,8 +75,19 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+#: The seeds ``torch.Generator.manual_seed`` accepts.
+SEED_RANGE = (-(2**63), 2**64 - 1)
+
+
+def _check_seed(seed: object) -> None:
+    low, high = SEED_RANGE
+    if isinstance(seed, bool) or not isinstance(seed, int) or not low <= seed <= high:
+        raise OptionError(f"expected an int seed in [-2**63, 2**64 - 1] (what torch accepts), got {seed!r}")
+
+
 def gaussian_init_(model: nn.Module, seed: int = 0) -> nn.Module:
     """Fill every conv and linear weight with He-scaled Gaussian noise from ``seed``; zero the biases (in place)."""
+    _check_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for module in model.modules():
@@ -293,5 +305,6 @@ MODELS: dict[str, ModelSpec] = {
 def build_model(name: str, seed: int = 0) -> nn.Module:
     """A built-in model by name (see :data:`MODELS`), in eval mode, with Gaussian filters from ``seed``."""
     if name not in MODELS:
-        raise ValueError(f"expected a model name in {sorted(MODELS)}, got {name!r}")
+        raise OptionError(f"expected a model name in {sorted(MODELS)}, got {name!r}; 'invertnet models' lists them")
+    _check_seed(seed)
     return MODELS[name].build(seed).eval()
