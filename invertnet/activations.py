@@ -155,6 +155,8 @@ def invert_crelu(
             "pass the slope the forward pass used"
         )
     dim = _check_dim(dim, h, "invert_crelu")
+    if atol is not None and not 0 <= atol < float("inf"):
+        raise OptionError(f"invert_crelu: expected a finite atol >= 0, got {atol!r}; leave it None for the default")
     size = h.shape[dim] if h.ndim else 0
     if size % 2:
         raise InvalidCReLUOutputError(
@@ -327,6 +329,8 @@ def invert_proportional(h: torch.Tensor, m: int, n: int, dim: int = 1) -> tuple[
 
 
 def _check_proportion(m: int, n: int, fn: str) -> None:
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in (m, n)):
+        raise ArgumentTypeError(f"{fn}: expected int m and n (ReLU on m of every n channels), got m={m!r}, n={n!r}")
     if not 0 <= m <= n or n < 1:
         raise OptionError(
             f"{fn}: expected 0 <= m <= n and n >= 1, got m={m}, n={n}; ReLU acts on m of every n channels"

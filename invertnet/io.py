@@ -171,6 +171,10 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
     'done'
     """
     path = Path(path)
+    if path.is_dir():
+        raise OutputPathError(f"cannot write {str(path)!r}: it is a directory; give a file name")
+    if not path.parent.is_dir():
+        raise OutputPathError(f"cannot write {str(path)!r}: directory {str(path.parent)!r} does not exist")
     tmp: Path | None = None
     try:
         # signals wait until ``tmp`` is known, so that the ``finally`` below always sees the file it must remove

@@ -203,6 +203,8 @@ def ssim(
         return _separable_filter(t, w1)
 
     mu_x, mu_y = blur(x), blur(y)
+    if sample_covariance and size == 1:
+        raise OptionError("ssim: sample_covariance needs a window of more than one pixel, got win_size=1")
     cov_norm = size**2 / (size**2 - 1) if sample_covariance else 1.0
     var_x = cov_norm * (blur(x * x) - mu_x * mu_x)
     var_y = cov_norm * (blur(y * y) - mu_y * mu_y)

@@ -119,6 +119,7 @@ def _stack(
     pooling and flattening. Gaussian filters from ``seed``.
     """
     width = width or {}
+    _check_stack(len(rows), activation, special, width)
     parts: OrderedDict[str, nn.Module] = OrderedDict()
     channels = 3
     for k, (filters, kernel, stride, padding) in enumerate(rows, start=1):
@@ -134,6 +135,21 @@ def _stack(
             parts[f"pool{k}"] = pools[k]
     parts.update(head or [("pool", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten())])
     return gaussian_init_(nn.Sequential(parts), seed)
+
+
+def _check_stack(count: int, activation: str, special: dict[int, str], width: dict[int, float]) -> None:
+    """Refuse unknown activations, layer numbers outside conv1..conv{count}, and widths that leave no filter."""
+    if activation not in ACTIVATIONS:
+        raise OptionError(f"expected an activation in {sorted(ACTIVATIONS)}, got {activation!r}")
+    for k, name in special.items():
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= count:
+            raise OptionError(
+                f"expected {name} layer numbers from 1 to {count} (conv1..conv{count}), got {k!r}; "
+                "layers are numbered from 1"
+            )
+    for k, w in width.items():
+        if not 1 <= k <= count or not w > 0:
+            raise OptionError(f"expected a positive width for conv1..conv{count}, got {w!r} for layer {k!r}")
 
 
 def _on(layers: Sequence[int], name: str) -> dict[int, str]:

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from invertnet import AVR, CReLU, InvalidCReLUOutputError, avr, crelu, invert_crelu, leaky_relu_inverse
-from invertnet.activations import invert_proportional, proportional
+from invertnet.activations import Proportional, invert_proportional, proportional
 from invertnet.errors import ArgumentTypeError, OptionError, ShapeError
 
 
@@ -137,3 +137,11 @@ def test_bad_slopes_are_option_errors():
         leaky_relu_inverse([1.0, -2.0], 0.5)
     with pytest.raises(OptionError, match=r"expected 0 <= m <= n and n >= 1, got m=3, n=2"):
         proportional(h, 3, 2)
+
+
+def test_bad_tolerance_and_proportions_are_refused():
+    h = crelu(torch.randn(1, 2, 3, 3))
+    with pytest.raises(OptionError, match=r"invert_crelu: expected a finite atol >= 0, got -1\.0"):
+        invert_crelu(h, atol=-1.0)
+    with pytest.raises(ArgumentTypeError, match=r"Proportional: expected int m and n .*got m=1\.5, n=2"):
+        Proportional(1.5, 2)

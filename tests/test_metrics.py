@@ -130,3 +130,9 @@ def test_bad_ssim_options_are_option_errors(options, match):
     x = torch.rand(1, 1, 16, 16, dtype=torch.float64)
     with pytest.raises(OptionError, match=match):
         ssim(x, x, 1.0, **options)
+
+
+def test_sample_covariance_of_a_one_pixel_window_is_refused():
+    x = torch.rand(1, 1, 16, 16, dtype=torch.float64)
+    with pytest.raises(OptionError, match=r"sample_covariance needs a window of more than one pixel, got win_size=1"):
+        ssim(x, x, 1.0, window="uniform", win_size=1, sample_covariance=True)

@@ -274,3 +274,30 @@ def test_atomic_write_leaves_nothing_when_the_block_fails(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         interrupted()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("build", "match"),
+    [
+        (lambda: all_cnn_b(activation="tanh"), r"expected an activation in \['avr', 'crelu', 'relu'\], got 'tanh'"),
+        (
+            lambda: all_cnn_b(crelu_layers=(13,)),
+            r"expected crelu layer numbers from 1 to 12 \(conv1\.\.conv12\), got 13",
+        ),
+        (lambda: all_cnn_b(avr_layers=(0,)), r"expected avr layer numbers from 1 to 12 .*got 0; layers are numbered"),
+        (lambda: convpool_cnn_c(width=0.0), r"expected a positive width for conv1\.\.conv9, got 0\.0"),
+    ],
+    ids=["activation", "crelu-layer-13", "avr-layer-0", "zero-width"],
+)
+def test_builders_refuse_layers_they_do_not_have(build, match):
+    with pytest.raises(OptionError, match=match):
+        build()
+
+
+def test_save_image_into_a_missing_directory_or_onto_a_directory(tmp_path):
+    with pytest.raises(OutputPathError, match=r"directory '.*missing' does not exist"):
+        save_image(torch.rand(3, 4, 4), tmp_path / "missing" / "x.png")
+    (tmp_path / "d.png").mkdir()
+    with pytest.raises(OutputPathError, match=r"d\.png': it is a directory; give a file name"):
+        save_image(torch.rand(3, 4, 4), tmp_path / "d.png")
+    assert [p.name for p in tmp_path.iterdir()] == ["d.png"]

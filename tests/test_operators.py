@@ -189,3 +189,8 @@ def test_from_conv_with_padding_same_keeps_the_size():
     op = ConvOperator.from_conv(torch.nn.Conv2d(3, 4, 3, padding="same"), (8, 8))
     assert op.out_shape == (4, 8, 8)
     dottest(op)
+
+
+def test_dottest_refuses_a_negative_tolerance():
+    with pytest.raises(OptionError, match=r"dottest: expected a finite rtol >= 0, got -1"):
+        dottest(ConvOperator(torch.randn(2, 1, 3, 3), (6, 6)), rtol=-1)

@@ -142,6 +142,8 @@ def dottest(
         raise ArgumentTypeError(f"dottest: expected a LinearOperator, got {type(op).__name__}; {hint}")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise OptionError(f"dottest: expected a batch size >= 1, got {batch!r}")
+    if rtol is not None and not 0 <= rtol < float("inf"):
+        raise OptionError(f"dottest: expected a finite rtol >= 0, got {rtol!r}; leave it None for the dtype's default")
     if rtol is None:
         rtol = 1e-12 if dtype == torch.float64 else 1e-4
     x = torch.randn(batch, *op.in_shape, dtype=dtype, generator=generator).to(device)
