@@ -27,6 +27,7 @@ from invertnet.joint import LBFGS_ROUND
 from invertnet.models import MODELS, build_model, count_parameters
 from invertnet.pairing import expected_random_mu, pairing_by_layer
 from invertnet.plotting import (
+    FIGURE_SUFFIXES,
     check_figure_path,
     comparison_figure,
     layer_row_figure,
@@ -107,15 +108,21 @@ def _model(name: str, weights: Path | None, seed: int, device: torch.device, dty
     return model.to(device=device, dtype=dtype)
 
 
-def _claim(paths: list[Path], force: bool, *, figures: tuple[int, ...] = ()) -> None:
+def _claim(paths: list[Path], force: bool, *, figures: tuple[int, ...] = (), inputs: tuple[Path, ...] = ()) -> None:
     """Refuse outputs that cannot be written or exist (without --force), before any work is done.
 
     ``paths[i]`` is a figure (any extension matplotlib writes) for ``i`` in ``figures``, else an image
-    (an extension of :data:`invertnet.io.IMAGE_SUFFIXES`). Each directory is probed by creating and
-    removing a temporary file: ``os.access`` says yes to root even where writing fails.
+    (an extension of :data:`invertnet.io.IMAGE_SUFFIXES`). An output that is one of ``inputs`` is
+    refused even with --force. Each directory is probed by creating and removing a temporary file:
+    ``os.access`` says yes to root even where writing fails.
     """
     probed: set[Path] = set()
+    sources = {p.resolve() for p in inputs if p.exists()}
     for i, path in enumerate(paths):
+        if path.resolve() in sources:
+            raise click.ClickException(
+                f"cannot write {str(path)!r}: it is the input, and writing would destroy it; choose another --out"
+            )
         if path.is_dir():
             raise click.ClickException(f"cannot write {str(path)!r}: it is a directory; give a file name with --out")
         (check_figure_path if i in figures else check_image_path)(path)
@@ -173,9 +180,18 @@ weights_option = click.option(
 #: The seeds the CLI takes (torch also takes negative ones; one spelling per seed is enough here).
 SEEDS = click.IntRange(0, 2**63 - 1)
 seed_option = click.option("--seed", type=SEEDS, default=0, show_default=True, help="Seed of the Gaussian filters.")
+
+
+def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    if not math.isfinite(value):
+        raise click.BadParameter(f"expected a finite number, got {value}", ctx=ctx, param=param)
+    return value
+
+
 tv_option = click.option(
     "--tv",
     type=click.FloatRange(min=0),
+    callback=_finite,
     default=JOINT_TV,
     show_default=True,
     help="joint: weight of the total-variation prior of its L-BFGS phase (0: none).",
@@ -293,8 +309,9 @@ def reconstruct_command(
         outputs = [out]
     else:
         out = out or Path(f"{image.stem}_{layer}.png")
-        outputs = [out, out.with_name(f"{out.stem}_figure{out.suffix}")]
-    _claim(outputs, force, figures=(0,) if all_layers else (1,))
+        figure_suffix = out.suffix if out.suffix.lower() in FIGURE_SUFFIXES else ".png"  # e.g. .bmp: no figure
+        outputs = [out, out.with_name(f"{out.stem}_figure{figure_suffix}")]
+    _claim(outputs, force, figures=(0,) if all_layers else (1,), inputs=(image,))
     model = _model(model_name, weights, seed, _device(device), DTYPES[dtype])
     layers = spec.figure_layers if all_layers else (layer,)
     for name in layers:
@@ -394,7 +411,7 @@ def compare_command(
             param_hint="--methods",
         )
     out = out or Path(f"{image.stem}_compare.png")
-    _claim([out], force, figures=(0,))
+    _claim([out], force, figures=(0,), inputs=(image,))
     model = _model(model_name, weights, seed, _device(device), DTYPES[dtype])
     for name in layers:
         find_layer(model, name)
@@ -439,7 +456,7 @@ def pairing_command(checkpoint: Path, layer_list: str | None, out: Path | None, 
     pairing filter against the exact mean for random filters, and draws the histograms.
     """
     out = out or Path(f"{checkpoint.stem}_pairing.png")
-    _claim([out], force, figures=(0,))
+    _claim([out], force, figures=(0,), inputs=(checkpoint,))
     state = load_state_dict(checkpoint)
     layers = _names(layer_list, "--layers") if layer_list is not None else None
     pairings = pairing_by_layer(state, layers)

@@ -596,3 +596,28 @@ def test_sigterm_leaves_no_temporary_file(tmp_path):
     assert code == -signal.SIGTERM
     assert len(files) == 1
     assert files[0].startswith(".out.")
+
+
+def test_force_never_overwrites_the_input(tmp_path, monkeypatch, no_work):
+    shutil.copy(ASSETS / "coffee.png", tmp_path / "in.png")
+    before = (tmp_path / "in.png").read_bytes()
+    args = ["reconstruct", "--layer", "conv1", tmp_path / "in.png", "--out", tmp_path / "in.png", "--force"]
+    result, _ = _cli(args, tmp_path, monkeypatch)
+    _one_line_error(result, "it is the input, and writing would destroy it; choose another --out")
+    assert (tmp_path / "in.png").read_bytes() == before
+
+
+def test_an_image_format_matplotlib_cannot_write_gets_a_png_figure(tmp_path, monkeypatch):
+    result, files = _cli(
+        ["reconstruct", "--layer", "conv1", ASSETS / "coffee.png", *FAST, "--out", "x.bmp"], tmp_path, monkeypatch
+    )
+    assert result.exit_code == 0, result.output
+    assert files == ["x.bmp", "x_figure.png"]
+
+
+@pytest.mark.parametrize("tv", ["nan", "inf"])
+def test_tv_must_be_finite(tmp_path, monkeypatch, no_work, tv):
+    args = ["reconstruct", "--layer", "conv1", ASSETS / "coffee.png", "--method", "joint", "--tv", tv]
+    result, files = _cli(args, tmp_path, monkeypatch)
+    _one_line_error(result, f"Invalid value for '--tv': expected a finite number, got {tv}")
+    assert files == []
