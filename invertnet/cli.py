@@ -62,6 +62,9 @@ class _OneLineErrors(click.Group):
         except click.exceptions.Abort:
             click.echo("invertnet: aborted", err=True)
             sys.exit(1)
+        except click.exceptions.NoArgsIsHelpError as err:  # bare 'invertnet': the help, as click prints it
+            click.echo(err.format_message(), err=True)
+            sys.exit(2)
         except click.UsageError as err:
             where = f" (see '{err.ctx.command_path} --help')" if err.ctx is not None else ""
             _fail(f"{err.format_message()}{where}")

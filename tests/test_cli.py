@@ -621,3 +621,12 @@ def test_tv_must_be_finite(tmp_path, monkeypatch, no_work, tv):
     result, files = _cli(args, tmp_path, monkeypatch)
     _one_line_error(result, f"Invalid value for '--tv': expected a finite number, got {tv}")
     assert files == []
+
+
+def test_bare_invertnet_prints_the_help(tmp_path, monkeypatch):
+    result, files = _cli([], tmp_path, monkeypatch)
+    assert result.exit_code == 2
+    assert "Commands:" in result.stderr
+    assert "reconstruct" in result.stderr
+    assert "invertnet: error" not in result.stderr
+    assert files == []
