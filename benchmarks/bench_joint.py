@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from invertnet import ConvOperator, psnr, reconstruct
+from invertnet import ConvOperator, JointOptions, psnr, reconstruct
 from invertnet.io import load_image
 from invertnet.models import build_model
 from invertnet.trace import trace
@@ -93,8 +93,8 @@ def main() -> None:
         joint_seconds = 0.0
         for method in ("patch", "auto", "joint"):
             start = time.perf_counter()
-            options = {"tv": 0.01, "box": (0.0, 1.0), "max_steps": 5} if method == "joint" else {}
-            result = reconstruct(model, image, layer, method, **options)
+            options = JointOptions(tv=0.01, box=(0.0, 1.0), max_steps=5) if method == "joint" else None
+            result = reconstruct(model, image, layer, method, joint=options)
             seconds = time.perf_counter() - start
             row(
                 method if method != "joint" else f"joint ({result.joint.evaluations} ev, {result.joint.iterations} GN)",

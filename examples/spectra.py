@@ -10,9 +10,9 @@ from pathlib import Path
 
 from _common import arguments
 
+from invertnet.injectivity import injectivity_report
 from invertnet.models import build_model
 from invertnet.plotting import save_figure, spectrum_figure
-from invertnet.spectrum import injectivity_report
 
 
 def main(out: Path, small: bool = False) -> dict[str, str]:

@@ -11,19 +11,21 @@ The house, in layers (imports point down only):
      ``AVR``, ``Proportional`` (ReLU on m of every n channels) and ``invert_proportional``.
    - :mod:`invertnet.operators` -- ``ConvOperator`` (forward, adjoint, im2col ``patches``, patch
      matrices, ``to_dense``), ``Padding`` (every padding mode and its adjoint), ``dottest``.
-2. Pseudo-inverses and spectra
+2. Pseudo-inverses, solvers and spectra (built on layer 1 only)
    - :mod:`invertnet.spectral` -- the DFT of circular convolutions: exact spectra and ``A^+``.
    - :mod:`invertnet.solvers` -- batched matrix-free LSQR.
    - :mod:`invertnet.windows` -- pseudo-inverses of blocks of outputs: exact on a layer's range
      when a block determines its window (LSQR's start).
-   - :mod:`invertnet.pinv` -- ``patch_pinv`` (the paper's reading), ``conv_pinv`` (routes by name).
-   - :mod:`invertnet.spectrum` -- ``sigma_min``/``sigma_max`` (Lanczos), ``injectivity_report``.
+   - :mod:`invertnet.pinv` -- the inversion routes, one a file (``patch``, ``window``, ``fft``,
+     ``dense``, ``lsqr``), ``conv_pinv`` and ``"auto"`` (the cheapest provable route), ``patch_pinv``.
+   - :mod:`invertnet.spectrum` -- ``sigma_min``/``sigma_max`` (Lanczos), exact spectra.
+   - :mod:`invertnet.joint` -- matching features (L-BFGS, then pattern-fixed Gauss-Newton).
 3. Walking a model, measuring
-   - :mod:`invertnet.trace` -- run a model once up to a layer, record the chain of modules;
-     ``layer_outputs`` of any architecture.
-   - :mod:`invertnet.reconstruct` -- ``reconstruct``: invert that chain back to the input; the
-     registry of layer inverses (``register_inverse``).
-   - :mod:`invertnet.joint` -- joint inversion of a prefix (L-BFGS, then pattern-fixed Gauss-Newton).
+   - :mod:`invertnet.trace` -- run a model once up to a layer, record the chain of modules, refuse
+     (naming the place) what a chain walk cannot follow; ``layer_outputs`` of any architecture.
+   - :mod:`invertnet.injectivity` -- dimension counts and ``injectivity_report``.
+   - :mod:`invertnet.inverses` -- the registry of layer inverses (``register_inverse``).
+   - :mod:`invertnet.reconstruct` -- ``reconstruct`` (layer by layer) and ``invert_jointly``.
    - :mod:`invertnet.compare` -- ``compare_methods``: every method from every layer, as a table.
    - :mod:`invertnet.metrics` -- ``psnr``, ``ssim`` (Wang et al. 2004 or scikit-image's defaults),
      ``relative_error``.
@@ -37,8 +39,13 @@ The house, in layers (imports point down only):
    - :mod:`invertnet.plotting` -- paper figures.
 5. :mod:`invertnet.cli` -- the ``invertnet`` command, thin.
 
+One vocabulary throughout: a step (and a solve, and a reconstruction) is ``closed_form`` when it is
+computed without iteration, and ``exact`` when it returns the layer's input from the layer's exact
+output, proven for that layer; the two are reported separately and never inferred from each other.
+
 Adding a layer inverse: write ``fn(module, record, y, ctx) -> StepResult`` and decorate it with
-``@register_inverse(MyModule)`` (see :mod:`invertnet.reconstruct`). Adding an operator:
+``@register_inverse(MyModule)`` (see :mod:`invertnet.inverses`). Adding a convolution route: one
+file with a :class:`~invertnet.pinv.Route` subclass, registered in :mod:`invertnet.pinv`. Adding an operator:
 subclass :class:`~invertnet.operators.LinearOperator` with ``forward`` and ``adjoint``, and add it
 to the table of operator factories in ``tests/test_operators.py`` so that the dot test, the dense
 matrix and the autograd adjoint are checked for it.
@@ -67,44 +74,72 @@ from invertnet.activations import (
 from invertnet.compare import ComparisonRow, compare_methods
 from invertnet.errors import (
     AdjointMismatchError,
+    DTypeError,
+    ForwardError,
     ImageReadError,
     InvalidCReLUOutputError,
     InvertnetError,
     LayerNotFoundError,
+    ModelError,
     NotAChainError,
+    OptionError,
     RouteError,
     ShapeError,
     TooLargeError,
+    TrainingModeError,
     UnsupportedLayerError,
     WeightsError,
 )
+from invertnet.injectivity import LayerSpectrum, injectivity_report
+from invertnet.inverses import StepResult, register_inverse, supported_layers
+from invertnet.joint import JointOptions, JointResult
 from invertnet.metrics import psnr, relative_error, ssim
 from invertnet.operators import ConvOperator, LinearOperator, dottest
-from invertnet.pinv import CONV_METHODS, SolveInfo, conv_pinv, patch_pinv
-from invertnet.reconstruct import LayerStep, Reconstruction, reconstruct, register_inverse, supported_layers
+from invertnet.pinv import CONV_METHODS, ROUTES, Route, SolveInfo, SolveOptions, conv_pinv, patch_pinv, register_route
+from invertnet.reconstruct import (
+    RECONSTRUCTION_METHODS,
+    LayerStep,
+    Reconstruction,
+    invert_jointly,
+    invert_layers,
+    reconstruct,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AVR",
     "CONV_METHODS",
+    "RECONSTRUCTION_METHODS",
+    "ROUTES",
     "AdjointMismatchError",
     "CReLU",
     "ComparisonRow",
     "ConvOperator",
+    "DTypeError",
+    "ForwardError",
     "ImageReadError",
     "InvalidCReLUOutputError",
     "InvertnetError",
+    "JointOptions",
+    "JointResult",
     "LayerNotFoundError",
+    "LayerSpectrum",
     "LayerStep",
     "LinearOperator",
+    "ModelError",
     "NotAChainError",
+    "OptionError",
     "Proportional",
     "Reconstruction",
+    "Route",
     "RouteError",
     "ShapeError",
     "SolveInfo",
+    "SolveOptions",
+    "StepResult",
     "TooLargeError",
+    "TrainingModeError",
     "UnsupportedLayerError",
     "WeightsError",
     "avr",
@@ -112,14 +147,22 @@ __all__ = [
     "conv_pinv",
     "crelu",
     "dottest",
+    "injectivity_report",
     "invert_crelu",
+    "invert_jointly",
+    "invert_layers",
+    "invert_leaky_relu",
     "invert_proportional",
     "leaky_relu_inverse",
     "patch_pinv",
     "psnr",
     "reconstruct",
     "register_inverse",
+    "register_route",
     "relative_error",
     "ssim",
     "supported_layers",
 ]
+
+#: ``invert_*`` is the name of every inverse; the old name stays as an alias.
+invert_leaky_relu = leaky_relu_inverse

@@ -163,7 +163,7 @@ def invert_crelu(
             f"invert_crelu: expected an even size along dim={dim} (positive and negative phase), "
             f"got shape {tuple(h.shape)}; pass the dim along which CReLU concatenated"
         )
-    pos, neg = h.split(size // 2, dim=dim)
+    pos, neg = torch.split(h, size // 2, dim=dim)
     z = pos - neg if negative_slope == 0.0 else (pos - neg) / (1.0 + negative_slope)
     if check:
         _check_crelu_output(h, pos, neg, z, dim, negative_slope, atol)

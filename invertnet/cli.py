@@ -14,16 +14,18 @@ import os
 import signal
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 import torch
 
 from invertnet.compare import compare_methods, format_comparison
 from invertnet.errors import InvertnetError
+from invertnet.injectivity import injectivity_report
 from invertnet.io import MAX_IMAGE_SIZE, check_image_path, load_image, load_state_dict, load_weights, save_image
-from invertnet.joint import LBFGS_ROUND
+from invertnet.joint import LBFGS_ROUND, JointOptions
 from invertnet.models import MODELS, build_model, count_parameters
 from invertnet.pairing import expected_random_mu, pairing_by_layer
 from invertnet.plotting import (
@@ -36,8 +38,7 @@ from invertnet.plotting import (
     save_figure,
     spectrum_figure,
 )
-from invertnet.reconstruct import MAXPOOL_MODES, RECONSTRUCTION_METHODS, Reconstruction, reconstruct
-from invertnet.spectrum import injectivity_report
+from invertnet.reconstruct import MAXPOOL_MODES, RECONSTRUCTION_METHODS, Reconstruction, invert_jointly, reconstruct
 from invertnet.trace import find_layer, list_layers
 
 __all__ = ["main"]
@@ -47,9 +48,16 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 JOINT_EVALUATIONS, JOINT_STEPS, JOINT_TV = 500, 5, 0.01
 
 
-def _joint_options(tv: float) -> dict[str, Any]:
+def _joint_options(tv: float) -> JointOptions:
     """What the CLI passes to a joint inversion: the caps, the prior, and the [0, 1] box of its images."""
-    return {"lbfgs_evaluations": JOINT_EVALUATIONS, "max_steps": JOINT_STEPS, "tv": tv, "box": (0.0, 1.0)}
+    return JointOptions(lbfgs_evaluations=JOINT_EVALUATIONS, max_steps=JOINT_STEPS, tv=tv, box=(0.0, 1.0))
+
+
+def _progress() -> Callable[[str], None] | None:
+    """Per-layer lines on stderr when it is a terminal; nothing otherwise (logs and pipes stay clean)."""
+    if not sys.stderr.isatty():
+        return None
+    return lambda line: click.echo(f"  {line}", err=True)
 
 
 class _OneLineErrors(click.Group):
@@ -81,7 +89,7 @@ class _OneLineErrors(click.Group):
         sys.exit(code if isinstance(code, int) else 0)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     click.echo(f"invertnet: error: {' '.join(message.split())}", err=True)
     sys.exit(2)
 
@@ -316,7 +324,7 @@ def reconstruct_command(
         outputs = [out, out.with_name(f"{out.stem}_figure{figure_suffix}")]
     _claim(outputs, force, figures=(0,) if all_layers else (1,), inputs=(image,))
     model = _model(model_name, weights, seed, _device(device), DTYPES[dtype])
-    layers = spec.figure_layers if all_layers else (layer,)
+    layers = spec.figure_layers if layer is None else (layer,)
     for name in layers:
         find_layer(model, name)
     picture, note = load_image(image, size or spec.input_size)
@@ -327,22 +335,23 @@ def reconstruct_command(
         if method == "joint":
             rounds = -(-JOINT_EVALUATIONS // LBFGS_ROUND) + JOINT_STEPS
             with click.progressbar(length=rounds, label=f"{name}: joint inversion", file=sys.stderr) as bar:
-                result = reconstruct(
+                result = invert_jointly(
                     model,
                     picture,
                     name,
-                    method,
+                    _joint_options(tv),
                     maxpool=maxpool,
-                    **_joint_options(tv),
-                    progress=lambda step, residual: bar.update(1),
+                    on_round=lambda step, residual: bar.update(1),
                 )
+            if result.joint is None:
+                raise RuntimeError(f"reconstruct(method='joint') returned no joint record for {name}")
             click.echo(
                 f"{name:>8}  joint: {result.joint.evaluations} L-BFGS evaluations, "
                 f"{result.joint.iterations} Gauss-Newton steps, feature residual "
                 f"{float(result.feature_residual[0]):.2g}{'; ' + result.note if result.note else ''}"
             )
         else:
-            result = reconstruct(model, picture, name, method, maxpool=maxpool)
+            result = reconstruct(model, picture, name, method, maxpool=maxpool, progress=_progress())
         click.echo(f"{name:>8}  {_metrics(result)}   ({_losses(result)})")
         results.append(result)
     if all_layers:
@@ -421,13 +430,7 @@ def compare_command(
     picture, note = load_image(image, size or spec.input_size)
     if note:
         click.echo(f"input: {note}")
-    rows = compare_methods(
-        model,
-        picture,
-        layers,
-        methods,
-        **_joint_options(tv),
-    )
+    rows = compare_methods(model, picture, layers, methods, joint=_joint_options(tv), progress=_progress())
     click.echo(format_comparison(rows))
     save_figure(comparison_figure(rows, picture), out)
     click.echo(f"wrote {out}")
@@ -525,7 +528,7 @@ def spectrum_command(
     model = _model(model_name, weights, seed, torch.device("cpu"), torch.float64)
     if layer is not None:
         find_layer(model, layer)
-    report = injectivity_report(model, (side, side), layer)
+    report = injectivity_report(model, (side, side), layer, progress=_progress())
     click.echo(f"{model_name} at {side}x{side} (unknowns: C/2 behind a CReLU input; sigma exact = DFT, else Lanczos)")
     click.echo(
         f"{'layer':<12} {'in':>9} {'out':>9} {'unknowns':>9} {'sigma_min':>10} {'sigma_max':>10} "

@@ -8,15 +8,16 @@ prints it, and :func:`invertnet.plotting.comparison_figure` draws it (rows = met
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
 from invertnet._checks import require_4d
-from invertnet.errors import ShapeError
+from invertnet.errors import OptionError, ShapeError
+from invertnet.joint import JointOptions
+from invertnet.pinv import SolveOptions
 from invertnet.reconstruct import RECONSTRUCTION_METHODS, reconstruct
 from invertnet.trace import find_layer
 
@@ -48,7 +49,10 @@ def compare_methods(
     methods: Sequence[str],
     *,
     data_range: float = 1.0,
-    **options: Any,
+    maxpool: str = "switches",
+    options: SolveOptions | None = None,
+    joint: JointOptions | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> list[ComparisonRow]:
     """Reconstruct ``image`` from each layer with each method; one row per pair, layer-major.
 
@@ -63,8 +67,10 @@ def compare_methods(
         checked before any work is done.
     data_range : float, default 1.0
         For PSNR and SSIM.
-    **options
-        Passed to every :func:`~invertnet.reconstruct.reconstruct` call (``tv``, ``box``, ...).
+    maxpool, options, joint
+        Passed to every :func:`~invertnet.reconstruct.reconstruct` call (``joint`` to the ``"joint"`` ones).
+    progress : callable, optional
+        Called with a line when each (layer, method) starts and ends.
 
     Returns
     -------
@@ -87,19 +93,32 @@ def compare_methods(
         )
     unknown = [m for m in methods if m not in RECONSTRUCTION_METHODS]
     if unknown or not methods:
-        raise ValueError(
-            f"compare_methods: expected methods among {sorted(RECONSTRUCTION_METHODS)}, got {list(methods)}"
+        raise OptionError(
+            f"compare_methods: expected methods among {list(RECONSTRUCTION_METHODS)}, got {list(methods)}"
         )
     if not layers:
-        raise ValueError("compare_methods: expected at least one layer, got none")
+        raise OptionError("compare_methods: expected at least one layer, got none; name layers such as 'conv1'")
     for layer in layers:
         find_layer(model, layer)
     rows = []
     for layer in layers:
         for method in methods:
+            if progress is not None:
+                progress(f"{layer} {method}: started")
             start = time.perf_counter()
-            result = reconstruct(model, image, layer, method, data_range=data_range, **options)
+            result = reconstruct(
+                model,
+                image,
+                layer,
+                method,
+                maxpool=maxpool,
+                data_range=data_range,
+                options=options,
+                joint=joint if method == "joint" else None,
+            )
             seconds = time.perf_counter() - start
+            if progress is not None:
+                progress(f"{layer} {method}: PSNR {float(result.psnr[0]):.2f} dB in {seconds:.1f} s")
             rows.append(
                 ComparisonRow(
                     layer,

@@ -11,10 +11,13 @@ from __future__ import annotations
 __all__ = [
     "AdjointMismatchError",
     "ArgumentTypeError",
+    "DTypeError",
+    "ForwardError",
     "ImageReadError",
     "InvalidCReLUOutputError",
     "InvertnetError",
     "LayerNotFoundError",
+    "ModelError",
     "NonFiniteError",
     "NotAChainError",
     "OptionError",
@@ -22,6 +25,7 @@ __all__ = [
     "RouteError",
     "ShapeError",
     "TooLargeError",
+    "TrainingModeError",
     "UnsupportedLayerError",
     "WeightsError",
 ]
@@ -85,3 +89,19 @@ class NonFiniteError(InvertnetError, ValueError):
 
 class OutputPathError(InvertnetError, ValueError):
     """An output path that cannot be written (unknown file extension, missing or read-only directory)."""
+
+
+class ModelError(InvertnetError, TypeError):
+    """Something given as a model that is not an ``nn.Module``."""
+
+
+class ForwardError(InvertnetError, ValueError):
+    """A model whose forward pass fails on the given input (the message names the module)."""
+
+
+class TrainingModeError(InvertnetError, ValueError):
+    """A layer in training mode where inversion needs eval mode (BatchNorm, Dropout)."""
+
+
+class DTypeError(InvertnetError, TypeError):
+    """A tensor of a dtype that cannot be used (e.g. an integer image where floats in a known range are needed)."""

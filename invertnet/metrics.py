@@ -81,7 +81,10 @@ def relative_error(estimate: torch.Tensor, reference: torch.Tensor) -> torch.Ten
     tensor([0.1000])
     """
     estimate, reference = _pair_of_images(estimate, reference, "relative_error")
-    return (estimate - reference).flatten(1).norm(dim=1) / reference.flatten(1).norm(dim=1)
+    # Tensor.norm has no return annotation in torch: name the type
+    error: torch.Tensor = (estimate - reference).flatten(1).norm(dim=1)
+    scale: torch.Tensor = reference.flatten(1).norm(dim=1)
+    return error / scale
 
 
 def _window(window: str, win_size: int | None, sigma: float, like: torch.Tensor) -> torch.Tensor:

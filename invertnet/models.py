@@ -46,8 +46,9 @@ bias) unless weights are loaded (:func:`invertnet.io.load_weights`).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -65,6 +66,8 @@ __all__ = [
     "gaussian_init_",
     "vgg16_cifar",
 ]
+
+_M = TypeVar("_M", bound=nn.Module)
 
 #: Activation modules by name.
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"crelu": CReLU, "relu": nn.ReLU, "avr": AVR}
@@ -85,7 +88,7 @@ def _check_seed(seed: object) -> None:
         raise OptionError(f"expected an int seed in [-2**63, 2**64 - 1] (what torch accepts), got {seed!r}")
 
 
-def gaussian_init_(model: nn.Module, seed: int = 0) -> nn.Module:
+def gaussian_init_(model: _M, seed: int = 0) -> _M:
     """Fill every conv and linear weight with He-scaled Gaussian noise from ``seed``; zero the biases (in place)."""
     _check_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -103,11 +106,11 @@ def gaussian_init_(model: nn.Module, seed: int = 0) -> nn.Module:
 def _stack(
     rows: Sequence[tuple[int, int, int, int]],
     activation: str,
-    special: dict[int, str],
-    pools: dict[int, nn.Module],
+    special: Mapping[int, str],
+    pools: Mapping[int, nn.Module],
     seed: int,
     *,
-    width: dict[int, float] | None = None,
+    width: Mapping[int, float] | None = None,
     batch_norm: bool = False,
     head: Sequence[tuple[str, nn.Module]] = (),
 ) -> nn.Sequential:
@@ -137,7 +140,7 @@ def _stack(
     return gaussian_init_(nn.Sequential(parts), seed)
 
 
-def _check_stack(count: int, activation: str, special: dict[int, str], width: dict[int, float]) -> None:
+def _check_stack(count: int, activation: str, special: Mapping[int, str], width: Mapping[int, float]) -> None:
     """Refuse unknown activations, layer numbers outside conv1..conv{count}, and widths that leave no filter."""
     if activation not in ACTIVATIONS:
         raise OptionError(f"expected an activation in {sorted(ACTIVATIONS)}, got {activation!r}")

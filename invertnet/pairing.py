@@ -24,8 +24,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
+import numpy.typing as npt
 import scipy.integrate
 import scipy.stats
 import torch
@@ -84,8 +86,8 @@ class PairingsByLayer(dict[str, Pairing]):
         (e.g. ``"1 filter: pairing needs at least 2"``).
     """
 
-    def __init__(self, pairings: Mapping[str, Pairing] = (), skipped: Mapping[str, str] | None = None) -> None:
-        super().__init__(pairings)
+    def __init__(self, pairings: Mapping[str, Pairing] | None = None, skipped: Mapping[str, str] | None = None) -> None:
+        super().__init__(pairings or {})
         self.skipped: dict[str, str] = dict(skipped or {})
 
 
@@ -141,7 +143,11 @@ def random_pairing(shape: Sequence[int], seed: int = 0) -> Pairing:
     return pairing(torch.randn(tuple(shape), generator=generator, dtype=torch.float64))
 
 
-def random_mu_cdf(t: np.ndarray | float, dim: int, filters: int) -> np.ndarray:
+@overload
+def random_mu_cdf(t: float, dim: int, filters: int) -> float: ...
+@overload
+def random_mu_cdf(t: npt.NDArray[np.floating], dim: int, filters: int) -> npt.NDArray[np.float64]: ...
+def random_mu_cdf(t: npt.NDArray[np.floating] | float, dim: int, filters: int) -> npt.NDArray[np.float64] | float:
     r""":math:`P(\mu_i \le t)` for ``filters`` independent uniform directions in :math:`\mathbb{R}^{dim}`."""
     _check_counts(dim, filters, "random_mu_cdf")
     a = (dim - 1) / 2

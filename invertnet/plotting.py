@@ -14,19 +14,20 @@ r"""Figures for papers (matplotlib, no global pyplot state).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from matplotlib.figure import Figure
 
 from invertnet.compare import ComparisonRow
 from invertnet.errors import OutputPathError
+from invertnet.injectivity import LayerSpectrum
 from invertnet.io import atomic_write
 from invertnet.pairing import Pairing, random_mu_cdf, random_pairing
 from invertnet.reconstruct import Reconstruction
-from invertnet.spectrum import LayerSpectrum
 
 __all__ = [
     "FIGURE_SUFFIXES",
@@ -56,9 +57,9 @@ def check_figure_path(path: str | os.PathLike[str]) -> Path:
     return path
 
 
-def _display(image: torch.Tensor) -> np.ndarray:
+def _display(image: torch.Tensor) -> npt.NDArray[np.float64]:
     """First image of a batch as an (H, W, 3) or (H, W) array, clipped to [0, 1] for display."""
-    array = image[0].detach().cpu().double().clamp(0, 1).numpy().transpose(1, 2, 0)
+    array: npt.NDArray[np.float64] = image[0].detach().cpu().double().clamp(0, 1).numpy().transpose(1, 2, 0)
     return array[..., 0] if array.shape[-1] == 1 else array
 
 
@@ -121,7 +122,7 @@ def comparison_figure(rows: Sequence[ComparisonRow], original: torch.Tensor | No
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    if extra:
+    if original is not None:
         axes[0, 0].imshow(_display(original), cmap="gray", vmin=0, vmax=1)
         axes[0, 0].set_title("input")
         for ax in axes[1:, 0]:
@@ -136,7 +137,7 @@ def comparison_figure(rows: Sequence[ComparisonRow], original: torch.Tensor | No
     return fig
 
 
-def pairing_figure(pairings: dict[str, Pairing], labels: Sequence[str] | None = None, seed: int = 0) -> Figure:
+def pairing_figure(pairings: Mapping[str, Pairing], labels: Sequence[str] | None = None, seed: int = 0) -> Figure:
     r"""One panel per layer: the histogram of :math:`\mu_i` against random filters.
 
     Random filters: Gaussian of the same shape, drawn from ``seed`` (a step outline), and their

@@ -55,7 +55,8 @@ class LsqrResult:
 
 
 def _norm(t: torch.Tensor) -> torch.Tensor:
-    return t.flatten(1).norm(dim=1)
+    norm: torch.Tensor = t.flatten(1).norm(dim=1)  # Tensor.norm has no return annotation in torch
+    return norm
 
 
 def _scale(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:

@@ -129,6 +129,10 @@ class CirculantFactorization:
         ``H/sh x W/sw``) or only its circulant approximation.
     """
 
+    u: torch.Tensor
+    s: torch.Tensor
+    vh: torch.Tensor
+
     def __init__(self, op: ConvOperator, like: torch.Tensor) -> None:
         self.op = op
         self.exact = circulant_reason(op) is None
@@ -147,9 +151,12 @@ class CirculantFactorization:
 
         The weights are real, so ``M(-f) = conj(M(f))``: the half spectrum of ``rfft2`` suffices.
         """
-        spectrum = torch.fft.rfft2(y).permute(2, 3, 1, 0).to(matrices.dtype)  # (H', W'//2+1, q, N)
+        # torch.fft's functions carry no annotations (they return Any): name the types here
+        y_hat: torch.Tensor = torch.fft.rfft2(y)
+        spectrum = y_hat.permute(2, 3, 1, 0).to(matrices.dtype)  # (H', W'//2+1, q, N)
         product = (matrices @ spectrum).permute(3, 2, 0, 1)
-        return torch.fft.irfft2(product, s=tuple(y.shape[-2:])).to(y.dtype)
+        x: torch.Tensor = torch.fft.irfft2(product, s=tuple(y.shape[-2:]))
+        return x.to(y.dtype)
 
     def pinv(self, y: torch.Tensor, rtol: float) -> torch.Tensor:
         r""":math:`A^+ y`, singular values below ``rtol * sigma_max`` (global) cut; ``y`` is ``(N, C_out, H', W')``."""

@@ -1,21 +1,18 @@
-r"""Singular values of convolution layers, and which layers can be inverted at all.
+r"""Singular values of convolution layers: how stably a layer can be undone.
 
-A layer can only be undone where its operator :math:`A` is injective on the inputs it can receive,
-and how stably is told by its smallest singular value:
 :math:`\|A^+(y - y')\| \le \|y - y'\| / \sigma_{\min}`.
 
 - exact spectra for layers the 2-D DFT diagonalises (circular or no padding; :mod:`invertnet.spectral`);
-- otherwise :math:`\sigma_{\max}` by power iteration on :math:`A^T A` and :math:`\sigma_{\min}` by Lanczos
-  (scipy's ``eigsh`` on :math:`A^T A` as a ``LinearOperator``, smallest algebraic eigenvalue);
-- :func:`injectivity_report`: per layer the input and output dimensions, the dimension count that
-  already rules inversion out (behind a CReLU input the unknowns are the ``C/2`` pre-activation
-  channels, not ``C``), :math:`\sigma_{\min}`, :math:`\sigma_{\max}`, the condition number and a verdict.
+- otherwise :math:`\sigma_{\max}` and :math:`\sigma_{\min}` by Lanczos (scipy's ``eigsh`` on :math:`A^T A` as a
+  ``LinearOperator``).
+
+Which layers of a model can be inverted at all, and the per-layer report, are in :mod:`invertnet.injectivity`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -23,30 +20,10 @@ from scipy.sparse.linalg import ArpackNoConvergence, eigsh
 from scipy.sparse.linalg import LinearOperator as ScipyOperator
 from torch import nn
 
-from invertnet.activations import CReLU
 from invertnet.operators import ConvOperator, LinearOperator
 from invertnet.spectral import CirculantFactorization, circulant_reason
-from invertnet.trace import LayerRecord, trace
 
-__all__ = [
-    "VERDICTS",
-    "LayerSpectrum",
-    "conv_singular_values",
-    "injectivity_report",
-    "ruled_out_by_count",
-    "sigma_max",
-    "sigma_min",
-    "unknowns",
-]
-
-VERDICTS = (
-    "injective",
-    "numerically singular",
-    "not injective (dimension count)",
-    "not injective as a linear map (count passes on CReLU inputs only)",
-    "not injective (pooling)",
-    "not injective (pixels no filter reads)",
-)
+__all__ = ["conv_singular_values", "sigma_max", "sigma_min"]
 
 
 def conv_singular_values(conv: nn.Conv2d | ConvOperator, input_size: tuple[int, int]) -> torch.Tensor:
@@ -75,7 +52,7 @@ def conv_singular_values(conv: nn.Conv2d | ConvOperator, input_size: tuple[int, 
 
 
 def _gram_eigenvalue(
-    op: LinearOperator, which: str, tol: float, maxiter: int | None, shift: float | None = None
+    op: LinearOperator, which: Literal["SA", "LA"], tol: float, maxiter: int | None, shift: float | None = None
 ) -> tuple[float, bool]:
     """An extreme eigenvalue of :math:`A^T A` (or of ``shift * I - A^T A``) by Lanczos (ARPACK), and convergence."""
     n = op.in_dim
@@ -144,180 +121,3 @@ def sigma_min(op: LinearOperator, *, tol: float = 1e-8, maxiter: int | None = No
     flipped, flipped_converged = _gram_eigenvalue(op, "LA", tol * 1e-3, maxiter, shift=shift)
     value = min(direct, shift - flipped)
     return math.sqrt(max(value, 0.0)), converged and top_converged and flipped_converged
-
-
-@dataclass(frozen=True)
-class LayerSpectrum:
-    """Injectivity report of one layer.
-
-    Attributes
-    ----------
-    name, kind : str
-    in_shape, out_shape : tuple of int
-    in_dim, out_dim : int
-        Unknowns and responses of the linear map.
-    unknowns : int
-        Degrees of freedom of the possible inputs: ``in_dim / 2`` behind a CReLU, else ``in_dim``.
-    sigma_max, sigma_min, condition : float
-        Of the linear map (``nan`` for max-pooling, which is not linear).
-    exact : bool
-        Whether the singular values are exact (DFT or dense) rather than iterative estimates.
-    converged : bool
-        Whether the iterative estimate of ``sigma_min`` converged.
-    verdict : str
-        One of :data:`VERDICTS`.
-    singular_values : torch.Tensor or None
-        The whole spectrum where the DFT gives it: exact for circular layers, the circulant
-        approximation on the same grid for others (for plots); ``None`` otherwise.
-    """
-
-    name: str
-    kind: str
-    in_shape: tuple[int, ...]
-    out_shape: tuple[int, ...]
-    in_dim: int
-    out_dim: int
-    unknowns: int
-    sigma_max: float
-    sigma_min: float
-    condition: float
-    exact: bool
-    converged: bool
-    verdict: str
-    singular_values: torch.Tensor | None
-
-
-def unknowns(record: LayerRecord, previous: LayerRecord | None) -> int:
-    """Degrees of freedom of a layer's possible inputs: half the entries behind a CReLU, else all."""
-    size = record.input[0].numel()
-    return size // 2 if previous is not None and isinstance(previous.module, CReLU) else size
-
-
-def ruled_out_by_count(records: list[LayerRecord]) -> str | None:
-    """The first layer of a chain with fewer responses than unknowns (its features have many preimages)."""
-    for i, record in enumerate(records):
-        linear_or_pool = isinstance(record.module, (nn.Conv2d, nn.AvgPool2d, nn.MaxPool2d))
-        if linear_or_pool and math.prod(record.output_shape) < unknowns(record, records[i - 1] if i else None):
-            return record.name
-    return None
-
-
-def _linear_operator(record: LayerRecord) -> ConvOperator | None:
-    module, size = record.module, tuple(record.input.shape[-2:])
-    if isinstance(module, nn.Conv2d):
-        return ConvOperator.from_conv(module, size)
-    if isinstance(module, nn.AvgPool2d):
-        return ConvOperator.from_pool(module, record.input.shape[1], size, record.input.double())
-    return None
-
-
-def _layer_spectrum(record: LayerRecord, previous: LayerRecord | None, rtol: float) -> LayerSpectrum:
-    in_shape, out_shape = tuple(record.input.shape[1:]), record.output_shape
-    in_dim, out_dim = math.prod(in_shape), math.prod(out_shape)
-    free = unknowns(record, previous)
-    common = dict(
-        name=record.name,
-        kind=type(record.module).__name__,
-        in_shape=in_shape,
-        out_shape=out_shape,
-        in_dim=in_dim,
-        out_dim=out_dim,
-        unknowns=free,
-    )
-    op = _linear_operator(record)
-    if op is None:  # max-pooling: not linear; only the count speaks
-        return LayerSpectrum(
-            **common,
-            sigma_max=math.nan,
-            sigma_min=math.nan,
-            condition=math.nan,
-            exact=True,
-            converged=True,
-            verdict="not injective (pooling)",
-            singular_values=None,
-        )
-    op = ConvOperator(op.weight.double(), op.in_shape[1:], op.stride, op.pad.pads, op.dilation, op.groups, op.pad.mode)
-    spectrum = None
-    (h, w), (sh, sw) = op.in_shape[1:], op.stride
-    if h % sh == 0 and w % sw == 0:
-        spectrum = CirculantFactorization(op, torch.zeros((), dtype=torch.float64))
-    if spectrum is not None and spectrum.exact:
-        values = spectrum.singular_values()
-        s_max = float(values[0])
-        s_min = float(values[-1]) if out_dim >= in_dim else 0.0
-        exact, converged = True, True
-    else:
-        s_max = sigma_max(op)
-        s_min, converged = sigma_min(op)
-        exact = False
-        values = spectrum.singular_values() if spectrum is not None else None
-    if out_dim < free:
-        verdict = "not injective (dimension count)"
-    elif out_dim < in_dim:
-        verdict = "not injective as a linear map (count passes on CReLU inputs only)"
-    elif bool((op.coverage() == 0).any()):
-        verdict = "not injective (pixels no filter reads)"
-    elif s_min <= rtol * s_max:
-        verdict = "numerically singular"
-    else:
-        verdict = "injective"
-    condition = s_max / s_min if s_min > 0 else math.inf
-    return LayerSpectrum(
-        **common,
-        sigma_max=s_max,
-        sigma_min=s_min,
-        condition=condition,
-        exact=exact,
-        converged=converged,
-        verdict=verdict,
-        singular_values=values,
-    )
-
-
-def injectivity_report(
-    model: nn.Module, input_size: tuple[int, int], layer: str | None = None, *, rtol: float = 1e-6
-) -> list[LayerSpectrum]:
-    r"""The injectivity of every convolution and pooling layer of ``model`` up to ``layer``.
-
-    Parameters
-    ----------
-    model : nn.Module
-        A chain of named modules (as for :func:`invertnet.reconstruct`).
-    input_size : (int, int)
-        Spatial size of the input (the number of channels is read from the first convolution).
-    layer : str, optional
-        Stop at this layer; default: the last convolution or pooling layer.
-    rtol : float, default 1e-6
-        A layer is "numerically singular" when :math:`\sigma_{\min} \le` ``rtol`` :math:`\sigma_{\max}`. Lanczos
-        estimates of :math:`\sigma_{\min}` are accurate to about :math:`10^{-7} \sigma_{\max}` in absolute terms,
-        so a smaller ``rtol`` cannot be told apart for layers without an exact (DFT) spectrum.
-
-    Returns
-    -------
-    list of LayerSpectrum
-
-    Examples
-    --------
-    >>> import torch
-    >>> from invertnet import CReLU
-    >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 12, 2), CReLU(), torch.nn.Conv2d(24, 10, 1))
-    >>> [r.verdict for r in injectivity_report(net, (8, 8))]
-    ['injective', 'not injective (dimension count)']
-    """
-    kinds = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
-    named = [(name, m) for name, m in model.named_modules() if isinstance(m, kinds)]
-    if not named:
-        raise ValueError(
-            f"injectivity_report: expected a model with Conv2d or pooling layers, got {type(model).__name__}"
-        )
-    first_conv = next((m for _, m in named if isinstance(m, nn.Conv2d)), None)
-    channels = first_conv.in_channels if first_conv is not None else 3
-    param = next(model.parameters(), None)
-    dtype = param.dtype if param is not None else torch.float64
-    image = torch.zeros(1, channels, *input_size, dtype=dtype)
-    records = trace(model, image, layer or named[-1][0]).records
-    report = []
-    for i, record in enumerate(records):
-        if isinstance(record.module, kinds):
-            report.append(_layer_spectrum(record, records[i - 1] if i else None, rtol))
-    return report

@@ -38,8 +38,8 @@ WINDOW_MAX_ENTRIES = 10_000_000
 
 def _window_operator(op: ConvOperator, block: tuple[int, int]) -> ConvOperator:
     """The layer restricted to one block of outputs: the same filters, no padding, on the block's window."""
-    size = tuple(op.stride[i] * (block[i] - 1) + op.dilation[i] * (op.kernel_size[i] - 1) + 1 for i in range(2))
-    return ConvOperator(op.weight, size, op.stride, 0, op.dilation, op.groups)
+    rows, cols = (op.stride[i] * (block[i] - 1) + op.dilation[i] * (op.kernel_size[i] - 1) + 1 for i in range(2))
+    return ConvOperator(op.weight, (rows, cols), op.stride, 0, op.dilation, op.groups)
 
 
 def window_block(op: ConvOperator, max_entries: int = WINDOW_MAX_ENTRIES) -> tuple[int, int] | None:
@@ -112,7 +112,7 @@ class WindowInverse:
         self.op = op
         self.block = block
         window = _window_operator(op, block)
-        self.window = window.in_shape[1:]
+        self.window = window.input_size
         matrix = window.to_dense(torch.float64, like.device, max_entries=WINDOW_MAX_ENTRIES)
         read = matrix.abs().sum(0) > 0
         u, singular, vh = torch.linalg.svd(matrix[:, read], full_matrices=False)

@@ -30,7 +30,8 @@ def test_leaky_crelu_inverts(slope, generator):
 
 def test_leaky_relu_inverse(generator):
     x = torch.randn(100, dtype=torch.float64, generator=generator)
-    torch.testing.assert_close(leaky_relu_inverse(torch.nn.functional.leaky_relu(x, 0.1), 0.1), x)
+    # one rounding in the forward multiply, one in the inverse divide: measured 4.4e-16 (2 ulp)
+    torch.testing.assert_close(leaky_relu_inverse(torch.nn.functional.leaky_relu(x, 0.1), 0.1), x, rtol=5e-15, atol=0)
     with pytest.raises(ValueError, match=r"expected negative_slope > 0"):
         leaky_relu_inverse(x, 0.0)
 
@@ -63,7 +64,7 @@ def test_rejects_both_halves_nonzero():
 def test_tolerance_is_dtype_aware():
     h = torch.zeros(1, 2, dtype=torch.float32)
     h[0, 0], h[0, 1] = 1.0, 1e-7  # below 64 eps(float32) * max|h|: rounding noise, accepted
-    assert invert_crelu(h).item() == pytest.approx(1.0)
+    assert torch.equal(invert_crelu(h), h[:, :1] - h[:, 1:])  # pos - neg: the noise is kept, not rejected
     h64 = h.double()  # in float64 the same 1e-7 is far above rounding: rejected
     with pytest.raises(InvalidCReLUOutputError, match=r"both halves non-zero"):
         invert_crelu(h64)

@@ -141,7 +141,7 @@ def test_existing_output_is_kept_without_force(tmp_path):
         ),
         (
             lambda d: ["compare", ASSETS / "astronaut.png", "--methods", "patch,magic"],
-            "expected methods among auto, patch, fft, lsqr, dense, window, joint, got magic",
+            "expected methods among auto, patch, ",
         ),
         (lambda d: ["compare", ASSETS / "astronaut.png", "--methods", " , "], "expected a comma-separated list"),
         (lambda d: ["compare", ASSETS / "astronaut.png", "--layers", "conv1,conv99"], "valid names: conv1, conv1.conv"),
@@ -149,11 +149,11 @@ def test_existing_output_is_kept_without_force(tmp_path):
         (lambda d: ["compare", d / "missing.png", *FAST, "--layers", "conv1"], "does not exist"),
         (
             lambda d: ["reconstruct", "--layer", "conv1", ASSETS / "astronaut.png", "--method", "fft"],
-            "method 'fft' needs a layer the 2-D DFT diagonalises, but padding is 'zeros'",
+            "method 'fft' does not apply to this layer: padding is 'zeros', not circular",
         ),
         (
             lambda d: ["reconstruct", "--layer", "conv2", ASSETS / "astronaut.png", "--method", "window"],
-            "method 'window' needs a block of outputs that determines the pixels it reads",
+            "method 'window' does not apply to this layer: it needs a block of outputs that determine",
         ),
     ],
     ids=[

@@ -5,7 +5,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from skimage import io as skio
+
+from invertnet import CReLU
+from invertnet.pairing import expected_random_mu
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -29,7 +33,9 @@ def test_reconstruction_row(tmp_path):
     psnr = _load("reconstruction_row").main(tmp_path, small=True)
     _png(tmp_path / "reconstruction_row.png")
     assert list(psnr) == ["conv1", "conv2", "conv3", "conv4"]
-    assert psnr["conv1"] > 100  # ConvPool-CNN-C conv1 with CReLU: 96 filters for 27 patch entries, exact
+    # ConvPool-CNN-C conv1 with CReLU: 96 filters for 27 patch entries, exact. Measured 312 dB; 100x that error
+    # would be 40 dB less
+    assert psnr["conv1"] > 270
 
 
 def test_spectra(tmp_path):
@@ -43,7 +49,8 @@ def test_pairing_histograms(tmp_path):
     _png(tmp_path / "pairing.png")
     assert len(means) == 3
     for measured, random in means.values():
-        assert measured == pytest.approx(random, abs=0.03)  # Gaussian filters sit on the random reference
+        # Gaussian filters sit on the random reference; statistical (one seeded draw): measured up to 0.0037
+        assert measured == pytest.approx(random, abs=0.01)
 
 
 def test_rademacher_table(tmp_path):
@@ -51,14 +58,21 @@ def test_rademacher_table(tmp_path):
     _png(tmp_path / "rademacher_table.png")
     assert [row[0] for row in result["rows"]] == ["conv1", "conv2"]
     for _, _, _, _, crelu, relu in result["rows"]:
-        assert relu == pytest.approx(2**0.5 * crelu)
+        assert relu == pytest.approx(2**0.5 * crelu, rel=1e-14)  # measured exact
     assert result["check"]["worst"] < 4  # the provable constant
 
 
 def test_train_pairing(tmp_path):
-    result = _load("train_pairing").main(tmp_path, small=True)
+    module = _load("train_pairing")
+    result = module.main(tmp_path, small=True)
     _png(tmp_path / "train_pairing.png")
     assert set(result) == {"ReLU", "CReLU"}
-    for r in result.values():
-        assert 0 <= r["paired"] <= 1
-        assert -1 <= r["mean_mu"] <= 0
+    x = module.patches(2_000)
+    for name, activation in (("ReLU", torch.nn.ReLU()), ("CReLU", CReLU())):
+        r = result[name]
+        # training lowered the error of the same untrained autoencoder (measured 0.065 and 0.15 after 50 steps)
+        with torch.no_grad():
+            untrained = float((module.autoencoder(activation, seed=0)(x) - x).pow(2).mean())
+        assert r["error"] < 0.5 * untrained
+        assert r["random_mean_mu"] == expected_random_mu(module.KERNEL**2, module.FILTERS)
+        assert r["paired"] * module.FILTERS == round(r["paired"] * module.FILTERS)  # a count of filters

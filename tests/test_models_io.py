@@ -73,7 +73,8 @@ def test_cifar_models_run_and_invert_from_conv1(name):
         assert model(x).shape == (1, 10)
     result = reconstruct(model, x, "conv1", "lsqr")
     lossless = isinstance(model.conv1.act, CReLU)
-    assert (float(result.relative_error) <= 1e-6) == lossless
+    # measured 7.3e-16 through CReLU, 0.55 through ReLU
+    assert (float(result.relative_error) <= 1e-13) == lossless
 
 
 def test_output_shapes():
@@ -89,7 +90,8 @@ def test_seeded_filters_are_reproducible():
     assert torch.equal(a.conv1.conv.weight, b.conv1.conv.weight)
     assert not torch.equal(a.conv1.conv.weight, c.conv1.conv.weight)
     std = a.conv4.conv.weight.std().item()
-    assert std == pytest.approx((2 / a.conv4.conv.weight[0].numel()) ** 0.5, rel=0.05)
+    # statistical: the sample std of 1.2M Gaussian draws has relative std 1/sqrt(2n) = 6.4e-4 (measured 7.3e-4 off)
+    assert std == pytest.approx((2 / a.conv4.conv.weight[0].numel()) ** 0.5, rel=5e-3)
 
 
 def test_weights_round_trip_pt_and_safetensors(tmp_path):
@@ -133,20 +135,24 @@ def test_weights_errors(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("array", "note"),
+    ("array", "note", "value"),
     [
-        (np.full((40, 60), 128, np.uint8), "greyscale replicated to 3 channels"),
-        (np.dstack([np.full((40, 40, 3), 255, np.uint8), np.zeros((40, 40), np.uint8)]), "RGBA composited over white"),
-        (np.zeros((30, 30, 3), np.uint8), ""),
+        (np.full((40, 60), 128, np.uint8), "greyscale replicated to 3 channels", 128 / 255),
+        (
+            np.dstack([np.full((40, 40, 3), 100, np.uint8), np.zeros((40, 40), np.uint8)]),
+            "RGBA composited over white",
+            1.0,  # alpha 0: only the white background is left
+        ),
+        (np.zeros((30, 30, 3), np.uint8), "", 0.0),
     ],
 )
-def test_load_image_conversions(tmp_path, array, note):
+def test_load_image_conversions(tmp_path, array, note, value):
     skio.imsave(tmp_path / "in.png", array, check_contrast=False)
     image, said = load_image(tmp_path / "in.png", size=None)
     assert image.shape == (1, 3, *array.shape[:2])
     assert note in said
-    assert float(image.min()) >= 0
-    assert float(image.max()) <= 1
+    assert image.dtype == torch.float64
+    assert torch.equal(image, torch.full_like(image, value))  # hand values: uint8 / 255, composited
 
 
 def test_load_image_crops_and_resizes(tmp_path):

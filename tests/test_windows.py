@@ -6,7 +6,7 @@ from conftest import assert_close, dense_pinv_solution, relative_gap
 from hypothesis import assume, given, settings
 from strategies import ConvConfig, conv_configs
 
-from invertnet import ConvOperator, RouteError, conv_pinv
+from invertnet import ConvOperator, RouteError, SolveOptions, conv_pinv
 from invertnet.solvers import lsqr
 from invertnet.windows import WindowInverse, window_block
 
@@ -29,7 +29,7 @@ def test_window_inverse_is_exact_on_the_range(cfg: ConvConfig):
     x = torch.rand(2, *op.in_shape, dtype=torch.float64)
     y = op.forward(x)
     reference = dense_pinv_solution(op, y)
-    assert_close(window.apply(y), reference)
+    assert_close(window.apply(y), reference, cond=window.condition)
 
 
 @settings(max_examples=60, deadline=None)
@@ -44,7 +44,8 @@ def test_lsqr_from_the_window_reaches_the_minimum_norm_solution(cfg: ConvConfig)
     start = window.apply(y)
     result = lsqr(op, y, atol=1e-14, btol=1e-14, maxiter=5000, x0=start)
     assert bool(result.converged.all())
-    assert relative_gap(result.x, reference) <= 1e-8
+    # iterative, stopped at atol = btol = 1e-14: measured gaps up to 1.6e-13 (150 examples)
+    assert relative_gap(result.x, reference) <= 2e-11
 
 
 def test_all_cnn_b_conv1_shape_is_recovered_without_iterating():
@@ -55,14 +56,15 @@ def test_all_cnn_b_conv1_shape_is_recovered_without_iterating():
         y = conv(x)
         windowed, info = conv_pinv(conv, y, (31, 31), "window", return_info=True)
         solved, lsqr_info = conv_pinv(conv, y, (31, 31), "lsqr", return_info=True)
+    cond = _window(ConvOperator.from_conv(conv, (31, 31))).condition
     assert info.method == "window"
-    assert_close(windowed, x)
+    assert_close(windowed, x, cond=cond)
     assert (lsqr_info.start, lsqr_info.iterations) == ("window", 0)
-    assert_close(solved, x)
+    assert_close(solved, x, cond=cond)
     with torch.no_grad():
         x32 = conv_pinv(conv.float(), y.float(), (31, 31), "window")
     assert x32.dtype == torch.float32
-    assert float((x32 - x).abs().max()) < 1e-3  # window condition number ~1e2 times float32 rounding
+    assert_close(x32, x.float(), torch.float32, cond=cond)
 
 
 def test_noisy_responses_need_lsqr_after_the_window():
@@ -73,11 +75,11 @@ def test_noisy_responses_need_lsqr_after_the_window():
     y = y + 0.1 * y.norm() * torch.randn_like(y) / y.numel() ** 0.5
     reference = dense_pinv_solution(op, y)
     window = conv_pinv(conv, y, (31, 31), "window")
-    solved, info = conv_pinv(conv, y, (31, 31), "lsqr", atol=1e-14, return_info=True)
-    assert relative_gap(window, reference) > 1e-3
+    solved, info = conv_pinv(conv, y, (31, 31), "lsqr", options=SolveOptions(atol=1e-14), return_info=True)
+    assert relative_gap(window, reference) > 0.1  # measured at least 0.67 over 3 draws
     assert info.start == "window"
     assert info.iterations > 0
-    assert relative_gap(solved, reference) <= 1e-8
+    assert relative_gap(solved, reference) <= 1e-10  # iterative, stopped at atol=1e-14: measured 1.0e-12
 
 
 def test_lsqr_without_a_window_starts_from_zero():
@@ -92,7 +94,8 @@ def test_window_route_refuses_layers_it_cannot_invert():
     conv = torch.nn.Conv2d(4, 4, 3, padding=1)
     with pytest.raises(
         RouteError,
-        match=r"method 'window' needs a block of outputs that determines the pixels it reads, but no block within "
+        match=r"method 'window' does not apply to this layer: it needs a block of outputs that determines the pixels "
+        r"it reads, but no block within "
         r"the size limit has as many equations as unknowns \(4 filters for 4 input channels at stride \(1, 1\)\); "
         r"use method='lsqr'",
     ):
@@ -115,5 +118,9 @@ def test_window_route_names_a_rank_deficient_block():
     conv = torch.nn.Conv2d(2, 4, 1, bias=False)
     with torch.no_grad():
         conv.weight[:, 1] = conv.weight[:, 0]  # both input channels look alike: no block tells them apart
-    with pytest.raises(RouteError, match=r"method 'window' needs .*, but the 1x1 block's matrix is rank deficient"):
+    with pytest.raises(
+        RouteError,
+        match=r"method 'window' does not apply to this layer: it needs .*, but the 1x1 block's matrix is rank "
+        r"deficient",
+    ):
         conv_pinv(conv, torch.zeros(1, 4, 5, 5), (5, 5), method="window")

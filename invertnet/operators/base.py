@@ -87,8 +87,20 @@ class LinearOperator(ABC):
                 f"{max_entries} entries; use a smaller input size or a matrix-free method"
             )
         eye = torch.eye(n, dtype=dtype, device=device)
-        columns = [self.forward(chunk.reshape(-1, *self.in_shape)).reshape(-1, m) for chunk in eye.split(4096)]
+        columns = [self.forward(chunk.reshape(-1, *self.in_shape)).reshape(-1, m) for chunk in torch.split(eye, 4096)]
         return torch.cat(columns).T.contiguous()
+
+
+def _require_operator(op: object, fn: str) -> LinearOperator:
+    """``op`` if it is a :class:`LinearOperator`; otherwise say how to get one."""
+    if not isinstance(op, LinearOperator):
+        hint = (
+            "wrap it with ConvOperator.from_conv(conv, input_size)"
+            if isinstance(op, torch.nn.Conv2d)
+            else "build one with ConvOperator(...) or subclass LinearOperator"
+        )
+        raise ArgumentTypeError(f"{fn}: expected a LinearOperator, got {type(op).__name__}; {hint}")
+    return op
 
 
 def dottest(
@@ -133,13 +145,7 @@ def dottest(
     >>> op = ConvOperator.from_conv(torch.nn.Conv2d(3, 4, 3, stride=2), (9, 9))
     >>> lhs, rhs = dottest(op)
     """
-    if not isinstance(op, LinearOperator):
-        hint = (
-            "wrap it with ConvOperator.from_conv(conv, input_size)"
-            if isinstance(op, torch.nn.Conv2d)
-            else "build one with ConvOperator(...) or subclass LinearOperator"
-        )
-        raise ArgumentTypeError(f"dottest: expected a LinearOperator, got {type(op).__name__}; {hint}")
+    op = _require_operator(op, "dottest")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise OptionError(f"dottest: expected a batch size >= 1, got {batch!r}")
     if rtol is not None and not 0 <= rtol < float("inf"):

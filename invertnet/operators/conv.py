@@ -21,6 +21,8 @@ length ``C_in * kh * kw`` (channel-major, as :func:`torch.nn.functional.unfold`)
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -75,7 +77,7 @@ class ConvOperator(LinearOperator):
             raise ShapeError(f"ConvOperator: expected a weight of shape (C_out, C_in/groups, kh, kw), got {got}")
         if padding_mode not in PADDING_MODES:
             raise OptionError(f"ConvOperator: expected padding_mode in {PADDING_MODES}, got {padding_mode!r}")
-        if isinstance(padding, str):
+        if isinstance(cast(object, padding), str):  # nn.Conv2d's "same"/"valid": only from_conv resolves them
             raise OptionError(
                 f"ConvOperator: expected padding as numbers, got {padding!r}; for an nn.Conv2d with padding="
                 f"{padding!r} use ConvOperator.from_conv(conv, input_size), which reads the resolved padding"
@@ -94,11 +96,13 @@ class ConvOperator(LinearOperator):
                 raise OptionError(f"ConvOperator: expected {name} >= 1 along both axes, got {value}")
         self.groups = groups
         self.kernel_size = (kh, kw)
+        pads: tuple[int, int, int, int]
         if isinstance(padding, int) or len(padding) <= 2:
             ph, pw = pair(padding, "padding")
             pads = (pw, pw, ph, ph)
         elif len(padding) == 4:
-            pads = tuple(int(p) for p in padding)
+            left, right, top, bottom = (int(p) for p in padding)
+            pads = (left, right, top, bottom)
         else:
             raise ShapeError(
                 f"ConvOperator: expected padding as an int, (h, w) or (left, right, top, bottom), got {padding}"
@@ -112,6 +116,7 @@ class ConvOperator(LinearOperator):
                 f"ConvOperator: input {h}x{w} (padded {hp}x{wp}) is smaller than the dilated kernel "
                 f"{self.dilation[0] * (kh - 1) + 1}x{self.dilation[1] * (kw - 1) + 1}; use a larger input"
             )
+        self.input_size = (h, w)
         self.in_shape = (c_in_group * groups, h, w)
         self.out_shape = (c_out, ho, wo)
         # zero padding with equal sides runs inside conv2d / conv_transpose2d; other cases pad explicitly
@@ -141,9 +146,9 @@ class ConvOperator(LinearOperator):
         return cls(
             conv.weight,
             input_size,
-            stride=conv.stride,
+            stride=pair(conv.stride, "stride"),
             padding=tuple(conv._reversed_padding_repeated_twice),
-            dilation=conv.dilation,
+            dilation=pair(conv.dilation, "dilation"),
             groups=conv.groups,
             padding_mode=conv.padding_mode,
         )
@@ -164,8 +169,9 @@ class ConvOperator(LinearOperator):
             )
         kh, kw = pair(pool.kernel_size, "kernel_size")
         weight = torch.full((channels, 1, kh, kw), 1.0 / (kh * kw), dtype=like.dtype, device=like.device)
-        dilation = getattr(pool, "dilation", 1)
-        return cls(weight, input_size, pool.stride or pool.kernel_size, pool.padding, dilation, channels)
+        stride = pair(pool.stride or pool.kernel_size, "stride")
+        dilation = pair(pool.dilation, "dilation") if isinstance(pool, nn.MaxPool2d) else (1, 1)
+        return cls(weight, input_size, stride, pair(pool.padding, "padding"), dilation, channels)
 
     def __repr__(self) -> str:
         return (
@@ -221,7 +227,7 @@ class ConvOperator(LinearOperator):
         """How many receptive fields read each input pixel, shape ``(H, W)`` (the diagonal of :math:`S^T S`)."""
         one = ConvOperator(
             torch.ones(1, 1, *self.kernel_size, dtype=dtype, device=device),
-            self.in_shape[1:],
+            self.input_size,
             self.stride,
             self.pad.pads,
             self.dilation,
