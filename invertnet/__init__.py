@@ -31,6 +31,8 @@ The house, in layers (imports point down only):
      ``relative_error``.
 4. Around it: the paper's models and analyses, files, figures
    - :mod:`invertnet.models` -- the model zoo: All-CNN-B, ConvPool-CNN-C, VGG-16 (CIFAR) variants.
+   - :mod:`invertnet.architectures` -- torchvision's AlexNet, VGG-16-BN, ResNet-18, SqueezeNet 1.0,
+     MobileNetV2, DenseNet-121 with torchvision's names (no torchvision needed).
    - :mod:`invertnet.pairing` -- opposite-phase filter pairing (the paper's Figs. 2-3).
    - :mod:`invertnet.bounds` -- Rademacher complexities and Theorem 4.1's bound.
    - :mod:`invertnet.invariance` -- invariance scores (Goodfellow et al. 2009).
@@ -100,8 +102,8 @@ from invertnet.reconstruct import (
     RECONSTRUCTION_METHODS,
     LayerStep,
     Reconstruction,
+    invert_graph,
     invert_jointly,
-    invert_layers,
     reconstruct,
 )
 
@@ -149,8 +151,8 @@ __all__ = [
     "dottest",
     "injectivity_report",
     "invert_crelu",
+    "invert_graph",
     "invert_jointly",
-    "invert_layers",
     "invert_leaky_relu",
     "invert_proportional",
     "leaky_relu_inverse",

@@ -21,13 +21,14 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
-from invertnet.errors import OptionError
+from invertnet.errors import InvertnetError, OptionError
+from invertnet.graph import Graph, capture
 from invertnet.injectivity import ruled_out_by_count
-from invertnet.inverses import MAXPOOL_MODES, InversionContext, inverse_for
+from invertnet.inverses import MAXPOOL_MODES
 from invertnet.joint import JOINT_STARTS, JointOptions, JointResult, match_features
 from invertnet.metrics import psnr, relative_error, ssim
 from invertnet.pinv import CONV_METHODS, SolveOptions
-from invertnet.trace import Trace, trace
+from invertnet.walk import LayerStep, invert_graph
 
 __all__ = [
     "JOINT_STARTS",
@@ -36,8 +37,8 @@ __all__ = [
     "RECONSTRUCTION_METHODS",
     "LayerStep",
     "Reconstruction",
+    "invert_graph",
     "invert_jointly",
-    "invert_layers",
     "reconstruct",
 ]
 
@@ -64,38 +65,6 @@ class _ReconstructionMethods(Mapping[str, str]):
 
 #: Methods of :func:`reconstruct`: every convolution route (layer by layer), and ``"joint"``.
 RECONSTRUCTION_METHODS: Mapping[str, str] = _ReconstructionMethods()
-
-
-@dataclass(frozen=True)
-class LayerStep:
-    r"""One inverted layer.
-
-    Attributes
-    ----------
-    name, kind : str
-        Qualified module name and class name.
-    route : str
-        How it was inverted (``"invert_crelu"``, ``"patch"``, ``"lsqr"``, ``"switches"``, ...; never ``"auto"``).
-    exact : bool
-        This inverse returns the layer's input exactly from the layer's exact output (proven for this layer).
-    closed_form : bool
-        Computed without iteration.
-    estimate : torch.Tensor
-        Estimate of the layer's input.
-    relative_error : torch.Tensor
-        Per image, :math:`\|\hat u - u\| / \|u\|` against the layer's true input :math:`u`.
-    note : str
-        What is lost, when something is.
-    """
-
-    name: str
-    kind: str
-    route: str
-    exact: bool
-    closed_form: bool
-    estimate: torch.Tensor
-    relative_error: torch.Tensor
-    note: str = ""
 
 
 @dataclass
@@ -166,11 +135,9 @@ def _check_common(method: str, maxpool: str, data_range: float) -> None:
         raise OptionError(f"expected a positive finite data_range (1.0 for images in [0, 1]), got {data_range!r}")
 
 
-def _prefix(recorded: Trace) -> Callable[[torch.Tensor], torch.Tensor]:
+def _prefix(graph: Graph) -> Callable[[torch.Tensor], torch.Tensor]:
     def prefix(x: torch.Tensor) -> torch.Tensor:
-        for record in recorded.records:
-            x = record.module(x)
-        return x
+        return graph.evaluate({graph.input: x})
 
     return prefix
 
@@ -183,42 +150,29 @@ def _feature_residual(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
         return misfit / scale
 
 
-def invert_layers(
-    recorded: Trace,
-    method: str = "auto",
-    *,
-    maxpool: str = "switches",
-    options: SolveOptions | None = None,
-    progress: Callable[[str], None] | None = None,
-) -> tuple[torch.Tensor, list[LayerStep]]:
-    """Walk a recorded chain back to its input, one registered inverse a layer; the estimate and the steps."""
-    options = options or SolveOptions()
-    inverses = [(record, inverse_for(record.module, record.name)) for record in recorded.records]
-    y = recorded.features
-    steps: list[LayerStep] = []
-    with torch.no_grad():
-        for i, (record, inverse) in enumerate(reversed(inverses)):
-            result = inverse(record.module, record, y, InversionContext(method, maxpool, options, top=i == 0))
-            y = result.estimate
-            err = relative_error(y, record.input) if y.ndim == 4 else torch.full((y.shape[0],), float("nan"))
-            step = LayerStep(
-                record.name,
-                type(record.module).__name__,
-                result.route,
-                result.exact,
-                result.closed_form,
-                y,
-                err,
-                result.note,
-            )
-            steps.append(step)
-            if progress is not None:
-                progress(f"{step.name}: {step.route}{'' if step.exact else ' (lossy)'}")
-    return y, steps
+def _many_preimages(graph: Graph) -> str | None:
+    """The first layer whose responses are fewer than the unknowns behind it (its features have many preimages).
+
+    A count along a chain only: where values join or fan out, the count of one layer does not bound what the
+    graph keeps (the walk's block solves say their own counts).
+    """
+    if any(len(node.parents) > 1 for node in graph.nodes.values()) or any(
+        len(readers) > 1 for readers in graph.consumers().values()
+    ):
+        return None
+    for node in graph.nodes.values():
+        if node.op != "module" or node.module is None:
+            continue
+        parent = graph.nodes[node.parents[0]] if node.parents else None
+        behind = parent.record() if parent is not None and parent.op == "module" else None
+        record = node.record()
+        if ruled_out_by_count([*([behind] if behind is not None else []), record]) == record.name:
+            return node.label
+    return None
 
 
 def _result(
-    recorded: Trace,
+    graph: Graph,
     image: torch.Tensor,
     layer: str,
     method: str,
@@ -226,8 +180,8 @@ def _result(
     data_range: float,
     joint: JointResult | None = None,
 ) -> Reconstruction:
-    original = recorded.records[0].input
-    many = ruled_out_by_count(recorded.records)
+    original = graph.image
+    many = _many_preimages(graph)
     note = (
         f"the features have many preimages ({many} has fewer responses than unknowns): this is one of them"
         if many
@@ -237,7 +191,7 @@ def _result(
     return Reconstruction(
         image=image,
         input=original,
-        features=recorded.features,
+        features=graph.features,
         layer=layer,
         method=method,
         steps=steps,
@@ -246,7 +200,7 @@ def _result(
         if small
         else ssim(image, original, data_range),
         relative_error=relative_error(image, original),
-        feature_residual=_feature_residual(_prefix(recorded), image, recorded.features),
+        feature_residual=_feature_residual(_prefix(graph), image, graph.features),
         data_range=data_range,
         joint=joint,
         note=note,
@@ -316,9 +270,9 @@ def reconstruct(
         )
     if joint is not None:
         raise OptionError(f"joint options go with method='joint', got method={method!r}; drop them or use 'joint'")
-    recorded = trace(model, image, layer)
-    estimate, steps = invert_layers(recorded, method, maxpool=maxpool, options=options, progress=progress)
-    return _result(recorded, estimate, layer, method, steps, data_range)
+    graph = capture(model, image, layer)
+    estimate, steps = invert_graph(graph, method, maxpool=maxpool, options=options, progress=progress)
+    return _result(graph, estimate, layer, method, steps, data_range)
 
 
 def invert_jointly(
@@ -372,20 +326,26 @@ def invert_jointly(
     """
     options = options or JointOptions()
     _check_common("joint", maxpool, data_range)
-    recorded = trace(model, image, layer)
-    prefix = _prefix(recorded)
+    graph = capture(model, image, layer)
+    prefix = _prefix(graph)
     steps: list[LayerStep] = []
     start = None
     skip_lbfgs = False
     if options.start in ("auto", "layers"):
-        estimate, steps = invert_layers(recorded, "auto", maxpool=maxpool, options=solve)
-        close = bool((_feature_residual(prefix, estimate, recorded.features) <= LAYERS_START_TOL).all())
-        if options.start == "layers" or close:
-            start = estimate
-            skip_lbfgs = options.start == "auto"  # the pattern is right: Gauss-Newton alone finishes
+        try:
+            estimate, steps = invert_graph(graph, "auto", maxpool=maxpool, options=solve)
+        except InvertnetError:
+            if options.start == "layers":
+                raise
+            estimate = None  # no layer-by-layer estimate here: joint needs nothing but autograd
+        if estimate is not None:
+            close = bool((_feature_residual(prefix, estimate, graph.features) <= LAYERS_START_TOL).all())
+            if options.start == "layers" or close:
+                start = estimate
+                skip_lbfgs = options.start == "auto"  # the pattern is right: Gauss-Newton alone finishes
     if start is None:
         middle = sum(options.box) / 2 if options.box is not None else data_range / 2
-        start = torch.full_like(recorded.records[0].input, middle)
+        start = torch.full_like(graph.image, middle)
 
     def report(round_: int, residual: float) -> None:
         if progress is not None:
@@ -394,5 +354,5 @@ def invert_jointly(
             on_round(round_, residual)
 
     run = replace(options, lbfgs_evaluations=0) if skip_lbfgs else options
-    result = match_features(prefix, recorded.features, start, run, report)
-    return _result(recorded, result.image, layer, "joint", steps, data_range, result)
+    result = match_features(prefix, graph.features, start, run, report)
+    return _result(graph, result.image, layer, "joint", steps, data_range, result)

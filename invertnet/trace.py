@@ -97,7 +97,7 @@ def require_module(model: object) -> nn.Module:
     return model
 
 
-def _model_input(model: object, image: object) -> torch.Tensor:
+def model_input(model: object, image: object) -> torch.Tensor:
     """The image, checked and moved to the model's device and dtype."""
     model = require_module(model)
     image = require_4d(image, "image")
@@ -159,7 +159,7 @@ def trace(model: nn.Module, image: torch.Tensor, layer: str) -> Trace:
     """
     model = require_module(model)
     target = find_layer(model, layer)
-    image = _model_input(model, image)
+    image = model_input(model, image)
     records: list[LayerRecord] = []
     outputs: list[tuple[object, int]] = []  # each leaf's output and its version when produced
     inputs: list[tuple[object, int]] = []  # each leaf's input and its version when read
@@ -310,7 +310,7 @@ def list_layers(model: nn.Module, image: torch.Tensor) -> list[LayerInfo]:
     >>> [(i.name, i.output_shape) for i in list_layers(net, torch.rand(1, 3, 8, 8))]
     [('0', (4, 6, 6)), ('1', (4, 6, 6))]
     """
-    image = _model_input(model, image)
+    image = model_input(model, image)
     started: list[nn.Module] = []
     shapes: dict[nn.Module, tuple[int, ...]] = {}
 
@@ -341,7 +341,7 @@ def layer_outputs(
     >>> layer_outputs(net, torch.rand(2, 3, 8, 8), ["1"])["1"].shape
     torch.Size([2, 4, 6, 6])
     """
-    images = _model_input(model, images)
+    images = model_input(model, images)
     modules = {name: find_layer(model, name) for name in layers}
     captured: dict[str, torch.Tensor] = {}
 

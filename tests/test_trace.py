@@ -22,13 +22,14 @@ def resnet() -> nn.Module:
     return trained_like(TinyResNet())
 
 
-def test_resnet_block_is_refused_at_the_reused_relu(resnet):
-    # On main ed6711a this returned -26 dB with no error: the in-place 'out += identity' kept the tensor object.
+def test_the_chain_walk_refuses_a_resnet_block_at_the_reused_relu(resnet):
+    # On main ed6711a the chain walk returned -26 dB with no error: the in-place 'out += identity' kept the
+    # tensor object. The chain walk (the fallback when fx cannot trace) now refuses; the graph walk solves it.
     x = torch.rand(1, 3, 16, 16, dtype=torch.float64)
     with pytest.raises(NotAChainError, match=r"'layer1\.0\.relu' \(ReLU\) ran twice"):
-        reconstruct(resnet, x, "layer1.0")
+        trace(resnet, x, "layer1.0")
     with pytest.raises(NotAChainError, match=r"'layer1\.0\.relu' \(ReLU\) ran twice"):
-        reconstruct(resnet, x, "layer1")
+        trace(resnet, x, "layer1")
 
 
 def test_resnet_prefix_before_the_reuse_is_inverted(resnet):
@@ -50,13 +51,13 @@ def test_in_place_skip_is_refused_even_when_the_module_is_not_reused():
 
     block.forward = forward
     with pytest.raises(NotAChainError, match=r"expected 'relu2' to read the output of 'bn2' as it was produced"):
-        reconstruct(block, torch.rand(1, 8, 8, 8, dtype=torch.float64), "relu2")
+        trace(block, torch.rand(1, 8, 8, 8, dtype=torch.float64), "relu2")
 
 
 def test_skip_at_the_end_of_a_container_is_refused():
     net = nn.Sequential(OutOfPlaceSkip()).double()
     with pytest.raises(NotAChainError, match=r"expected '0' to output the tensor its last submodule '0\.conv2'"):
-        reconstruct(net, torch.rand(1, 4, 8, 8, dtype=torch.float64), "0")
+        trace(net, torch.rand(1, 4, 8, 8, dtype=torch.float64), "0")
 
 
 def test_functional_and_in_place_operations_between_modules_are_refused():
@@ -76,10 +77,12 @@ def test_a_module_reused_in_a_sequential_is_refused():
 
 def test_forward_failures_name_the_module():
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 11))
-    with pytest.raises(ForwardError, match=r"its forward pass failed in '1' \(Conv2d\): .*; check the input size"):
+    with pytest.raises(ForwardError, match=r"its forward pass failed at '1' \(Conv2d\): .*; check the input size"):
         reconstruct(net, torch.rand(1, 3, 8, 8), "1")
     with pytest.raises(ForwardError, match=r"failed in '0' \(Conv2d\)"):
         list_layers(net, torch.rand(1, 5, 8, 8))
+    with pytest.raises(ForwardError, match=r"failed in '1' \(Conv2d\)"):
+        trace(net, torch.rand(1, 3, 8, 8), "1")
 
 
 def test_bad_models_and_images():

@@ -1,0 +1,476 @@
+r"""Capture a model's forward pass as a graph of nodes, run it once, and record every value.
+
+``torch.fx.symbolic_trace`` gives the nodes of most CNN forwards: module calls (a module called twice is two
+nodes), functional calls (``F.relu``, ``torch.flatten``, ``x.view``, ``torch.cat``, ``+``) and the input.
+:func:`capture` traces the model, resolves the requested layer to a node, runs the graph once on the image
+up to that node, and keeps the nodes the requested value depends on, with a copy of each node's value (what
+inversion needs: inputs of layers, max-pooling switches, shapes).
+
+A forward that fx cannot trace (data-dependent control flow, Python calls on tensor values) falls back to
+the hook-based chain of :func:`invertnet.trace.trace`: a chain of modules still inverts; anything else is
+refused with the reason fx gave.
+
+Layer names: a node's name (``"layer1_0_relu_1"``, see ``invertnet layers``), a module's qualified name
+(``"layer1.0.conv1"``; a module called more than once must be named by its node), or a container
+(``"layer1.0"``: the last value computed inside it).
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import cast
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from invertnet.errors import ForwardError, InvertnetError, LayerNotFoundError, NotAChainError
+from invertnet.inverses.registry import has_inverse
+from invertnet.trace import LayerRecord, Trace, model_input, require_module, trace
+
+__all__ = ["Graph", "Node", "capture", "graph_layers"]
+
+
+@dataclass
+class Node:
+    """One value of the forward pass.
+
+    Attributes
+    ----------
+    name : str
+        Unique node name (fx's).
+    op : {"input", "module", "function", "method"}
+    target : object
+        The module's qualified name, the function, or the method's name.
+    label : str
+        What to call it in reports: the module's qualified name (``"@2"`` for its second call), or the
+        function's name.
+    module : nn.Module or None
+        The module of a module node.
+    parents : tuple of str
+        The nodes this value is computed from that depend on the image (tensors), in argument order.
+    value : object
+        A copy of the value computed in the forward pass.
+    fx_node : torch.fx.Node or None
+        The traced node (None for a hook-traced chain), for re-evaluation.
+    """
+
+    name: str
+    op: str
+    target: object
+    label: str
+    module: nn.Module | None
+    parents: tuple[str, ...]
+    value: object
+    fx_node: fx.Node | None = None
+
+    @property
+    def tensor(self) -> torch.Tensor:
+        """The recorded value as a tensor (every node on the image's path has one)."""
+        if not isinstance(self.value, torch.Tensor):
+            raise NotAChainError(f"expected node {self.label!r} to compute a tensor, got {type(self.value).__name__}")
+        return self.value
+
+    def record(self) -> LayerRecord:
+        """The :class:`~invertnet.trace.LayerRecord` the layer inverses take: module, its input, output shape."""
+        if self.module is None:
+            raise NotAChainError(f"expected a module node, got {self.op} {self.label!r}")
+        first = self.first_input
+        return LayerRecord(self.label, self.module, first, tuple(self.tensor.shape[1:]))
+
+    first_input: torch.Tensor = field(default_factory=lambda: torch.empty(0))
+
+
+@dataclass
+class Graph:
+    """The nodes the requested value depends on, in topological order, and how to evaluate them again.
+
+    Attributes
+    ----------
+    nodes : dict of str to Node
+        Topological order; the first is the input.
+    input, target : str
+        Names of the input node and of the requested node.
+    features : torch.Tensor
+        The requested value.
+    traced : bool
+        Whether fx traced the forward (False: a hook-traced chain of modules).
+    """
+
+    nodes: dict[str, Node]
+    input: str
+    target: str
+    features: torch.Tensor
+    traced: bool
+    functional_modules: dict[str, nn.Module] = field(default_factory=dict)
+    _modules: dict[str, nn.Module] = field(default_factory=dict)
+    _attributes: Callable[[str], object] | None = None
+
+    @property
+    def image(self) -> torch.Tensor:
+        """The input it was run on."""
+        return self.nodes[self.input].tensor
+
+    def consumers(self) -> dict[str, list[str]]:
+        """For every node, the nodes that read it (among the recorded ones)."""
+        out: dict[str, list[str]] = {name: [] for name in self.nodes}
+        for node in self.nodes.values():
+            for parent in node.parents:
+                out[parent].append(node.name)
+        return out
+
+    def evaluate(self, overrides: dict[str, torch.Tensor], until: str | None = None) -> torch.Tensor:
+        """Run the graph again from ``overrides`` (node name -> value) to ``until`` (default: the target).
+
+        Nodes that do not depend on an overridden node keep their recorded values; autograd and ``torch.func``
+        transforms see through the call.
+        """
+        until = until or self.target
+        env: dict[str, object] = dict(overrides)
+        dirty = set(overrides)
+        for name, node in self.nodes.items():
+            if name in env:
+                if name == until:
+                    break
+                continue
+            if not any(p in dirty for p in node.parents):
+                env[name] = node.value
+            else:
+                env[name] = self._run(node, env)
+                dirty.add(name)
+            if name == until:
+                break
+        value = env[until]
+        if not isinstance(value, torch.Tensor):
+            raise NotAChainError(f"expected node {until!r} to compute a tensor, got {type(value).__name__}")
+        return value
+
+    def arguments(self, node: Node) -> tuple[tuple[object, ...], dict[str, object]]:
+        """The recorded positional and keyword arguments of a traced node (tensors, constants, attributes)."""
+        if node.fx_node is None:
+            return (node.first_input,), {}
+        env = {name: other.value for name, other in self.nodes.items()}
+        return self._arguments(node, env)
+
+    def _arguments(self, node: Node, env: dict[str, object]) -> tuple[tuple[object, ...], dict[str, object]]:
+        fx_node = node.fx_node
+        if fx_node is None:
+            return (env[node.parents[0]],), {}
+
+        def value_of(arg: fx.Node) -> fx.node.Argument:
+            # recorded values are tensors and Python constants: arguments fx itself passed to the call
+            if arg.name in env:
+                return cast("fx.node.Argument", env[arg.name])
+            if arg.op == "get_attr" and self._attributes is not None:
+                return cast("fx.node.Argument", self._attributes(str(arg.target)))
+            raise NotAChainError(f"node {node.label!r} reads {arg.name!r}, which was not recorded")
+
+        args = fx.node.map_arg(fx_node.args, value_of)
+        kwargs = fx.node.map_arg(fx_node.kwargs, value_of)
+        return tuple(args), dict(kwargs)
+
+    def _run(self, node: Node, env: dict[str, object]) -> object:
+        if node.fx_node is None:  # a hook-traced chain: a module applied to its one parent
+            if node.module is None:
+                raise NotAChainError(f"cannot evaluate node {node.label!r} of a hook-traced chain")
+            return node.module(env[node.parents[0]])
+        args, kwargs = self._arguments(node, env)
+        if node.op == "module" and node.module is not None:
+            return node.module(*args, **kwargs)
+        if node.op == "function" and callable(node.target):
+            return _functional(node.target)(*args, **kwargs)
+        if node.op == "method":
+            receiver, *rest = args
+            method = str(node.target)
+            if method.endswith("_") and not method.startswith("__"):
+                method = method[:-1]  # re-run in-place methods out of place: recorded values must not change
+            return getattr(receiver, method)(*rest, **kwargs)
+        raise NotAChainError(f"cannot evaluate node {node.label!r} ({node.op})")
+
+    def records(self) -> list[LayerRecord]:
+        """The module nodes as layer records, in topological order."""
+        return [node.record() for node in self.nodes.values() if node.op == "module"]
+
+
+#: In-place operators re-run out of place (the recorded values must not change).
+_OUT_OF_PLACE: dict[object, Callable[..., object]] = {
+    operator.iadd: operator.add,
+    operator.isub: operator.sub,
+    operator.imul: operator.mul,
+    operator.itruediv: operator.truediv,
+}
+
+
+def _functional(fn: object) -> Callable[..., object]:
+    replacement = _OUT_OF_PLACE.get(fn)
+    if replacement is not None:
+        return replacement
+    if not callable(fn):
+        raise NotAChainError(f"expected a callable, got {fn!r}")
+    return fn
+
+
+def _stack_keys(node: fx.Node) -> list[str]:
+    stack = node.meta.get("nn_module_stack") or {}
+    keys = []
+    for key, value in stack.items():
+        path = value[0] if isinstance(value, tuple) and value and isinstance(value[0], str) else str(key)
+        keys.append(path.split("@")[0])
+    return keys
+
+
+class _Tracer(fx.Tracer):
+    """fx's tracer, with every module that has a registered inverse kept whole (CReLU, AVR, users' own)."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return has_inverse(m) or super().is_leaf_module(m, module_qualified_name)
+
+
+def _symbolic_trace(model: nn.Module) -> fx.GraphModule:
+    tracer = _Tracer()
+    graph = tracer.trace(model)
+    name = model.__class__.__name__ if isinstance(model, nn.Module) else "module"
+    return fx.GraphModule(tracer.root, graph, name)
+
+
+def _resolve(graph_module: fx.GraphModule, model: nn.Module, layer: str) -> fx.Node:
+    nodes: list[fx.Node] = [n for n in graph_module.graph.nodes if n.op not in ("placeholder", "output", "get_attr")]
+    by_name = {n.name: n for n in nodes}
+    if layer in by_name:
+        return by_name[layer]
+    calls = [n for n in nodes if n.op == "call_module" and n.target == layer]
+    if len(calls) == 1:
+        return calls[0]
+    if len(calls) > 1:
+        raise LayerNotFoundError(
+            f"expected a layer that runs once, got {layer!r}, which runs {len(calls)} times; name one call by its "
+            f"node: {', '.join(n.name for n in calls)}"
+        )
+    modules = dict(model.named_modules())
+    if layer and layer in modules:
+        inside = [n for n in nodes if layer in _stack_keys(n)]
+        if inside:
+            return inside[-1]
+        raise LayerNotFoundError(f"layer {layer!r} did not run in the forward pass of {type(model).__name__}")
+    names = [n.name for n in nodes]
+    shown = ", ".join(names[:60]) + (f", ... ({len(names)} in all)" if len(names) > 60 else "")
+    raise LayerNotFoundError(
+        f"expected a layer (a module name or a node name) of the model, got {layer!r}; node names: {shown}"
+    )
+
+
+class _Recorder(fx.Interpreter):
+    """Run the graph, keep a copy of every value, stop after the target node."""
+
+    def __init__(self, module: fx.GraphModule, target: fx.Node) -> None:
+        super().__init__(module)
+        self.target = target
+        self.values: dict[str, object] = {}
+        self.running = ""
+
+    def run_node(self, n: fx.Node) -> object:
+        if n.op == "call_module":
+            self.running = f"{n.target!r} ({type(self.module.get_submodule(str(n.target))).__name__})"
+        else:
+            self.running = f"{getattr(n.target, '__name__', n.target)} (node {n.name!r})"
+        result = super().run_node(n)
+        self.values[n.name] = result.detach().clone() if isinstance(result, torch.Tensor) else result
+        if n is self.target:
+            raise _ReachedError
+        return result
+
+
+class _ReachedError(Exception):
+    """Raised after the target node to end the run."""
+
+
+def _run(recorder: _Recorder, model: nn.Module, image: torch.Tensor) -> None:
+    """Run the recorder to its target; a failure of the forward pass names the node."""
+    try:
+        with torch.no_grad():
+            recorder.run(image)
+    except _ReachedError:
+        pass
+    except InvertnetError:
+        raise
+    except (RuntimeError, ValueError, IndexError, TypeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ForwardError(
+            f"expected {type(model).__name__} to run on an input of shape {tuple(image.shape)}, but its forward "
+            f"pass failed at {recorder.running}: {first}; check the input size and channels"
+        ) from err
+
+
+def _labels(nodes: Iterable[fx.Node]) -> dict[str, str]:
+    calls: dict[str, int] = {}
+    labels = {}
+    for n in nodes:
+        if n.op == "call_module":
+            count = calls[str(n.target)] = calls.get(str(n.target), 0) + 1
+            labels[n.name] = str(n.target) if count == 1 else f"{n.target}@{count}"
+        elif n.op == "call_function":
+            labels[n.name] = f"{getattr(n.target, '__name__', str(n.target))} ({n.name})"
+        elif n.op == "call_method":
+            labels[n.name] = f".{n.target}() ({n.name})"
+        else:
+            labels[n.name] = n.name
+    return labels
+
+
+_OPS = {"placeholder": "input", "call_module": "module", "call_function": "function", "call_method": "method"}
+
+
+def capture(model: nn.Module, image: torch.Tensor, layer: str) -> Graph:
+    """Trace ``model``, run it on ``image`` up to ``layer`` and keep the nodes that value depends on.
+
+    Parameters
+    ----------
+    model : nn.Module
+    image : torch.Tensor
+        ``(N, C, H, W)``, floating point; moved to the model's device and dtype.
+    layer : str
+        A node name, a module's qualified name, or a container's (see the module docstring).
+
+    Returns
+    -------
+    Graph
+
+    Raises
+    ------
+    LayerNotFoundError
+        Unknown name (the message lists the node names), or a module that runs several times.
+    NotAChainError
+        fx cannot trace the forward and it is not a chain of modules either (the message gives both reasons).
+    ForwardError
+        The forward pass fails on the image (the message names the node).
+
+    Examples
+    --------
+    >>> import torch
+    >>> class Skip(torch.nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+    ...     def forward(self, x):
+    ...         return torch.relu(self.conv(x)) + x
+    >>> graph = capture(Skip(), torch.rand(1, 3, 8, 8), "add")
+    >>> [(node.label, node.parents) for node in graph.nodes.values()]
+    [('x', ()), ('conv', ('x',)), ('relu (relu)', ('conv',)), ('add (add)', ('relu', 'x'))]
+    """
+    model = require_module(model)
+    image = model_input(model, image)
+    try:
+        graph_module = _symbolic_trace(model)
+    except Exception as err:  # fx raises TraceError, TypeError, AttributeError, ... on untraceable code
+        return _chain_graph(model, image, layer, f"{type(err).__name__}: {str(err).strip().splitlines()[0]}")
+    target = _resolve(graph_module, model, layer)
+    recorder = _Recorder(graph_module, target)
+    _run(recorder, model, image)
+    order = [n for n in graph_module.graph.nodes if n.name in recorder.values]
+    dependent = _depends_on_input(order)
+    needed = _ancestors(target)
+    labels = _labels(order)
+    modules = dict(graph_module.named_modules())
+    nodes: dict[str, Node] = {}
+    for n in order:
+        if n.name not in needed or n.op in ("get_attr", "output"):
+            continue
+        value = recorder.values[n.name]
+        parents = tuple(
+            a.name
+            for a in n.all_input_nodes
+            if a.name in dependent and isinstance(recorder.values.get(a.name), torch.Tensor)
+        )
+        module = modules[str(n.target)] if n.op == "call_module" else None
+        first = recorder.values[parents[0]] if parents else torch.empty(0)
+        nodes[n.name] = Node(
+            n.name,
+            _OPS[n.op],
+            str(n.target) if n.op in ("call_module", "call_method") else n.target,
+            labels[n.name],
+            module,
+            parents,
+            value,
+            n,
+            first if isinstance(first, torch.Tensor) else torch.empty(0),
+        )
+    placeholder = next(n for n in order if n.op == "placeholder")
+    features = recorder.values[target.name]
+    if not isinstance(features, torch.Tensor):
+        raise LayerNotFoundError(f"expected layer {layer!r} to output a tensor, got {type(features).__name__}")
+    if target.name not in dependent:
+        raise LayerNotFoundError(f"layer {layer!r} does not depend on the input; pick a layer on the image's path")
+
+    def attribute(path: str) -> object:
+        value: object = graph_module
+        for part in path.split("."):
+            value = getattr(value, part)
+        return value
+
+    return Graph(nodes, placeholder.name, target.name, features, True, {}, modules, attribute)
+
+
+def _depends_on_input(order: list[fx.Node]) -> set[str]:
+    dependent: set[str] = set()
+    for n in order:
+        if n.op == "placeholder" or any(a.name in dependent for a in n.all_input_nodes):
+            dependent.add(n.name)
+    return dependent
+
+
+def _ancestors(target: fx.Node) -> set[str]:
+    seen = {target.name}
+    stack = [target]
+    while stack:
+        for parent in stack.pop().all_input_nodes:
+            if parent.name not in seen:
+                seen.add(parent.name)
+                stack.append(parent)
+    return seen
+
+
+def _chain_graph(model: nn.Module, image: torch.Tensor, layer: str, why: str) -> Graph:
+    """The hook-traced chain as a graph (fx could not trace the forward: ``why``)."""
+    try:
+        recorded: Trace = trace(model, image, layer)
+    except NotAChainError as err:
+        raise NotAChainError(f"torch.fx could not trace the forward ({why}), and {err}") from None
+    nodes = {"input": Node("input", "input", "input", "input", None, (), recorded.records[0].input)}
+    previous = "input"
+    for i, record in enumerate(recorded.records):
+        output = recorded.records[i + 1].input if i + 1 < len(recorded.records) else recorded.features
+        name = f"{record.name}#{i}"
+        nodes[name] = Node(name, "module", record.name, record.name, record.module, (previous,), output, None)
+        nodes[name].first_input = record.input
+        previous = name
+    return Graph(nodes, "input", previous, recorded.features, False)
+
+
+def graph_layers(model: nn.Module, image: torch.Tensor) -> list[tuple[str, str, str, tuple[int, ...]]]:
+    """Every node of the forward pass: (node name, label, kind, output shape of one sample).
+
+    Falls back to the modules that run (hooks) when fx cannot trace the forward.
+    """
+    model = require_module(model)
+    image = model_input(model, image)
+    try:
+        graph_module = _symbolic_trace(model)
+    except Exception:  # fx cannot trace: list modules instead
+        from invertnet.trace import list_layers
+
+        return [(i.name, i.name, i.kind, i.output_shape) for i in list_layers(model, image)]
+    nodes = [n for n in graph_module.graph.nodes if n.op not in ("output", "get_attr")]
+    last = nodes[-1]
+    recorder = _Recorder(graph_module, last)
+    _run(recorder, model, image)
+    labels = _labels(nodes)
+    modules = dict(graph_module.named_modules())
+    out = []
+    for n in nodes:
+        value = recorder.values.get(n.name)
+        shape = tuple(value.shape[1:]) if isinstance(value, torch.Tensor) else ()
+        kind = type(modules[str(n.target)]).__name__ if n.op == "call_module" else _OPS.get(n.op, n.op)
+        out.append((n.name, labels[n.name], kind, shape))
+    return out

@@ -1,0 +1,146 @@
+"""The registry of layer inverses: what an inverse receives and returns, and how one is registered."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from invertnet.errors import OptionError, TrainingModeError, UnsupportedLayerError
+from invertnet.pinv import SolveOptions
+from invertnet.trace import LayerRecord
+
+__all__ = [
+    "MAXPOOL_MODES",
+    "InversionContext",
+    "LayerInverse",
+    "StepResult",
+    "has_inverse",
+    "inverse_for",
+    "register_inverse",
+    "require_eval",
+    "supported_layers",
+]
+
+#: How max-pooling is undone: with the forward pass's switches, or by a guess without them.
+MAXPOOL_MODES = ("switches", "guess")
+
+
+@dataclass(frozen=True)
+class InversionContext:
+    """Settings handed to every layer inverse.
+
+    Attributes
+    ----------
+    method : str
+        The convolution route (``"auto"`` or a name of :data:`invertnet.pinv.ROUTES`).
+    maxpool : str
+        One of :data:`MAXPOOL_MODES`.
+    options : SolveOptions
+        Cutoffs and tolerances of the convolution routes.
+    top : bool
+        Whether the layer is the top one, whose output are the true features (CReLU outputs are then checked).
+    """
+
+    method: str
+    maxpool: str
+    options: SolveOptions
+    top: bool
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What a layer inverse returns.
+
+    Attributes
+    ----------
+    estimate : torch.Tensor
+        The estimate of the layer's input.
+    route : str
+        How it was inverted (``"invert_crelu"``, ``"patch"``, ``"switches"``, ...).
+    exact : bool
+        The step returns the layer's input from its exact output (proven for this layer).
+    closed_form : bool, default True
+        Computed without iteration.
+    note : str
+        What is lost, or how the route was chosen.
+    """
+
+    estimate: torch.Tensor
+    route: str
+    exact: bool
+    closed_form: bool = True
+    note: str = ""
+
+
+LayerInverse = Callable[[nn.Module, LayerRecord, torch.Tensor, InversionContext], StepResult]
+_INVERSES: dict[type[nn.Module], LayerInverse] = {}
+
+
+def register_inverse(*types: type[nn.Module], replace: bool = False) -> Callable[[LayerInverse], LayerInverse]:
+    """Register ``fn(module, record, y, ctx) -> StepResult`` as the inverse of modules of ``types``.
+
+    Parameters
+    ----------
+    *types : type
+        Module classes (subclasses inherit the inverse unless they have their own).
+    replace : bool, default False
+        Replace an inverse that is already registered for one of ``types``; without it that is refused.
+
+    Examples
+    --------
+    >>> import torch
+    >>> class Double(torch.nn.Module):
+    ...     def forward(self, x):
+    ...         return 2 * x
+    >>> @register_inverse(Double)
+    ... def _invert_double(module, record, y, ctx):
+    ...     return StepResult(y / 2, "halve", exact=True)
+    >>> "Double" in supported_layers()
+    True
+    """
+    taken = [t.__name__ for t in types if t in _INVERSES]
+    if taken and not replace:
+        raise OptionError(
+            f"register_inverse: expected module types without an inverse, got {', '.join(taken)}, which have one; "
+            "pass replace=True to replace it"
+        )
+
+    def decorate(fn: LayerInverse) -> LayerInverse:
+        for t in types:
+            _INVERSES[t] = fn
+        return fn
+
+    return decorate
+
+
+def supported_layers() -> list[str]:
+    """Class names of the modules the walks can invert."""
+    return sorted(t.__name__ for t in _INVERSES)
+
+
+def has_inverse(module: nn.Module) -> bool:
+    """Whether ``module``'s class (or a base class) has a registered inverse."""
+    return any(cls in _INVERSES for cls in type(module).__mro__)
+
+
+def inverse_for(module: nn.Module, name: str = "") -> LayerInverse:
+    """The registered inverse of ``module`` (by its class or the nearest base class that has one)."""
+    for cls in type(module).__mro__:
+        if cls in _INVERSES:
+            return _INVERSES[cls]
+    where = f" {name!r}" if name else ""
+    raise UnsupportedLayerError(
+        f"expected a layer invertnet can invert ({', '.join(supported_layers())}), got {type(module).__name__}"
+        f"{where}; reconstruct from a layer below it, or register an inverse with invertnet.register_inverse"
+    )
+
+
+def require_eval(module: nn.Module, name: str) -> None:
+    if module.training:
+        raise TrainingModeError(
+            f"expected {type(module).__name__} {name!r} in eval mode (in training mode it depends on the batch or "
+            "on chance), got training mode; call model.eval() before reconstructing"
+        )

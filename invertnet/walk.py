@@ -1,0 +1,217 @@
+r"""Walk a captured graph back from the requested node to the image, one node at a time.
+
+Nodes are inverted in reverse topological order (:mod:`invertnet.graph`), each value estimated once:
+
+- a module or a functional call with one input on the image's path: its registered inverse
+  (:mod:`invertnet.inverses`; functional forms through their module equivalents);
+- ``torch.cat``/``torch.stack``: split, every part to its input (exact);
+- any other join (``x + F(x)``, ...): the smallest enclosing block, solved from its immediate dominator
+  (:mod:`invertnet.blocks`);
+- a value read by several nodes receives several estimates; they are reconciled by least squares (their
+  mean; the estimates proven exact take precedence, since they agree).
+
+Every step reports its route, ``exact``, ``closed_form`` and what was lost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from invertnet.blocks import solve_block
+from invertnet.errors import UnsupportedLayerError
+from invertnet.graph import Graph, Node
+from invertnet.inverses import InversionContext, StepResult, inverse_for
+from invertnet.inverses.functions import as_module, function_inverse_for
+from invertnet.joint import JointOptions
+from invertnet.metrics import relative_error
+from invertnet.pinv import SolveOptions
+from invertnet.trace import LayerRecord
+
+__all__ = ["LayerStep", "invert_graph"]
+
+_SPLITS = (torch.cat, torch.concat, torch.stack)
+
+
+@dataclass(frozen=True)
+class LayerStep:
+    r"""One inverted node.
+
+    Attributes
+    ----------
+    name, kind : str
+        The node's label (a module's qualified name, ``@2`` for its second call, or a function's name) and
+        its class or function name.
+    route : str
+        How it was inverted (``"invert_crelu"``, ``"patch"``, ``"lsqr"``, ``"switches"``, ``"split"``,
+        ``"fixed point"``, ``"joint block"``, ...; never ``"auto"``).
+    exact : bool
+        This inverse returns the node's input exactly from the node's exact output (proven for this node).
+    closed_form : bool
+        Computed without iteration.
+    estimate : torch.Tensor
+        Estimate of the node's input (for a join: of the block's input).
+    relative_error : torch.Tensor
+        Per image, :math:`\|\hat u - u\| / \|u\|` against the true input :math:`u` (NaN where not a tensor).
+    note : str
+        What is lost, when something is.
+    """
+
+    name: str
+    kind: str
+    route: str
+    exact: bool
+    closed_form: bool
+    estimate: torch.Tensor
+    relative_error: torch.Tensor
+    note: str = ""
+
+
+def _reconcile(estimates: list[tuple[torch.Tensor, bool]]) -> tuple[torch.Tensor, bool, str]:
+    if len(estimates) == 1:
+        return estimates[0][0], estimates[0][1], ""
+    exact = [e for e, proven in estimates if proven]
+    chosen = exact or [e for e, _ in estimates]
+    note = f"{len(estimates)} estimates reconciled (least squares: the mean of the {len(chosen)} " + (
+        "exact ones)" if exact else "estimates)"
+    )
+    return torch.stack(chosen).mean(0), bool(exact), note
+
+
+def _dominators(graph: Graph) -> dict[str, set[str]]:
+    dominators: dict[str, set[str]] = {}
+    for name, node in graph.nodes.items():
+        parents = [p for p in node.parents if p in dominators]
+        common = set.intersection(*(dominators[p] for p in parents)) if parents else set()
+        dominators[name] = common | {name}
+    return dominators
+
+
+def _ancestors(graph: Graph, name: str) -> set[str]:
+    seen = {name}
+    stack = [name]
+    while stack:
+        for parent in graph.nodes[stack.pop()].parents:
+            if parent not in seen:
+                seen.add(parent)
+                stack.append(parent)
+    return seen
+
+
+def _kind(node: Node) -> str:
+    if node.module is not None:
+        return type(node.module).__name__
+    return str(getattr(node.target, "__name__", node.target))
+
+
+def invert_node(node: Node, graph: Graph, y: torch.Tensor, ctx: InversionContext) -> StepResult:
+    """Invert one node with one input on the image's path (a module, a function or a method)."""
+    if node.module is not None:
+        return inverse_for(node.module, node.label)(node.module, node.record(), y, ctx)
+    inverse = function_inverse_for(node)
+    if inverse is not None:
+        return inverse(node, graph, y, ctx)
+    module = as_module(node, graph)
+    if module is None:
+        raise UnsupportedLayerError(
+            f"expected a layer or function invertnet can invert, got {node.label!r} ({_kind(node)}); reconstruct "
+            "from a node below it, or register an inverse (invertnet.register_inverse for modules, "
+            "invertnet.inverses.functions.register_function_inverse for functions)"
+        )
+    record = LayerRecord(node.label, module, graph.nodes[node.parents[0]].tensor, tuple(node.tensor.shape[1:]))
+    return inverse_for(module, node.label)(module, record, y, ctx)
+
+
+def _split(node: Node, graph: Graph, y: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    args, kwargs = graph.arguments(node)
+    dim = int(str(kwargs.get("dim", args[1] if len(args) > 1 else 0)))
+    if node.fx_node is None:
+        raise UnsupportedLayerError(f"expected a traced node for {node.label!r}")
+    inputs = node.fx_node.args[0]
+    if not isinstance(inputs, (tuple, list)):
+        raise UnsupportedLayerError(f"expected {node.label!r} to join a list of tensors")
+    names = [getattr(a, "name", None) for a in inputs]
+    values = args[0]
+    if not isinstance(values, (tuple, list)):
+        raise UnsupportedLayerError(f"expected {node.label!r} to join a list of tensors")
+    if node.target is torch.stack:
+        parts = list(y.unbind(dim))
+    else:
+        parts = list(torch.split(y, [int(v.shape[dim]) for v in values if isinstance(v, torch.Tensor)], dim=dim))
+    return [(str(name), part) for name, part in zip(names, parts, strict=True) if name in node.parents]
+
+
+def invert_graph(
+    graph: Graph,
+    method: str = "auto",
+    *,
+    maxpool: str = "switches",
+    options: SolveOptions | None = None,
+    block: JointOptions | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[torch.Tensor, list[LayerStep]]:
+    """Invert ``graph`` from its target back to its input; the estimate of the input and the steps, top first.
+
+    Parameters
+    ----------
+    graph : Graph
+        From :func:`invertnet.graph.capture`.
+    method, maxpool, options
+        The convolution route, the max-pool mode and the routes' options (see :func:`invertnet.reconstruct`).
+    block : JointOptions, optional
+        For joins solved jointly (default ``JointOptions(tol=1e-12)``).
+    progress : callable, optional
+        Called with one line per inverted node.
+    """
+    options = options or SolveOptions()
+    block = block or JointOptions(tol=1e-12)
+    pending: dict[str, list[tuple[torch.Tensor, bool]]] = {graph.target: [(graph.features, True)]}
+    skip: set[str] = set()
+    dominators: dict[str, set[str]] | None = None
+    order = list(graph.nodes)
+    steps: list[LayerStep] = []
+    estimate = graph.features
+    with torch.no_grad():
+        for name in reversed(order):
+            if name in skip or name not in pending:
+                continue
+            node = graph.nodes[name]
+            y, exact_so_far, reconciled = _reconcile(pending.pop(name))
+            if node.op == "input":
+                estimate = y
+                break
+            if not node.parents:
+                continue
+            ctx = InversionContext(method, maxpool, options, top=name == graph.target)
+            if node.target in _SPLITS:
+                for parent, part in _split(node, graph, y):
+                    pending.setdefault(parent, []).append((part, exact_so_far))
+                step = StepResult(y, "split", True)
+                target, truth = node.parents[0], graph.nodes[node.parents[0]].value
+            elif len(node.parents) == 1:
+                step = invert_node(node, graph, y, ctx)
+                target, truth = node.parents[0], graph.nodes[node.parents[0]].value
+                pending.setdefault(target, []).append((step.estimate, exact_so_far and step.exact))
+            else:
+                dominators = dominators or _dominators(graph)
+                index = {n: i for i, n in enumerate(order)}
+                start = max(dominators[name] - {name}, key=index.__getitem__)
+                skip |= _ancestors(graph, name) - _ancestors(graph, start)
+                solved = solve_block(graph, node, start, y, options, block)
+                step = StepResult(solved.estimate, solved.route, solved.exact, False, solved.note)
+                target, truth = start, graph.nodes[start].value
+                pending.setdefault(target, []).append((step.estimate, exact_so_far and step.exact))
+            error = (
+                relative_error(step.estimate, truth)
+                if isinstance(truth, torch.Tensor) and truth.shape == step.estimate.shape and truth.ndim == 4
+                else torch.full((y.shape[0],), float("nan"))
+            )
+            note = "; ".join(n for n in (reconciled, step.note) if n)
+            steps.append(
+                LayerStep(node.label, _kind(node), step.route, step.exact, step.closed_form, step.estimate, error, note)
+            )
+            if progress is not None:
+                progress(f"{node.label}: {step.route}{'' if step.exact else ' (lossy)'}")
+    return estimate, steps

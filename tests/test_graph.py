@@ -1,0 +1,137 @@
+"""The graph walk on the patterns researchers train: residual, projection, Fire, dense, inverted residual, heads."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from patterns import (
+    Bottleneck,
+    DenseLayer,
+    Fire,
+    InvertedResidual,
+    LinearHead,
+    ResBlock,
+    Stem,
+    TinyResNet,
+    trained_like,
+)
+from torch import nn
+
+from invertnet import JointOptions, UnsupportedLayerError, invert_jointly, reconstruct
+from invertnet.blocks import branch_lipschitz
+from invertnet.graph import capture
+
+
+def _crelu_patterns() -> dict[str, tuple[nn.Module, int]]:
+    torch.manual_seed(0)
+    return {
+        "basic block, reused CReLU": (Stem(nn.Sequential(ResBlock(16), ResBlock(32))), 10),
+        "fire": (Stem(Fire(16, 16, 32)), 10),
+        "dense": (Stem(nn.Sequential(DenseLayer(16, 8), DenseLayer(32, 8))), 10),
+        "inverted residual": (Stem(InvertedResidual(16, 2)), 10),
+        "flatten + linear": (LinearHead(), 6),
+    }
+
+
+@pytest.mark.parametrize("name", list(_crelu_patterns()))
+def test_injective_crelu_patterns_are_recovered_from_their_deepest_node(name):
+    model, size = _crelu_patterns()[name]
+    model = model.double().eval()
+    x = torch.rand(1, 3, size, size, dtype=torch.float64)
+    graph = capture(model, x, "output" if False else _deepest(model, x))
+    result = reconstruct(model, x, graph.target)
+    assert float(result.relative_error) <= 1e-10, [(s.name, s.route, float(s.relative_error)) for s in result.steps]
+    assert float(result.feature_residual) <= 1e-10
+
+
+def _deepest(model: nn.Module, x: torch.Tensor) -> str:
+    """The last node of the forward pass."""
+    import torch.fx as fx
+
+    from invertnet.graph import _symbolic_trace
+
+    nodes = [n for n in _symbolic_trace(model).graph.nodes if n.op not in ("output", "placeholder", "get_attr")]
+    assert isinstance(fx, object)
+    return nodes[-1].name
+
+
+def test_contractive_residual_converges_at_the_rate_its_lipschitz_bound_predicts():
+    torch.manual_seed(1)
+    model = Stem(ResBlock(16, scale=0.3)).double().eval()
+    x = torch.rand(1, 3, 10, 10, dtype=torch.float64)
+    graph = capture(model, x, "body.conv2")
+    bound = branch_lipschitz(graph, "stem_act", "body_conv2")
+    assert bound is not None
+    assert bound < 1
+    result = reconstruct(model, x, _deepest(model, x))
+    step = next(s for s in result.steps if s.route == "fixed point")
+    assert step.exact
+    observed = float(step.note.split("observed rate ")[1].split(",")[0])
+    assert observed <= bound
+    assert float(result.relative_error) <= 1e-10
+
+
+@pytest.mark.parametrize(
+    ("body", "node"),
+    [
+        (lambda: Bottleneck(16, 128), "add"),  # a strided projection shortcut: no identity branch
+        (lambda: ResBlock(16, scale=1.0), "body_act_1"),  # Lip(F) > 1: no fixed point
+        (lambda: InvertedResidual(16, 2, scale=1.0), "add"),
+    ],
+)
+def test_joins_without_a_contraction_are_solved_jointly_and_say_so(body, node):
+    torch.manual_seed(0)
+    model = Stem(body()).double().eval()
+    x = torch.rand(1, 3, 10, 10, dtype=torch.float64)
+    result = reconstruct(model, x, node)
+    step = next(s for s in result.steps if s.route == "joint block")
+    assert not step.exact  # matching the block's output determines its input only where it is injective
+    assert "relative residual" in step.note
+    # measured: feature residual 1e-13 .. 4e-15, relative error 2e-13 .. 3e-12
+    assert float(result.feature_residual) <= 1e-10
+    assert float(result.relative_error) <= 1e-9
+
+
+def test_a_block_with_fewer_responses_than_unknowns_says_so():
+    torch.manual_seed(0)
+    model = Stem(Bottleneck(16, 32)).double().eval()  # the block: 32x5x5 responses for 16x10x10 unknowns
+    x = torch.rand(1, 3, 10, 10, dtype=torch.float64)
+    result = reconstruct(model, x, "add")
+    step = next(s for s in result.steps if s.route == "joint block")
+    assert "fewer responses (800) than unknowns (1600)" in step.note
+
+
+def test_a_torchvision_style_resnet_gives_an_estimate_that_matches_what_it_claims():
+    model = trained_like(TinyResNet())
+    x = torch.rand(1, 3, 16, 16, dtype=torch.float64)
+    result = reconstruct(model, x, "layer1.0")
+    # ReLU loses the negative part: not exact, and said so at every ReLU
+    assert not result.exact
+    assert any(s.note.startswith("ReLU: negative part lost") for s in result.steps)
+    routes = [s.route for s in result.steps]
+    assert "fixed point" in routes or "joint block" in routes
+    # what the report claims about the features is measured, not assumed
+    assert torch.isfinite(result.feature_residual).all()
+
+
+def test_joint_inverts_any_node_with_nothing_but_autograd():
+    torch.manual_seed(0)
+    # the block alone cannot be undone (previous test), the whole prefix can: 300 unknowns, 800 responses
+    model = Stem(Bottleneck(16, 32)).double().eval()
+    x = torch.rand(1, 3, 10, 10, dtype=torch.float64)
+    result = invert_jointly(model, x, "add", JointOptions(start="flat", tol=1e-12))
+    assert float(result.feature_residual) <= 1e-8  # measured 5e-14
+    assert float(result.relative_error) <= 1e-9  # measured 7e-13
+
+
+def test_an_unknown_function_is_refused_naming_the_node():
+    class Odd(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.cos(self.conv(x))
+
+    with pytest.raises(UnsupportedLayerError, match=r"got 'cos \(cos\)' \(cos\); reconstruct from a node below"):
+        reconstruct(Odd(), torch.rand(1, 3, 8, 8), "cos")
