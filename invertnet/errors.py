@@ -14,6 +14,7 @@ __all__ = [
     "DTypeError",
     "ForwardError",
     "ImageReadError",
+    "InvalidActivationOutputError",
     "InvalidCReLUOutputError",
     "InvertnetError",
     "LayerNotFoundError",
@@ -21,6 +22,7 @@ __all__ = [
     "NonFiniteError",
     "NotAChainError",
     "OptionError",
+    "OutOfRangeError",
     "OutputPathError",
     "RouteError",
     "ShapeError",
@@ -105,3 +107,11 @@ class TrainingModeError(InvertnetError, ValueError):
 
 class DTypeError(InvertnetError, TypeError):
     """A tensor of a dtype that cannot be used (e.g. an integer image where floats in a known range are needed)."""
+
+
+class OutOfRangeError(InvertnetError, ValueError):
+    """A tensor with values outside the range of the layer it should be the output of (``|y| > 1`` for Tanh)."""
+
+
+class InvalidActivationOutputError(InvertnetError, ValueError):
+    """A tensor cannot be the output of the given activation (ReLU, ReLU6, Hardtanh): NaN, or beyond a clip level."""

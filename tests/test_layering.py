@@ -16,6 +16,7 @@ LAYERS = {
     "spectral": 2,
     "solvers": 2,
     "windows": 2,
+    "activeset": 2,
     "pinv": 2,
     "spectrum": 2,
     "joint": 2,

@@ -195,3 +195,59 @@ def test_from_conv_with_padding_same_keeps_the_size():
 def test_dottest_refuses_a_negative_tolerance():
     with pytest.raises(OptionError, match=r"dottest: expected a finite rtol >= 0, got -1"):
         dottest(ConvOperator(torch.randn(2, 1, 3, 3), (6, 6)), rtol=-1)
+
+
+# --- the battery for every other operator, driven by a table of factories ---------------------------------------
+from invertnet.operators import MaskedOperator, MatrixOperator, TransposedOperator  # noqa: E402
+
+
+def _linear_operator():
+    torch.manual_seed(0)
+    return MatrixOperator.from_linear(torch.nn.Linear(7, 5).double())
+
+
+OPERATOR_FACTORIES = {
+    "matrix": _linear_operator,
+    "matrix-wide": lambda: MatrixOperator(torch.randn(3, 8, dtype=torch.float64)),
+    "matrix-flatten": lambda: MatrixOperator(torch.randn(6, 12, dtype=torch.float64), in_shape=(3, 2, 2)),
+    "masked-conv": lambda: MaskedOperator(
+        ConvOperator(torch.randn(4, 2, 3, 3, dtype=torch.float64), (6, 6), padding=1), torch.rand(4, 6, 6) > 0.5
+    ),
+    "masked-matrix": lambda: MaskedOperator(_linear_operator(), torch.tensor([True, False, True, True, False])),
+    "transposed-conv": lambda: TransposedOperator(ConvOperator(torch.randn(3, 2, 3, 3, dtype=torch.float64), (5, 5))),
+}
+
+
+@pytest.mark.parametrize("factory", OPERATOR_FACTORIES.values(), ids=OPERATOR_FACTORIES.keys())
+def test_operator_battery(factory):
+    op = factory()
+    dottest(op, rtol=1e-12)
+    x = torch.randn(2, *op.in_shape, dtype=torch.float64)
+    y = torch.randn(2, *op.out_shape, dtype=torch.float64)
+    dense = op.to_dense()
+    assert dense.shape == (op.out_dim, op.in_dim)
+    assert_close(op.forward(x).flatten(1), x.flatten(1) @ dense.T)
+    assert_close(op.adjoint(y).flatten(1), y.flatten(1) @ dense)
+    assert_close(op.adjoint(y), _autograd_adjoint(op, y))
+
+
+def test_matrix_operator_is_linear_without_bias():
+    linear = torch.nn.Linear(4, 3).double()
+    x = torch.randn(2, 4, dtype=torch.float64)
+    with torch.no_grad():
+        assert_close(MatrixOperator.from_linear(linear)(x), linear(x) - linear.bias)
+    assert MatrixOperator.from_linear(linear)(x.float()).dtype == torch.float32
+
+
+def test_matrix_and_mask_errors():
+    with pytest.raises(ShapeError, match=r"MatrixOperator: expected a weight of shape \(m, n\), got \(2, 3, 4\)"):
+        MatrixOperator(torch.zeros(2, 3, 4))
+    with pytest.raises(ShapeError, match=r"expected an in_shape with 6 entries \(the weight's columns\), got \(5,\)"):
+        MatrixOperator(torch.zeros(2, 6), in_shape=(5,))
+    with pytest.raises(TypeError, match=r"from_linear: expected an nn.Linear, got Conv2d"):
+        MatrixOperator.from_linear(torch.nn.Conv2d(1, 1, 1))
+    op = MatrixOperator(torch.zeros(3, 2))
+    with pytest.raises(ShapeError, match=r"expected a mask of shape \(3,\) or \(N, 3\) for MatrixOperator"):
+        MaskedOperator(op, torch.ones(4, dtype=torch.bool))
+    with pytest.raises(ShapeError, match=r"the mask holds 2 samples, got a batch of 3"):
+        MaskedOperator(op, torch.ones(2, 3, dtype=torch.bool)).forward(torch.zeros(3, 2))

@@ -19,7 +19,27 @@ Proportional            ``invert_proportional``                                 
 MaxPool2d               unpool with the forward pass's switches (Zeiler &        no
                         Fergus 2014); ``maxpool="guess"``: spread without them
 AvgPool2d               :func:`~invertnet.pinv.conv_pinv` of the averaging       when the route proves it
+AdaptiveAvgPool2d       separable pseudo-inverse :math:`P_h^+ Y (P_w^+)^T`        when both bin matrices have full
+                        (any output size, even or uneven bins)                   column rank
+AdaptiveMaxPool2d       unpool with the switches (or ``"guess"``: spread)        when every bin is one pixel
+PReLU                   :math:`y` if :math:`y \ge 0` else :math:`y / a_c`          when every slope > 0
+ELU, CELU               :math:`y` if :math:`y > 0` else                          yes (alpha > 0), unless saturated
+                        :math:`s \log(1 + y / \alpha)` (``log1p``)               at :math:`-\alpha`
+Softplus                :math:`y + \log(-\mathrm{expm1}(-\beta y)) / \beta`;    yes, unless saturated at 0 or in
+                        :math:`y` above the threshold                            the sliver at the threshold
+Tanh, Sigmoid           ``atanh``, logit                                         yes, unless saturated (``|y| = 1``;
+                                                                                 ``y`` = 0 or 1)
+ReLU6, Hardtanh         identity inside; a clipped entry is set to its level     when nothing is clipped
+SiLU, GELU, Mish        the branch above the minimiser (safeguarded Newton)      no (the other branch is lost)
+Hardswish               the branch above -1.5 (closed form)                      no
+Linear                  :math:`(y - b) (W^+)^T` (one cached SVD)                 when rank W = in_features
+LayerNorm, GroupNorm    the affine map undone: :math:`(y - \beta) / \gamma`       no (mean and scale lost)
+Flatten, Unflatten      reshape back                                             yes
 ======================  =======================================================  ===================================
+
+Outside its range (``|y| > 1`` for Tanh, below the minimum for SiLU, ...) an activation's inverse refuses the top
+layer's features (:class:`~invertnet.errors.OutOfRangeError`) and clamps estimates below it (said in the note); see
+:mod:`invertnet.inverses.nonlinear`.
 
 Adding an inverse::
 
@@ -31,7 +51,7 @@ Adding an inverse::
 from __future__ import annotations
 
 # each module registers its inverses on import
-from invertnet.inverses import activations, linear, pooling  # noqa: F401
+from invertnet.inverses import activations, linear, nonlinear, pooling  # noqa: F401
 from invertnet.inverses.registry import (
     MAXPOOL_MODES,
     InversionContext,

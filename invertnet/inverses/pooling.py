@@ -1,4 +1,8 @@
-r"""Inverses of pooling: max-pooling with the forward pass's switches (or a guess), averaging by its pseudo-inverse."""
+r"""Inverses of pooling: max-pooling with the forward pass's switches (or a guess), averaging by its pseudo-inverse.
+
+Adaptive pooling is separable along height and width: its average by the separable closed form, its maximum by the
+switches.
+"""
 
 from __future__ import annotations
 
@@ -75,3 +79,98 @@ def _invert_avgpool(module: nn.Module, record: LayerRecord, y: torch.Tensor, ctx
     estimate, info = conv_pinv(op, y, (h, w), ctx.method, options=options, return_info=True)
     step = linear_step(info, "averaging loses detail within each window")
     return StepResult(estimate, step.route, step.exact, step.closed_form, step.note)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# adaptive pooling: separable bins
+
+
+def adaptive_bins(size_in: int, size_out: int, like: torch.Tensor) -> torch.Tensor:
+    r"""The ``(size_out, size_in)`` 0/1 matrix of adaptive pooling's bins along one axis.
+
+    Bin :math:`i` covers :math:`[\lfloor i n / m \rfloor, \lceil (i + 1) n / m \rceil)` (PyTorch's rule), so bins
+    overlap when :math:`m` does not divide :math:`n`, and repeat pixels when :math:`m > n`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> adaptive_bins(5, 3, torch.zeros(0))
+    tensor([[1., 1., 0., 0., 0.],
+            [0., 1., 1., 1., 0.],
+            [0., 0., 0., 1., 1.]])
+    """
+    i = torch.arange(size_out, device=like.device)
+    start = torch.div(i * size_in, size_out, rounding_mode="floor")
+    end = -torch.div(-(i + 1) * size_in, size_out, rounding_mode="floor")
+    r = torch.arange(size_in, device=like.device)
+    return ((r >= start[:, None]) & (r < end[:, None])).to(like.dtype)
+
+
+def _output_size(module: nn.AdaptiveAvgPool2d | nn.AdaptiveMaxPool2d, h: int, w: int) -> tuple[int, int]:
+    size = module.output_size
+    oh, ow = size if isinstance(size, tuple) else (size, size)
+    return (h if oh is None else int(oh)), (w if ow is None else int(ow))
+
+
+@register_inverse(nn.AdaptiveAvgPool2d)
+def _invert_adaptive_avgpool(
+    module: nn.Module, record: LayerRecord, y: torch.Tensor, ctx: InversionContext
+) -> StepResult:
+    r"""Adaptive average pooling by its separable pseudo-inverse, for every output size.
+
+    It is :math:`Y = P_h X P_w^T` per channel (:math:`P` the bins scaled to averages), so
+    :math:`A = P_h \otimes P_w` and :math:`A^+ = P_h^+ \otimes P_w^+`: the closed form :math:`X = P_h^+ Y (P_w^+)^T`
+    is the operator's pseudo-inverse for every output size (even, uneven, larger than the input). It is exact when
+    both :math:`P` have full column rank. When the bins tile the input (the output size divides it) it equals
+    :class:`~torch.nn.AvgPool2d`'s pseudo-inverse: each average spread over its bin.
+    """
+    if not isinstance(module, nn.AdaptiveAvgPool2d):
+        raise UnsupportedLayerError(f"expected an AdaptiveAvgPool2d, got {type(module).__name__}")
+    h, w = record.input.shape[-2:]
+    oh, ow = _output_size(module, h, w)
+    work = y.new_zeros(0, dtype=torch.float64)
+    factors = []
+    for n_in, n_out in ((h, oh), (w, ow)):
+        bins = adaptive_bins(n_in, n_out, work)
+        p = bins / bins.sum(dim=1, keepdim=True)
+        factors.append((torch.linalg.pinv(p), int(torch.linalg.matrix_rank(p)) == n_in))
+    (ph, exact_h), (pw, exact_w) = factors
+    x = ph.to(y) @ y @ pw.to(y).mT
+    if exact_h and exact_w:
+        return StepResult(x, "separable_pinv", True, note="every bin determines its pixels (full column rank)")
+    return StepResult(
+        x,
+        "separable_pinv",
+        False,
+        note=f"averaging {h}x{w} into {oh}x{ow} bins loses detail within each bin; separable pseudo-inverse "
+        "P_h^+ Y P_w^+T: the minimum-norm least-squares solution",
+    )
+
+
+@register_inverse(nn.AdaptiveMaxPool2d)
+def _invert_adaptive_maxpool(
+    module: nn.Module, record: LayerRecord, y: torch.Tensor, ctx: InversionContext
+) -> StepResult:
+    """Unpool with the forward pass's switches (any output size), or spread each maximum over its bin (``"guess"``)."""
+    if not isinstance(module, nn.AdaptiveMaxPool2d):
+        raise UnsupportedLayerError(f"expected an AdaptiveMaxPool2d, got {type(module).__name__}")
+    c, h, w = record.input.shape[-3:]
+    oh, ow = _output_size(module, h, w)
+    bh, bw = adaptive_bins(h, oh, y), adaptive_bins(w, ow, y)
+    single = bool((bh.sum(dim=1) == 1).all() and (bw.sum(dim=1) == 1).all())  # every bin one pixel: a copy
+    if ctx.maxpool == "switches":
+        _, switches = F.adaptive_max_pool2d(record.input, (oh, ow), return_indices=True)
+        flat = y.new_zeros(y.shape[0], c, h * w)
+        flat.scatter_reduce_(
+            2, switches.flatten(2).expand(y.shape[0], -1, -1), y.flatten(2), "mean", include_self=False
+        )
+        note = "" if single else "non-maximal values lost; unpooled with the forward pass's switches (Zeiler & Fergus)"
+        return StepResult(flat.reshape(-1, c, h, w), "switches", single, note=note)
+    spread = bh.mT @ y @ bw
+    coverage = bh.sum(dim=0)[:, None] * bw.sum(dim=0)[None, :]
+    return StepResult(
+        spread / coverage.clamp(min=1),
+        "guess",
+        single,
+        note="" if single else "a guess: without switches each maximum is spread over its bin",
+    )
