@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from invertnet._checks import require_tensor
-from invertnet.errors import InvalidCReLUOutputError
+from invertnet.errors import ArgumentTypeError, InvalidCReLUOutputError, OptionError, ShapeError
 
 __all__ = [
     "AVR",
@@ -48,6 +48,19 @@ __all__ = [
 #: Entries whose size is below ``CRELU_TOLERANCE_ULPS * eps(dtype) * max|h|`` count as zero in
 #: the validity check of :func:`invert_crelu`.
 CRELU_TOLERANCE_ULPS = 64.0
+
+
+def _check_dim(dim: object, x: torch.Tensor, fn: str) -> int:
+    """``dim`` as a non-negative axis of ``x``; refuse anything outside ``[-ndim, ndim)`` instead of wrapping it."""
+    if not isinstance(dim, int) or isinstance(dim, bool):
+        raise ArgumentTypeError(f"{fn}: expected an int dim, got {type(dim).__name__} {dim!r}")
+    ndim = max(x.ndim, 1)
+    if not -ndim <= dim < ndim:
+        raise ShapeError(
+            f"{fn}: expected dim in [{-ndim}, {ndim}) for a tensor of shape {tuple(x.shape)}, got dim={dim}; "
+            "pass the channel axis (1 for (N, C, H, W))"
+        )
+    return dim % ndim
 
 
 def _inner(x: torch.Tensor, negative_slope: float) -> torch.Tensor:
@@ -80,6 +93,7 @@ def crelu(x: torch.Tensor, dim: int = 1, negative_slope: float = 0.0) -> torch.T
     tensor([[1., 0., 0., 2.]])
     """
     x = require_tensor(x, "crelu input")
+    dim = _check_dim(dim, x, "crelu")
     return torch.cat([_inner(x, negative_slope), _inner(-x, negative_slope)], dim=dim)
 
 
@@ -136,8 +150,13 @@ def invert_crelu(
     """
     h = require_tensor(h, "invert_crelu input")
     if negative_slope == -1.0:
-        raise ValueError("invert_crelu: negative_slope -1 makes the two phases equal and is not invertible")
-    dim = dim % h.ndim if h.ndim else 0
+        raise OptionError(
+            "invert_crelu: expected negative_slope != -1, got -1, which makes the two phases equal (not invertible); "
+            "pass the slope the forward pass used"
+        )
+    dim = _check_dim(dim, h, "invert_crelu")
+    if atol is not None and not 0 <= atol < float("inf"):
+        raise OptionError(f"invert_crelu: expected a finite atol >= 0, got {atol!r}; leave it None for the default")
     size = h.shape[dim] if h.ndim else 0
     if size % 2:
         raise InvalidCReLUOutputError(
@@ -212,8 +231,9 @@ def leaky_relu_inverse(y: torch.Tensor, negative_slope: float) -> torch.Tensor:
     >>> leaky_relu_inverse(torch.nn.functional.leaky_relu(torch.tensor([-2.0, 3.0]), 0.5), 0.5)
     tensor([-2.,  3.])
     """
-    if negative_slope <= 0.0:
-        raise ValueError(
+    y = require_tensor(y, "leaky_relu_inverse input")
+    if not negative_slope > 0.0:
+        raise OptionError(
             f"leaky_relu_inverse: expected negative_slope > 0 (bijective), got {negative_slope}; "
             "with slope 0 (ReLU) the negative part is lost"
         )
@@ -269,8 +289,9 @@ class AVR(nn.Module):
 
 def _rectified_channels(x: torch.Tensor, m: int, n: int, dim: int) -> torch.Tensor:
     """Boolean mask broadcastable to ``x``: the channels ``c`` with ``c mod n < m``."""
-    if not 0 <= m <= n or n < 1:
-        raise ValueError(f"proportional: expected 0 <= m <= n and n >= 1, got m={m}, n={n}")
+    _check_proportion(m, n, "proportional")
+    x = require_tensor(x, "proportional input")
+    dim = _check_dim(dim, x, "proportional")
     shape = [1] * x.ndim
     shape[dim] = x.shape[dim]
     return (torch.arange(x.shape[dim], device=x.device) % n < m).reshape(shape)
@@ -307,6 +328,15 @@ def invert_proportional(h: torch.Tensor, m: int, n: int, dim: int = 1) -> tuple[
     return h.clone(), ~rectified | (h > 0)
 
 
+def _check_proportion(m: int, n: int, fn: str) -> None:
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in (m, n)):
+        raise ArgumentTypeError(f"{fn}: expected int m and n (ReLU on m of every n channels), got m={m!r}, n={n!r}")
+    if not 0 <= m <= n or n < 1:
+        raise OptionError(
+            f"{fn}: expected 0 <= m <= n and n >= 1, got m={m}, n={n}; ReLU acts on m of every n channels"
+        )
+
+
 class Proportional(nn.Module):
     """ReLU on ``m`` of every ``n`` channels, linear on the others (see :func:`proportional`).
 
@@ -315,8 +345,7 @@ class Proportional(nn.Module):
 
     def __init__(self, m: int, n: int, dim: int = 1) -> None:
         super().__init__()
-        if not 0 <= m <= n or n < 1:
-            raise ValueError(f"Proportional: expected 0 <= m <= n and n >= 1, got m={m}, n={n}")
+        _check_proportion(m, n, "Proportional")
         self.m, self.n, self.dim = m, n, dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,14 +1,19 @@
 """The ``invertnet`` command line: parse, call the library, print, write files.
 
 Every error from bad input ends as one line on stderr and exit code 2, with no traceback;
-outputs are checked before any work is done, never overwritten without ``--force``, and
-written atomically.
+outputs are checked before any work is done (extension, directory, permission to write),
+never overwritten without ``--force``, and written atomically; SIGTERM exits cleanly with
+code 143 and leaves no temporary file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import signal
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
@@ -19,11 +24,13 @@ import torch
 from invertnet.compare import compare_methods, format_comparison
 from invertnet.errors import InvertnetError
 from invertnet.injectivity import injectivity_report
-from invertnet.io import load_image, load_state_dict, load_weights, save_image
+from invertnet.io import MAX_IMAGE_SIZE, check_image_path, load_image, load_state_dict, load_weights, save_image
 from invertnet.joint import LBFGS_ROUND, JointOptions
 from invertnet.models import MODELS, build_model, count_parameters
 from invertnet.pairing import expected_random_mu, pairing_by_layer
 from invertnet.plotting import (
+    FIGURE_SUFFIXES,
+    check_figure_path,
     comparison_figure,
     layer_row_figure,
     pairing_figure,
@@ -63,6 +70,9 @@ class _OneLineErrors(click.Group):
         except click.exceptions.Abort:
             click.echo("invertnet: aborted", err=True)
             sys.exit(1)
+        except click.exceptions.NoArgsIsHelpError as err:  # bare 'invertnet': the help, as click prints it
+            click.echo(err.format_message(), err=True)
+            sys.exit(2)
         except click.UsageError as err:
             where = f" (see '{err.ctx.command_path} --help')" if err.ctx is not None else ""
             _fail(f"{err.format_message()}{where}")
@@ -70,6 +80,12 @@ class _OneLineErrors(click.Group):
             _fail(err.format_message())
         except (InvertnetError, OSError) as err:
             _fail(str(err))
+        except MemoryError as err:
+            _fail(f"out of memory: {err}; use a smaller --size")
+        except RuntimeError as err:
+            # last resort: a model's forward (or torch) refusing this input, e.g. a kernel larger than the image
+            first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+            _fail(f"the model failed on this input: {first}; check --size (and --model, --weights)")
         sys.exit(code if isinstance(code, int) else 0)
 
 
@@ -85,6 +101,10 @@ def _device(name: str) -> torch.device:
         raise click.BadParameter(
             f"expected a torch device such as cpu or cuda:0, got {name!r}", param_hint="--device"
         ) from None
+    if device.type not in ("cpu", "cuda"):
+        raise click.BadParameter(
+            f"expected cpu or cuda[:N], got {name!r}; invertnet runs on CPU and CUDA devices", param_hint="--device"
+        )
     if device.type == "cuda" and not torch.cuda.is_available():
         raise click.BadParameter(
             "CUDA was asked for, but torch sees no CUDA device; use --device cpu", param_hint="--device"
@@ -99,15 +119,43 @@ def _model(name: str, weights: Path | None, seed: int, device: torch.device, dty
     return model.to(device=device, dtype=dtype)
 
 
-def _claim(paths: list[Path], force: bool) -> None:
-    """Refuse outputs that exist (without --force) or cannot be written, before any work is done."""
-    for path in paths:
+def _claim(paths: list[Path], force: bool, *, figures: tuple[int, ...] = (), inputs: tuple[Path, ...] = ()) -> None:
+    """Refuse outputs that cannot be written or exist (without --force), before any work is done.
+
+    ``paths[i]`` is a figure (any extension matplotlib writes) for ``i`` in ``figures``, else an image
+    (an extension of :data:`invertnet.io.IMAGE_SUFFIXES`). An output that is one of ``inputs`` is
+    refused even with --force. Each directory is probed by creating and removing a temporary file:
+    ``os.access`` says yes to root even where writing fails.
+    """
+    probed: set[Path] = set()
+    sources = {p.resolve() for p in inputs if p.exists()}
+    for i, path in enumerate(paths):
+        if path.resolve() in sources:
+            raise click.ClickException(
+                f"cannot write {str(path)!r}: it is the input, and writing would destroy it; choose another --out"
+            )
         if path.is_dir():
             raise click.ClickException(f"cannot write {str(path)!r}: it is a directory; give a file name with --out")
+        (check_figure_path if i in figures else check_image_path)(path)
         if path.exists() and not force:
             raise click.ClickException(f"{str(path)!r} exists; pass --force to overwrite it or choose another --out")
         if not path.parent.is_dir():
             raise click.ClickException(f"cannot write {str(path)!r}: directory {str(path.parent)!r} does not exist")
+        if path.parent not in probed:
+            _probe_writable(path)
+            probed.add(path.parent)
+
+
+def _probe_writable(path: Path) -> None:
+    try:
+        fd, name = tempfile.mkstemp(prefix=".invertnet-probe.", dir=path.parent)
+    except OSError as err:
+        raise click.ClickException(
+            f"cannot write {str(path)!r}: directory {str(path.parent)!r} is not writable ({err.strerror or err}); "
+            "choose another --out"
+        ) from None
+    os.close(fd)
+    os.unlink(name)
 
 
 def _metrics(result: Reconstruction) -> str:
@@ -140,21 +188,69 @@ weights_option = click.option(
     default=None,
     help="State dict (.pt via weights_only=True, or .safetensors); default: Gaussian filters.",
 )
-seed_option = click.option("--seed", type=int, default=0, show_default=True, help="Seed of the Gaussian filters.")
+#: The seeds the CLI takes (torch also takes negative ones; one spelling per seed is enough here).
+SEEDS = click.IntRange(0, 2**63 - 1)
+seed_option = click.option("--seed", type=SEEDS, default=0, show_default=True, help="Seed of the Gaussian filters.")
+
+
+def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    if not math.isfinite(value):
+        raise click.BadParameter(f"expected a finite number, got {value}", ctx=ctx, param=param)
+    return value
+
+
 tv_option = click.option(
     "--tv",
     type=click.FloatRange(min=0),
+    callback=_finite,
     default=JOINT_TV,
     show_default=True,
     help="joint: weight of the total-variation prior of its L-BFGS phase (0: none).",
 )
+
+
+def _cap_size(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    """Refuse sides above MAX_IMAGE_SIZE with the reason, before numpy tries to allocate them."""
+    if value is not None and value > MAX_IMAGE_SIZE:
+        gib = 3 * 8 * value**2 / 2**30
+        raise click.BadParameter(
+            f"expected at most {MAX_IMAGE_SIZE} pixels a side, got {value}: the {value}x{value} image alone would "
+            f"take {gib:.0f} GiB in float64, and every layer's features more; use a smaller --size",
+            ctx=ctx,
+            param=param,
+        )
+    return value
+
+
 size_option = click.option(
-    "--size", type=click.IntRange(min=8), default=None, help="Square input size [default: the model's, 224 or 32]."
+    "--size",
+    type=click.IntRange(min=8),
+    default=None,
+    callback=_cap_size,
+    help=f"Square input size, 8 to {MAX_IMAGE_SIZE} [default: the model's, 224 or 32].",
 )
+
+
+def _set_threads(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    if value is not None:
+        torch.set_num_threads(value)
+        with contextlib.suppress(RuntimeError):  # settable once per process, before any inter-op work
+            torch.set_num_interop_threads(value)
+    return value
 
 
 @click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="invertnet")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    callback=_set_threads,
+    expose_value=False,
+    is_eager=True,
+    help="Threads torch may use [default: torch's, one per core]. Use fewer on a machine shared with busy "
+    "processes: on 2 cores next to another busy process, 2 threads ran one layer 9x slower than 1.",
+)
 def cli() -> None:
     """Invert convolutional networks: recover what each layer keeps of its input."""
 
@@ -224,8 +320,9 @@ def reconstruct_command(
         outputs = [out]
     else:
         out = out or Path(f"{image.stem}_{layer}.png")
-        outputs = [out, out.with_name(f"{out.stem}_figure{out.suffix}")]
-    _claim(outputs, force)
+        figure_suffix = out.suffix if out.suffix.lower() in FIGURE_SUFFIXES else ".png"  # e.g. .bmp: no figure
+        outputs = [out, out.with_name(f"{out.stem}_figure{figure_suffix}")]
+    _claim(outputs, force, figures=(0,) if all_layers else (1,), inputs=(image,))
     model = _model(model_name, weights, seed, _device(device), DTYPES[dtype])
     layers = spec.figure_layers if layer is None else (layer,)
     for name in layers:
@@ -270,6 +367,9 @@ def _names(text: str, option: str) -> list[str]:
     names = [name.strip() for name in text.split(",") if name.strip()]
     if not names:
         raise click.BadParameter(f"expected a comma-separated list, got {text!r}", param_hint=option)
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise click.BadParameter(f"expected each name once, got {', '.join(twice)} more than once", param_hint=option)
     return names
 
 
@@ -323,7 +423,7 @@ def compare_command(
             param_hint="--methods",
         )
     out = out or Path(f"{image.stem}_compare.png")
-    _claim([out], force)
+    _claim([out], force, figures=(0,), inputs=(image,))
     model = _model(model_name, weights, seed, _device(device), DTYPES[dtype])
     for name in layers:
         find_layer(model, name)
@@ -352,7 +452,7 @@ def models_command() -> None:
 @click.option(
     "--out", type=click.Path(path_type=Path), default=None, help="Figure [default: CHECKPOINT-STEM_pairing.png]."
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random reference filters.")
+@click.option("--seed", type=SEEDS, default=0, show_default=True, help="Seed of the random reference filters.")
 @click.option("--force", is_flag=True, help="Overwrite an existing figure.")
 def pairing_command(checkpoint: Path, layer_list: str | None, out: Path | None, seed: int, force: bool) -> None:
     """Pairing of opposite-phase filters in every conv weight of CHECKPOINT (the paper's Figs. 2-3).
@@ -362,10 +462,12 @@ def pairing_command(checkpoint: Path, layer_list: str | None, out: Path | None, 
     pairing filter against the exact mean for random filters, and draws the histograms.
     """
     out = out or Path(f"{checkpoint.stem}_pairing.png")
-    _claim([out], force)
+    _claim([out], force, figures=(0,), inputs=(checkpoint,))
     state = load_state_dict(checkpoint)
     layers = _names(layer_list, "--layers") if layer_list is not None else None
     pairings = pairing_by_layer(state, layers)
+    for name, reason in pairings.skipped.items():
+        click.echo(f"skipped {name}: {reason}")
     click.echo(f"{'weight':<32} {'filters':>7} {'dim':>6} {'mean mu':>8} {'random':>8} {'mu < -0.9':>9}")
     for name, result in pairings.items():
         n, dim = result.shape[0], math.prod(result.shape[1:])
@@ -402,7 +504,9 @@ def layers_command(model_name: str, seed: int, size: int | None) -> None:
     "--size",
     type=click.IntRange(min=8),
     default=None,
-    help="Square input size [default: 64 for All-CNN-B (224 takes minutes), 32 for ConvPool-CNN-C].",
+    callback=_cap_size,
+    help=f"Square input size, 8 to {MAX_IMAGE_SIZE} [default: 64 for All-CNN-B (224 takes minutes), 32 for "
+    "ConvPool-CNN-C].",
 )
 @click.option("--layer", default=None, help="Report the layers up to this one [default: all].")
 @click.option("--plot", type=click.Path(path_type=Path), default=None, help="Save the singular values per layer.")
@@ -418,7 +522,7 @@ def spectrum_command(
 ) -> None:
     """Print, per convolution and pooling layer, whether it can be inverted and how stably."""
     if plot is not None:
-        _claim([plot], force)
+        _claim([plot], force, figures=(0,))
     spec = MODELS[model_name]
     side = size or min(spec.input_size, 64)
     model = _model(model_name, weights, seed, torch.device("cpu"), torch.float64)
@@ -441,6 +545,18 @@ def spectrum_command(
         click.echo(f"wrote {plot}")
 
 
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM as an exception: ``finally`` blocks run, so no temporary output survives."""
+    click.echo(f"invertnet: terminated by signal {signum}", err=True)
+    raise SystemExit(128 + signum)
+
+
+def install_signal_handlers() -> None:
+    """Turn SIGTERM into ``SystemExit(143)`` (the console script and ``python -m invertnet`` do this)."""
+    signal.signal(signal.SIGTERM, _terminate)
+
+
 def main() -> None:
     """Entry point of the ``invertnet`` console script."""
+    install_signal_handlers()
     cli()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __all__ = [
     "AdjointMismatchError",
+    "ArgumentTypeError",
     "DTypeError",
     "ForwardError",
     "ImageReadError",
@@ -19,9 +20,11 @@ __all__ = [
     "LayerNotFoundError",
     "ModelError",
     "ModelSpecError",
+    "NonFiniteError",
     "NotAChainError",
     "OptionError",
     "OutOfRangeError",
+    "OutputPathError",
     "RouteError",
     "ShapeError",
     "TooLargeError",
@@ -77,6 +80,18 @@ class WeightsError(InvertnetError, ValueError):
 
 class OptionError(InvertnetError, ValueError):
     """An option outside its allowed values (an unknown method, a negative weight, a bad range)."""
+
+
+class ArgumentTypeError(InvertnetError, TypeError):
+    """An argument of the wrong kind (e.g. an ``nn.Conv2d`` where a linear operator is expected)."""
+
+
+class NonFiniteError(InvertnetError, ValueError):
+    """A tensor (weights, an image) with NaN or infinite entries, which no analysis can use."""
+
+
+class OutputPathError(InvertnetError, ValueError):
+    """An output path that cannot be written (unknown file extension, missing or read-only directory)."""
 
 
 class ModelError(InvertnetError, TypeError):

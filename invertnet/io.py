@@ -9,12 +9,15 @@
   arbitrary code is unpickled) or ``.safetensors``, loaded strictly into a model.
 - :func:`atomic_write`: write to a temporary file beside the target and rename it into place,
   so that no half-written file is ever left behind.
+- :func:`check_image_path`: refuse an output name whose extension :func:`save_image` cannot write,
+  before any work is done.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,9 +28,58 @@ from skimage import color, io, transform
 from skimage.util import img_as_float64, img_as_ubyte
 from torch import nn
 
-from invertnet.errors import ImageReadError, WeightsError
+from invertnet.errors import (
+    ArgumentTypeError,
+    ImageReadError,
+    NonFiniteError,
+    OptionError,
+    OutputPathError,
+    ShapeError,
+    WeightsError,
+)
 
-__all__ = ["atomic_write", "load_image", "load_state_dict", "load_weights", "save_image"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "MAX_IMAGE_SIZE",
+    "atomic_write",
+    "check_image_path",
+    "load_image",
+    "load_state_dict",
+    "load_weights",
+    "save_image",
+]
+
+#: The extensions :func:`save_image` writes (8-bit, through scikit-image / imageio).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+#: Largest side :func:`load_image` resizes to: a 3 x 4096 x 4096 float64 image is already 384 MiB,
+#: and every layer's features and the inversion's buffers are larger still.
+MAX_IMAGE_SIZE = 4096
+
+
+def check_image_path(path: str | os.PathLike[str]) -> Path:
+    """Return ``path`` if :func:`save_image` can write its extension; raise :class:`OutputPathError` otherwise."""
+    path = Path(path)
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        got = repr(path.suffix) if path.suffix else "no extension"
+        raise OutputPathError(
+            f"expected an image file name ending in {', '.join(IMAGE_SUFFIXES)}, got {str(path)!r} with {got}; "
+            f"add an extension, e.g. {path.stem or 'out'}.png"
+        )
+    return path
+
+
+def _check_size(size: object) -> int:
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_IMAGE_SIZE:
+        why = (
+            f"a {size}x{size} RGB image alone takes {3 * 8 * size**2 / 2**30:.0f} GiB in float64"
+            if isinstance(size, int) and size > MAX_IMAGE_SIZE
+            else "pass a positive side such as 224"
+        )
+        raise OptionError(
+            f"load_image: expected an int size in [1, {MAX_IMAGE_SIZE}] (or None to keep the image's size), "
+            f"got {size!r}; {why}"
+        )
+    return size
 
 
 def load_image(path: str | os.PathLike[str], size: int | None = None) -> tuple[torch.Tensor, str]:
@@ -48,10 +100,22 @@ def load_image(path: str | os.PathLike[str], size: int | None = None) -> tuple[t
     ------
     ImageReadError
         Missing or unreadable file, or an array that is not a 2-D greyscale, RGB or RGBA image.
+    NonFiniteError
+        A float image with NaN or infinite pixels.
+    OptionError
+        ``size`` not an int in ``[1, MAX_IMAGE_SIZE]``.
+
+    Notes
+    -----
+    Float images are expected in [0, 1]; values outside are clipped, and the note says so.
     """
+    if size is not None:
+        size = _check_size(size)
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"expected an image file, got {str(path)!r}, which does not exist or is not a file")
+    if path.stat().st_size == 0:
+        raise ImageReadError(f"expected an image file, got {str(path)!r}, which is empty (0 bytes)")
     try:
         array = io.imread(path)
     except Exception as err:  # scikit-image raises whatever its plugin raises on a corrupt file
@@ -65,6 +129,19 @@ def load_image(path: str | os.PathLike[str], size: int | None = None) -> tuple[t
         raise ImageReadError(
             f"expected a greyscale, RGB or RGBA image, got an array of shape {array.shape} from {str(path)!r}"
         )
+    if array.size == 0:
+        raise ImageReadError(
+            f"expected an image with pixels, got an empty array of shape {array.shape} from {str(path)!r}"
+        )
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise NonFiniteError(
+                f"expected finite pixel values, got {int((~np.isfinite(array)).sum())} NaN or infinite pixels in "
+                f"{str(path)!r}; fix or drop them before inverting"
+            )
+        low, high = float(array.min()), float(array.max())
+        if low < 0 or high > 1:
+            notes.append(f"values outside [0, 1] (min {low:.3g}, max {high:.3g}) clipped")
     array = img_as_float64(array)
     if size is not None:
         h, w = array.shape[:2]
@@ -94,23 +171,58 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
     'done'
     """
     path = Path(path)
-    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
+    if path.is_dir():
+        raise OutputPathError(f"cannot write {str(path)!r}: it is a directory; give a file name")
+    if not path.parent.is_dir():
+        raise OutputPathError(f"cannot write {str(path)!r}: directory {str(path.parent)!r} does not exist")
+    tmp: Path | None = None
     try:
+        # signals wait until ``tmp`` is known, so that the ``finally`` below always sees the file it must remove
+        with _signals_deferred():
+            fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+            tmp = Path(name)
+            os.close(fd)
         yield tmp
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the mode a plain open() would
         os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGTERM, SIGINT and SIGHUP (where the platform can) while the block runs; deliver them after."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    held = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def save_image(image: torch.Tensor, path: str | os.PathLike[str]) -> None:
-    """Write a ``(C, H, W)`` or ``(1, C, H, W)`` tensor in [0, 1] as an 8-bit image (clipped), atomically."""
-    if image.ndim == 4:
+    """Write a ``(C, H, W)`` or ``(1, C, H, W)`` tensor in [0, 1] as an 8-bit image (clipped), atomically.
+
+    ``C`` is 1 (grey), 3 (RGB) or 4 (RGBA); the extension is one of :data:`IMAGE_SUFFIXES`.
+    """
+    check_image_path(path)
+    if not isinstance(image, torch.Tensor):
+        raise ArgumentTypeError(f"save_image: expected a torch.Tensor, got {type(image).__name__}")
+    if image.ndim == 4 and image.shape[0] == 1:
         image = image[0]
+    if image.ndim != 3 or image.shape[0] not in (1, 3, 4):
+        raise ShapeError(
+            f"save_image: expected one image of shape (C, H, W) or (1, C, H, W) with C in 1, 3, 4, got "
+            f"{tuple(image.shape)}; save the images of a batch one by one"
+        )
+    if not bool(torch.isfinite(image).all()):
+        raise NonFiniteError(f"save_image: expected finite values, got {int((~torch.isfinite(image)).sum())} NaN/Inf")
     array = image.detach().cpu().double().clamp(0, 1).numpy().transpose(1, 2, 0)
     if array.shape[-1] == 1:
         array = array[..., 0]
@@ -142,7 +254,10 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling errors come in many types; the file is unusable either way
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        first = f"{type(err).__name__}: {first}" if len(first) < 20 else first
+        if "Weights only load failed" in first:  # torch's long advice to unpickle anyway: not ours to give
+            first = "it holds pickled objects other than tensors (a whole model?); save model.state_dict() instead"
         raise WeightsError(
             f"expected a state dict saved with torch.save (readable with weights_only=True) or a .safetensors file, "
             f"got {str(path)!r}: {first}"
@@ -158,8 +273,25 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
-    """Load a state dict file into ``model`` strictly (every name and shape must match); returns ``model``."""
+    """Load a state dict file into ``model`` strictly (every name and shape must match); returns ``model``.
+
+    Raises
+    ------
+    WeightsError
+        See :func:`load_state_dict`; also weights that do not fit ``model``.
+    NonFiniteError
+        A floating-point tensor with NaN or infinite entries (named in the message).
+    """
+    if not isinstance(model, nn.Module):
+        raise ArgumentTypeError(f"load_weights: expected an nn.Module, got {type(model).__name__}")
     state = load_state_dict(path)
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise NonFiniteError(
+                f"expected finite weights, got {bad} of {tensor.numel()} entries of {name!r} NaN or infinite in "
+                f"{str(path)!r}; the training diverged or the file is damaged"
+            )
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:

@@ -15,11 +15,13 @@ wrong published numbers (scikit-image made it required for float images for that
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
 from invertnet._checks import require_4d
-from invertnet.errors import ShapeError
+from invertnet.errors import OptionError, ShapeError
 
 __all__ = ["psnr", "relative_error", "ssim"]
 
@@ -36,11 +38,17 @@ def _pair_of_images(x: object, y: object, fn: str) -> tuple[torch.Tensor, torch.
 
 
 def _check_range(data_range: float, fn: str) -> float:
-    if not isinstance(data_range, (int, float)) or isinstance(data_range, bool) or not data_range > 0:
-        raise ValueError(
-            f"{fn}: expected a positive data_range (1.0 for images in [0, 1], 255 for uint8), got {data_range!r}"
+    """``data_range`` as a positive finite float (a number, a NumPy scalar or a one-element tensor)."""
+    try:
+        value = None if isinstance(data_range, bool | str) else float(data_range)
+    except (TypeError, ValueError, RuntimeError):
+        value = None
+    if value is None or not math.isfinite(value) or not value > 0:
+        raise OptionError(
+            f"{fn}: expected a positive data_range (1.0 for images in [0, 1], 255 for uint8), a finite number, "
+            f"got {data_range!r}"
         )
-    return float(data_range)
+    return value
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float) -> torch.Tensor:
@@ -82,10 +90,14 @@ def relative_error(estimate: torch.Tensor, reference: torch.Tensor) -> torch.Ten
 def _window(window: str, win_size: int | None, sigma: float, like: torch.Tensor) -> torch.Tensor:
     """The 1-D window, normalised to sum 1 (scipy.ndimage's truncation at 3.5 sigma for the Gaussian)."""
     if window == "gaussian":
+        if isinstance(sigma, bool) or not isinstance(sigma, int | float) or not 0 < sigma < math.inf:
+            raise OptionError(
+                f"ssim: expected a positive finite sigma for the Gaussian window (1.5: Wang's), got {sigma!r}"
+            )
         radius = int(3.5 * sigma + 0.5)
         size = 2 * radius + 1 if win_size is None else win_size
         if size != 2 * radius + 1:
-            raise ValueError(
+            raise OptionError(
                 f"ssim: a Gaussian window of sigma {sigma} has size {2 * radius + 1}, got win_size={win_size}; "
                 "leave win_size unset for the Gaussian window"
             )
@@ -94,10 +106,12 @@ def _window(window: str, win_size: int | None, sigma: float, like: torch.Tensor)
         return w / w.sum()
     if window == "uniform":
         size = 7 if win_size is None else win_size
-        if size < 1 or size % 2 == 0:
-            raise ValueError(f"ssim: expected an odd positive win_size, got {win_size}")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1 or size % 2 == 0:
+            raise OptionError(f"ssim: expected an odd positive int win_size (7: scikit-image's), got {win_size!r}")
         return torch.full((size,), 1.0 / size, dtype=like.dtype, device=like.device)
-    raise ValueError(f"ssim: expected window 'gaussian' (Wang et al. 2004) or 'uniform' (scikit-image), got {window!r}")
+    raise OptionError(
+        f"ssim: expected window 'gaussian' (Wang et al. 2004) or 'uniform' (scikit-image), got {window!r}"
+    )
 
 
 #: Up to this image side the window is applied as a banded matrix product (BLAS; about 4x faster than
@@ -192,6 +206,8 @@ def ssim(
         return _separable_filter(t, w1)
 
     mu_x, mu_y = blur(x), blur(y)
+    if sample_covariance and size == 1:
+        raise OptionError("ssim: sample_covariance needs a window of more than one pixel, got win_size=1")
     cov_norm = size**2 / (size**2 - 1) if sample_covariance else 1.0
     var_x = cov_norm * (blur(x * x) - mu_x * mu_x)
     var_y = cov_norm * (blur(y * y) - mu_y * mu_y)

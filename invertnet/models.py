@@ -65,7 +65,7 @@ from torch import nn
 
 from invertnet.activations import AVR, CReLU
 from invertnet.architectures import ARCHITECTURES, MobileNetV2
-from invertnet.errors import WeightsError
+from invertnet.errors import OptionError, WeightsError
 from invertnet.io import load_state_dict
 
 __all__ = [
@@ -93,8 +93,19 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+#: The seeds ``torch.Generator.manual_seed`` accepts.
+SEED_RANGE = (-(2**63), 2**64 - 1)
+
+
+def _check_seed(seed: object) -> None:
+    low, high = SEED_RANGE
+    if isinstance(seed, bool) or not isinstance(seed, int) or not low <= seed <= high:
+        raise OptionError(f"expected an int seed in [-2**63, 2**64 - 1] (what torch accepts), got {seed!r}")
+
+
 def gaussian_init_(model: _M, seed: int = 0) -> _M:
     """Fill every conv and linear weight with He-scaled Gaussian noise from ``seed``; zero the biases (in place)."""
+    _check_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for module in model.modules():
@@ -152,6 +163,7 @@ def _stack(
     pooling and flattening. Gaussian filters from ``seed``.
     """
     width = width or {}
+    _check_stack(len(rows), activation, special, width)
     parts: OrderedDict[str, nn.Module] = OrderedDict()
     channels = 3
     for k, (filters, kernel, stride, padding) in enumerate(rows, start=1):
@@ -167,6 +179,21 @@ def _stack(
             parts[f"pool{k}"] = pools[k]
     parts.update(head or [("pool", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten())])
     return gaussian_init_(nn.Sequential(parts), seed)
+
+
+def _check_stack(count: int, activation: str, special: Mapping[int, str], width: Mapping[int, float]) -> None:
+    """Refuse unknown activations, layer numbers outside conv1..conv{count}, and widths that leave no filter."""
+    if activation not in ACTIVATIONS:
+        raise OptionError(f"expected an activation in {sorted(ACTIVATIONS)}, got {activation!r}")
+    for k, name in special.items():
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= count:
+            raise OptionError(
+                f"expected {name} layer numbers from 1 to {count} (conv1..conv{count}), got {k!r}; "
+                "layers are numbered from 1"
+            )
+    for k, w in width.items():
+        if not 1 <= k <= count or not w > 0:
+            raise OptionError(f"expected a positive width for conv1..conv{count}, got {w!r} for layer {k!r}")
 
 
 def _on(layers: Sequence[int], name: str) -> dict[int, str]:
@@ -373,7 +400,8 @@ MODELS.update(
 def build_model(name: str, seed: int = 0) -> nn.Module:
     """A built-in model by name (see :data:`MODELS`), in eval mode, with Gaussian filters from ``seed``."""
     if name not in MODELS:
-        raise ValueError(f"expected a model name in {sorted(MODELS)}, got {name!r}")
+        raise OptionError(f"expected a model name in {sorted(MODELS)}, got {name!r}; 'invertnet models' lists them")
+    _check_seed(seed)
     return MODELS[name].build(seed).eval()
 
 

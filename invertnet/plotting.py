@@ -7,13 +7,15 @@ r"""Figures for papers (matplotlib, no global pyplot state).
 - :func:`pairing_figure`: per layer, the histogram of the pairing cosines :math:`\mu_i` against
   Gaussian random filters of the same shape (the paper's Figs. 2-3).
 - :func:`spectrum_figure`: singular values of every layer of an injectivity report.
-- :func:`save_figure`: write a figure atomically (PNG, PDF or SVG by the suffix).
+- :func:`save_figure`: write a figure atomically (PNG, PDF, SVG, ... by the suffix);
+  :func:`check_figure_path` refuses a suffix matplotlib cannot write, before any work.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -21,12 +23,15 @@ import torch
 from matplotlib.figure import Figure
 
 from invertnet.compare import ComparisonRow
+from invertnet.errors import OutputPathError
 from invertnet.injectivity import LayerSpectrum
 from invertnet.io import atomic_write
 from invertnet.pairing import Pairing, random_mu_cdf, random_pairing
 from invertnet.reconstruct import Reconstruction
 
 __all__ = [
+    "FIGURE_SUFFIXES",
+    "check_figure_path",
     "comparison_figure",
     "layer_row_figure",
     "pairing_figure",
@@ -34,6 +39,22 @@ __all__ = [
     "save_figure",
     "spectrum_figure",
 ]
+
+
+#: The extensions matplotlib can save a figure as (png, pdf, svg, jpg, tif, eps, ...).
+FIGURE_SUFFIXES = tuple(sorted(f".{kind}" for kind in Figure().canvas.get_supported_filetypes()))
+
+
+def check_figure_path(path: str | os.PathLike[str]) -> Path:
+    """Return ``path`` if matplotlib can save a figure under its extension; raise :class:`OutputPathError` otherwise."""
+    path = Path(path)
+    if path.suffix.lower() not in FIGURE_SUFFIXES:
+        got = repr(path.suffix) if path.suffix else "no extension"
+        raise OutputPathError(
+            f"expected a figure file name ending in one of {', '.join(FIGURE_SUFFIXES)}, got {str(path)!r} with "
+            f"{got}; add an extension, e.g. {path.stem or 'figure'}.png"
+        )
+    return path
 
 
 def _display(image: torch.Tensor) -> npt.NDArray[np.float64]:
@@ -147,7 +168,8 @@ def pairing_figure(pairings: Mapping[str, Pairing], labels: Sequence[str] | None
 
 
 def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: int = 150) -> None:
-    """Save ``fig`` to ``path`` without ever leaving a half-written file."""
+    """Save ``fig`` to ``path`` without ever leaving a half-written file (see :func:`check_figure_path`)."""
+    check_figure_path(path)
     with atomic_write(path) as tmp:
         fig.savefig(tmp, dpi=dpi)
 

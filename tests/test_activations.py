@@ -2,6 +2,8 @@ import pytest
 import torch
 
 from invertnet import AVR, CReLU, InvalidCReLUOutputError, avr, crelu, invert_crelu, leaky_relu_inverse
+from invertnet.activations import Proportional, invert_proportional, proportional
+from invertnet.errors import ArgumentTypeError, OptionError, ShapeError
 
 
 @pytest.mark.parametrize("dim", [0, 1, 2, -1])
@@ -91,3 +93,56 @@ def test_check_false_accepts_estimates():
 def test_rejects_non_tensor():
     with pytest.raises(TypeError, match=r"expected a torch.Tensor, got list"):
         invert_crelu([1.0, 0.0])
+
+
+# --- bad input: every public function taking a dim checks it instead of wrapping it ------------
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda h, d: invert_crelu(h, dim=d),
+        lambda h, d: crelu(h, dim=d),
+        lambda h, d: CReLU(dim=d)(h),
+        lambda h, d: proportional(h, 1, 2, dim=d),
+        lambda h, d: invert_proportional(h, 1, 2, dim=d),
+    ],
+    ids=["invert_crelu", "crelu", "CReLU", "proportional", "invert_proportional"],
+)
+@pytest.mark.parametrize("dim", [4, 5, -5])
+def test_dim_outside_the_tensor_is_refused(call, dim):
+    h = crelu(torch.randn(2, 3, 4, 4))
+    with pytest.raises(
+        ShapeError, match=rf"expected dim in \[-4, 4\) for a tensor of shape \(2, 6, 4, 4\), got dim={dim}"
+    ):
+        call(h, dim)
+
+
+def test_dim_must_be_an_int_and_negative_dims_still_work():
+    h = crelu(torch.randn(2, 3, 4, 4, dtype=torch.float64))
+    with pytest.raises(ArgumentTypeError, match=r"invert_crelu: expected an int dim, got float 1\.5"):
+        invert_crelu(h, dim=1.5)
+    assert isinstance(ArgumentTypeError("x"), TypeError)
+    assert torch.equal(invert_crelu(h, dim=-3), invert_crelu(h, dim=1))
+
+
+def test_bad_slopes_are_option_errors():
+    h = crelu(torch.randn(1, 2, 3, 3))
+    with pytest.raises(
+        OptionError, match=r"expected negative_slope != -1, got -1.*pass the slope the forward pass used"
+    ):
+        invert_crelu(h, negative_slope=-1.0)
+    with pytest.raises(OptionError, match=r"expected negative_slope > 0 \(bijective\), got nan"):
+        leaky_relu_inverse(h, float("nan"))
+    with pytest.raises(TypeError, match=r"leaky_relu_inverse input: expected a torch.Tensor, got list"):
+        leaky_relu_inverse([1.0, -2.0], 0.5)
+    with pytest.raises(OptionError, match=r"expected 0 <= m <= n and n >= 1, got m=3, n=2"):
+        proportional(h, 3, 2)
+
+
+def test_bad_tolerance_and_proportions_are_refused():
+    h = crelu(torch.randn(1, 2, 3, 3))
+    with pytest.raises(OptionError, match=r"invert_crelu: expected a finite atol >= 0, got -1\.0"):
+        invert_crelu(h, atol=-1.0)
+    with pytest.raises(ArgumentTypeError, match=r"Proportional: expected int m and n .*got m=1\.5, n=2"):
+        Proportional(1.5, 2)

@@ -19,9 +19,11 @@ from invertnet.bounds import (
     spectral_norm,
     theorem_4_1_bound,
 )
+from invertnet.errors import ArgumentTypeError, NonFiniteError, OptionError, ShapeError
 from invertnet.invariance import invariance_score, translations
 from invertnet.pairing import (
     NoConvWeightsError,
+    PairingsByLayer,
     conv_weights,
     expected_random_mu,
     pairing,
@@ -255,3 +257,69 @@ def test_reconstruct_through_proportional_says_what_is_lost():
         z = net[0](x)
     known = (torch.arange(40) % 4 >= 1).reshape(1, 40, 1, 1) | (z > 0)
     assert torch.equal(step.estimate[known.expand_as(z)], z[known.expand_as(z)])  # the linear part: exact
+
+
+# --- pairing: at least two filters, finite weights, and say what was left out ------------------
+
+
+def test_pairing_by_layer_skips_single_filters_and_says_so():
+    state = {"one.weight": torch.randn(1, 3, 3, 3), "four.weight": torch.randn(4, 3, 3, 3)}
+    result = pairing_by_layer(state)
+    assert list(result) == ["four.weight"]
+    assert result.skipped == {"one.weight": "1 filter: pairing needs at least 2"}
+    assert isinstance(result, PairingsByLayer)
+    assert pairing_by_layer(state, ["four.weight"]).skipped == {}
+
+
+def test_pairing_by_layer_refuses_an_explicit_single_filter_layer_and_an_empty_result():
+    state = {"one.weight": torch.randn(1, 3, 3, 3), "four.weight": torch.randn(4, 3, 3, 3)}
+    with pytest.raises(
+        ShapeError,
+        match=r"at least 2 filters of at least 2 entries in 'one\.weight', got shape \(1, 3, 3, 3\) "
+        r"\(1 filter: pairing needs at least 2\)",
+    ):
+        pairing_by_layer(state, ["one.weight", "four.weight"])
+    with pytest.raises(NoConvWeightsError, match=r"found only one\.weight \(1 filter: pairing needs at least 2\)"):
+        pairing_by_layer({"one.weight": torch.randn(1, 3, 3, 3)})
+    one_entry = {"a.weight": torch.randn(4, 1, 1, 1), "four.weight": torch.randn(4, 3, 3, 3)}
+    assert pairing_by_layer(one_entry).skipped == {
+        "a.weight": "1 entry per filter: every cosine is +-1 and random filters have no reference"
+    }
+    with pytest.raises(ArgumentTypeError, match=r"expected a list of weight names, got the string 'four\.weight'"):
+        pairing_by_layer(state, "four.weight")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_pairing_refuses_non_finite_weights_naming_the_layer(bad):
+    weight = torch.randn(4, 3, 3, 3)
+    weight[2, 0, 0, 0] = bad
+    with pytest.raises(
+        NonFiniteError,
+        match=r"expected finite weights, got NaN or infinite entries in 1 of 4 filters "
+        r"\(first: filter 2\)",
+    ):
+        pairing(weight)
+    with pytest.raises(NonFiniteError, match=r"^'conv\.weight': pairing: expected finite weights"):
+        pairing_by_layer({"conv.weight": weight})
+
+
+def test_random_reference_needs_two_dimensions_and_two_filters():
+    with pytest.raises(OptionError, match=r"expected_random_mu: expected dim >= 2 and filters >= 2 .*got dim=1"):
+        expected_random_mu(1, 5)
+    with pytest.raises(OptionError, match=r"random_mu_cdf: .*got dim=3, filters=1"):
+        random_mu_cdf(0.0, 3, 1)
+
+
+def test_save_figure_refuses_an_extension_matplotlib_cannot_write(tmp_path):
+    from matplotlib.figure import Figure
+
+    from invertnet.errors import OutputPathError
+    from invertnet.plotting import FIGURE_SUFFIXES, save_figure
+
+    assert {".png", ".pdf", ".svg"} <= set(FIGURE_SUFFIXES)
+    for name in ["noext", "figure.xyz"]:
+        with pytest.raises(OutputPathError, match=r"expected a figure file name ending in one of .*\.png.*, got "):
+            save_figure(Figure(), tmp_path / name)
+    assert list(tmp_path.iterdir()) == []
+    save_figure(Figure(), tmp_path / "figure.PDF")
+    assert [p.name for p in tmp_path.iterdir()] == ["figure.PDF"]

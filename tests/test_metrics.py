@@ -7,6 +7,7 @@ from skimage import data
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from invertnet import ShapeError, metrics, psnr, relative_error, ssim
+from invertnet.errors import OptionError
 
 
 def _pairs():
@@ -93,3 +94,45 @@ def test_bad_input():
         ssim(x, x, 1.0, window="box")
     with pytest.raises(ShapeError, match=r"got \(16, 16\); reshape it to \(N, C, H, W\)"):
         psnr(torch.zeros(16, 16), torch.zeros(16, 16), 1.0)
+
+
+# --- bad options are InvertnetError (OptionError), never a bare ValueError --------------------
+
+
+@pytest.mark.parametrize("data_range", [0, -1.0, float("nan"), float("inf"), "1", True, None, torch.ones(2)])
+@pytest.mark.parametrize("metric", [psnr, ssim])
+def test_bad_data_range_is_an_option_error(metric, data_range):
+    x = torch.rand(1, 1, 16, 16, dtype=torch.float64)
+    with pytest.raises(OptionError, match=r"expected a positive data_range .*a finite number, got"):
+        metric(x, x, data_range=data_range)
+
+
+def test_data_range_as_a_scalar_tensor_or_numpy_number_is_accepted():
+    x = torch.rand(1, 1, 16, 16, dtype=torch.float64)
+    y = x.flip(-1)
+    reference = psnr(x, y, 1.0)
+    assert torch.equal(psnr(x, y, torch.tensor(1.0)), reference)
+    assert torch.equal(psnr(x, y, np.float32(1.0)), reference)
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"sigma": 0.0}, r"expected a positive finite sigma for the Gaussian window \(1\.5: Wang's\), got 0\.0"),
+        ({"sigma": -1.0}, r"expected a positive finite sigma"),
+        ({"window": "uniform", "win_size": 4}, r"expected an odd positive int win_size \(7: scikit-image's\), got 4"),
+        ({"window": "uniform", "win_size": 7.0}, r"expected an odd positive int win_size"),
+        ({"win_size": 7}, r"a Gaussian window of sigma 1\.5 has size 11, got win_size=7"),
+        ({"window": "box"}, r"expected window 'gaussian'"),
+    ],
+)
+def test_bad_ssim_options_are_option_errors(options, match):
+    x = torch.rand(1, 1, 16, 16, dtype=torch.float64)
+    with pytest.raises(OptionError, match=match):
+        ssim(x, x, 1.0, **options)
+
+
+def test_sample_covariance_of_a_one_pixel_window_is_refused():
+    x = torch.rand(1, 1, 16, 16, dtype=torch.float64)
+    with pytest.raises(OptionError, match=r"sample_covariance needs a window of more than one pixel, got win_size=1"):
+        ssim(x, x, 1.0, window="uniform", win_size=1, sample_covariance=True)

@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -6,8 +7,11 @@ import torch
 from skimage import io as skio
 
 from invertnet import CReLU, ImageReadError, WeightsError, reconstruct
-from invertnet.io import load_image, load_weights, save_image
+from invertnet.errors import ArgumentTypeError, NonFiniteError, OptionError, OutputPathError, ShapeError
+from invertnet.io import atomic_write, load_image, load_weights, save_image
 from invertnet.models import MODELS, all_cnn_b, build_model, convpool_cnn_c, count_parameters
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
 #: Our counts, by hand and by the builders; the paper's (Shang et al. 2016) where it gives one.
 COUNTS = {
@@ -183,3 +187,123 @@ def test_load_image_refuses_two_channel_images(tmp_path):
         ImageReadError, match=r"expected a greyscale, RGB or RGBA image, got an array of shape \(8, 8, 2\)"
     ):
         load_image(tmp_path / "la.png")
+
+
+# --- bad input to build_model, load_image, save_image, load_weights, atomic_write ---------------
+
+
+def test_build_model_refuses_unknown_names_and_seeds():
+    with pytest.raises(OptionError, match=r"expected a model name in \[.*\], got 'resnet'; 'invertnet models' lists"):
+        build_model("resnet")
+    with pytest.raises(
+        OptionError, match=r"expected an int seed in \[-2\*\*63, 2\*\*64 - 1\].*got 1180591620717411303424"
+    ):
+        build_model("convpool-cnn-c-crelu", 2**70)
+    with pytest.raises(OptionError, match=r"expected an int seed .*got 1\.5"):
+        build_model("convpool-cnn-c-crelu", 1.5)
+
+
+def test_load_image_says_when_it_clips_a_float_image(tmp_path):
+    array = np.full((8, 8, 3), 0.5, np.float32)
+    array[0, 0, 0], array[1, 1, 1] = -0.2, 1.7
+    skio.imsave(tmp_path / "f.tif", array, check_contrast=False)
+    image, note = load_image(tmp_path / "f.tif")
+    assert note == "values outside [0, 1] (min -0.2, max 1.7) clipped"
+    assert float(image.min()) == 0.0
+    assert float(image.max()) == 1.0
+    array[2, 2, 2] = np.nan
+    skio.imsave(tmp_path / "nan.tif", array, check_contrast=False)
+    with pytest.raises(NonFiniteError, match=r"expected finite pixel values, got 1 NaN or infinite pixels"):
+        load_image(tmp_path / "nan.tif")
+
+
+@pytest.mark.parametrize(
+    ("size", "match"),
+    [
+        (0, r"expected an int size in \[1, 4096\] .*got 0; pass a positive side such as 224"),
+        (-3, r"got -3; pass a positive side"),
+        (2.5, r"got 2\.5; pass a positive side"),
+        (100_000, r"got 100000; a 100000x100000 RGB image alone takes 224 GiB in float64"),
+    ],
+)
+def test_load_image_refuses_bad_sizes(size, match):
+    with pytest.raises(OptionError, match=match):
+        load_image(ASSETS / "coffee.png", size=size)
+
+
+def test_load_image_refuses_an_empty_file(tmp_path):
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(ImageReadError, match=r"which is empty \(0 bytes\)"):
+        load_image(tmp_path / "empty.png")
+
+
+@pytest.mark.parametrize(
+    ("name", "image", "error", "match"),
+    [
+        ("noext", torch.rand(3, 4, 4), OutputPathError, r"ending in \.png, .*got '.*noext' with no extension"),
+        ("out.xyz", torch.rand(3, 4, 4), OutputPathError, r"with '\.xyz'; add an extension, e\.g\. out\.png"),
+        ("out.png", torch.rand(4, 4), ShapeError, r"expected one image of shape \(C, H, W\).*got \(4, 4\)"),
+        ("out.png", torch.rand(2, 3, 4, 4), ShapeError, r"got \(2, 3, 4, 4\); save the images of a batch one by one"),
+        ("out.png", torch.rand(5, 4, 4), ShapeError, r"with C in 1, 3, 4, got \(5, 4, 4\)"),
+        ("out.png", torch.full((3, 4, 4), float("nan")), NonFiniteError, r"expected finite values, got 48 NaN/Inf"),
+        ("out.png", np.zeros((4, 4, 3)), ArgumentTypeError, r"expected a torch\.Tensor, got ndarray"),
+    ],
+)
+def test_save_image_refuses_before_writing(tmp_path, name, image, error, match):
+    with pytest.raises(error, match=match):
+        save_image(image, tmp_path / name)
+    assert list(tmp_path.iterdir()) == []  # no output, no temporary
+
+
+def test_load_weights_names_a_non_finite_tensor(tmp_path):
+    state = build_model("convpool-cnn-c-crelu").state_dict()
+    state["conv2.conv.weight"][0, 0, 0, 0] = float("inf")
+    torch.save(state, tmp_path / "diverged.pt")
+    with pytest.raises(NonFiniteError, match=r"got 1 of 165888 entries of 'conv2\.conv\.weight' NaN or infinite"):
+        load_weights(build_model("convpool-cnn-c-crelu"), tmp_path / "diverged.pt")
+    with pytest.raises(ArgumentTypeError, match=r"load_weights: expected an nn\.Module, got str"):
+        load_weights("convpool-cnn-c-crelu", tmp_path / "diverged.pt")
+
+
+def test_weights_file_holding_a_whole_module_says_to_save_the_state_dict(tmp_path):
+    torch.save(torch.nn.Conv2d(3, 4, 3), tmp_path / "module.pt")
+    with pytest.raises(WeightsError, match=r"holds pickled objects other than tensors .*save model\.state_dict\(\)"):
+        load_weights(build_model("convpool-cnn-c-crelu"), tmp_path / "module.pt")
+
+
+def test_atomic_write_leaves_nothing_when_the_block_fails(tmp_path):
+    def interrupted() -> None:
+        with atomic_write(tmp_path / "out.png") as tmp:
+            tmp.write_bytes(b"partial")
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        interrupted()
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("build", "match"),
+    [
+        (lambda: all_cnn_b(activation="tanh"), r"expected an activation in \['avr', 'crelu', 'relu'\], got 'tanh'"),
+        (
+            lambda: all_cnn_b(crelu_layers=(13,)),
+            r"expected crelu layer numbers from 1 to 12 \(conv1\.\.conv12\), got 13",
+        ),
+        (lambda: all_cnn_b(avr_layers=(0,)), r"expected avr layer numbers from 1 to 12 .*got 0; layers are numbered"),
+        (lambda: convpool_cnn_c(width=0.0), r"expected a positive width for conv1\.\.conv9, got 0\.0"),
+    ],
+    ids=["activation", "crelu-layer-13", "avr-layer-0", "zero-width"],
+)
+def test_builders_refuse_layers_they_do_not_have(build, match):
+    with pytest.raises(OptionError, match=match):
+        build()
+
+
+def test_save_image_into_a_missing_directory_or_onto_a_directory(tmp_path):
+    with pytest.raises(OutputPathError, match=r"directory '.*missing' does not exist"):
+        save_image(torch.rand(3, 4, 4), tmp_path / "missing" / "x.png")
+    (tmp_path / "d.png").mkdir()
+    with pytest.raises(OutputPathError, match=r"d\.png': it is a directory; give a file name"):
+        save_image(torch.rand(3, 4, 4), tmp_path / "d.png")
+    assert [p.name for p in tmp_path.iterdir()] == ["d.png"]

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from strategies import ConvConfig, conv_configs
 
 from invertnet import AdjointMismatchError, ConvOperator, ShapeError, TooLargeError, dottest
+from invertnet.errors import ArgumentTypeError, InvertnetError, OptionError
 from invertnet.operators import Padding
 
 
@@ -114,6 +115,86 @@ def test_construction_errors():
         ConvOperator(torch.randn(2, 1, 3, 3), (6, 6), padding=(1, 1, 1))
     with pytest.raises(ShapeError, match=r"circular padding \(4, 4, 0, 0\) needs every pad at most the input size"):
         Padding((4, 4, 0, 0), "circular", (3, 3))
+
+
+# --- bad input to the public functions of invertnet.operators --------------------------------
+
+
+def test_dottest_of_a_module_says_how_to_wrap_it():
+    with pytest.raises(
+        ArgumentTypeError,
+        match=r"expected a LinearOperator, got Conv2d; wrap it with "
+        r"ConvOperator\.from_conv\(conv, input_size\)",
+    ):
+        dottest(torch.nn.Conv2d(3, 4, 3))
+    with pytest.raises(TypeError, match=r"expected a LinearOperator, got Tensor"):
+        dottest(torch.randn(4, 3, 3, 3))
+    with pytest.raises(OptionError, match=r"dottest: expected a batch size >= 1, got 0"):
+        dottest(ConvOperator(torch.randn(2, 1, 3, 3), (6, 6)), batch=0)
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "match"),
+    [
+        (lambda: ConvOperator(torch.randn(2, 1, 3, 3), (6, 6), stride=0), OptionError, r"expected stride >= 1"),
+        (lambda: ConvOperator(torch.randn(2, 1, 3, 3), (6, 6), dilation=(1, 0)), OptionError, r"dilation >= 1"),
+        (lambda: ConvOperator(torch.randn(2, 1, 3, 3), (6, 6), groups=0), OptionError, r"expected groups >= 1, got 0"),
+        (
+            lambda: ConvOperator(torch.randn(2, 1, 3, 3), (6, 6), padding="same"),
+            OptionError,
+            r"expected padding as numbers, got 'same'.*ConvOperator\.from_conv",
+        ),
+        (
+            lambda: ConvOperator.from_conv(torch.nn.Conv1d(1, 2, 3), (6, 6)),
+            ArgumentTypeError,
+            r"expected an nn\.Conv2d, got Conv1d",
+        ),
+        (
+            lambda: ConvOperator.from_pool(torch.nn.Conv2d(1, 1, 2), 1, (6, 6), torch.zeros(1)),
+            ArgumentTypeError,
+            r"expected an nn\.MaxPool2d or nn\.AvgPool2d, got Conv2d",
+        ),
+        (lambda: Padding((1, 1), "zeros", (3, 3)), ShapeError, r"expected pads \(left, right, top, bottom\)"),
+        (lambda: Padding((1, 1, 1, 1), "mirror", (3, 3)), OptionError, r"expected a mode in"),
+        (
+            lambda: Padding((1, 1, 1, 1), "circular", (3, 3))(torch.ones(3, 3, 3)),
+            ShapeError,
+            r"Padding.__call__: expected shape \(N, C, 3, 3\), got \(3, 3, 3\)",
+        ),
+        (
+            lambda: Padding((1, 1, 1, 1), "reflect", (3, 3)).adjoint(torch.ones(1, 1, 3, 3)),
+            ShapeError,
+            r"Padding.adjoint: expected shape \(N, C, 5, 5\), got \(1, 1, 3, 3\)",
+        ),
+    ],
+    ids=[
+        "stride-0",
+        "dilation-0",
+        "groups-0",
+        "padding-same",
+        "conv1d",
+        "pool-of-a-conv",
+        "pads-pair",
+        "mode",
+        "pad-3d",
+        "pad-adjoint-size",
+    ],
+)
+def test_operator_construction_and_call_errors(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
+    assert issubclass(error, InvertnetError)
+
+
+def test_from_conv_with_padding_same_keeps_the_size():
+    op = ConvOperator.from_conv(torch.nn.Conv2d(3, 4, 3, padding="same"), (8, 8))
+    assert op.out_shape == (4, 8, 8)
+    dottest(op)
+
+
+def test_dottest_refuses_a_negative_tolerance():
+    with pytest.raises(OptionError, match=r"dottest: expected a finite rtol >= 0, got -1"):
+        dottest(ConvOperator(torch.randn(2, 1, 3, 3), (6, 6)), rtol=-1)
 
 
 # --- the battery for every other operator, driven by a table of factories ---------------------------------------

@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 import torch
 
 from invertnet._checks import require_tensor
-from invertnet.errors import AdjointMismatchError, ShapeError, TooLargeError
+from invertnet.errors import AdjointMismatchError, ArgumentTypeError, OptionError, ShapeError, TooLargeError
 
 __all__ = ["DENSE_MAX_ENTRIES", "LinearOperator", "dottest"]
 
@@ -91,6 +91,18 @@ class LinearOperator(ABC):
         return torch.cat(columns).T.contiguous()
 
 
+def _require_operator(op: object, fn: str) -> LinearOperator:
+    """``op`` if it is a :class:`LinearOperator`; otherwise say how to get one."""
+    if not isinstance(op, LinearOperator):
+        hint = (
+            "wrap it with ConvOperator.from_conv(conv, input_size)"
+            if isinstance(op, torch.nn.Conv2d)
+            else "build one with ConvOperator(...) or subclass LinearOperator"
+        )
+        raise ArgumentTypeError(f"{fn}: expected a LinearOperator, got {type(op).__name__}; {hint}")
+    return op
+
+
 def dottest(
     op: LinearOperator,
     *,
@@ -133,6 +145,11 @@ def dottest(
     >>> op = ConvOperator.from_conv(torch.nn.Conv2d(3, 4, 3, stride=2), (9, 9))
     >>> lhs, rhs = dottest(op)
     """
+    op = _require_operator(op, "dottest")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise OptionError(f"dottest: expected a batch size >= 1, got {batch!r}")
+    if rtol is not None and not 0 <= rtol < float("inf"):
+        raise OptionError(f"dottest: expected a finite rtol >= 0, got {rtol!r}; leave it None for the dtype's default")
     if rtol is None:
         rtol = 1e-12 if dtype == torch.float64 else 1e-4
     x = torch.randn(batch, *op.in_shape, dtype=dtype, generator=generator).to(device)

@@ -21,12 +21,14 @@ length ``C_in * kh * kw`` (channel-major, as :func:`torch.nn.functional.unfold`)
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from invertnet._checks import pair
-from invertnet.errors import ShapeError
+from invertnet.errors import ArgumentTypeError, OptionError, ShapeError
 from invertnet.operators.base import LinearOperator
 from invertnet.operators.padding import PADDING_MODES, Padding
 
@@ -74,14 +76,24 @@ class ConvOperator(LinearOperator):
             got = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
             raise ShapeError(f"ConvOperator: expected a weight of shape (C_out, C_in/groups, kh, kw), got {got}")
         if padding_mode not in PADDING_MODES:
-            raise ValueError(f"ConvOperator: expected padding_mode in {PADDING_MODES}, got {padding_mode!r}")
+            raise OptionError(f"ConvOperator: expected padding_mode in {PADDING_MODES}, got {padding_mode!r}")
+        if isinstance(cast(object, padding), str):  # nn.Conv2d's "same"/"valid": only from_conv resolves them
+            raise OptionError(
+                f"ConvOperator: expected padding as numbers, got {padding!r}; for an nn.Conv2d with padding="
+                f"{padding!r} use ConvOperator.from_conv(conv, input_size), which reads the resolved padding"
+            )
         c_out, c_in_group, kh, kw = weight.shape
+        if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+            raise OptionError(f"ConvOperator: expected groups >= 1, got {groups!r}")
         if c_out % groups:
             raise ShapeError(f"ConvOperator: {c_out} filters do not split into groups={groups}")
         h, w = pair(input_size, "input_size")
         self.weight = weight.detach()
         self.stride = pair(stride, "stride")
         self.dilation = pair(dilation, "dilation")
+        for name, value in (("stride", self.stride), ("dilation", self.dilation)):
+            if min(value) < 1:
+                raise OptionError(f"ConvOperator: expected {name} >= 1 along both axes, got {value}")
         self.groups = groups
         self.kernel_size = (kh, kw)
         pads: tuple[int, int, int, int]
@@ -127,7 +139,10 @@ class ConvOperator(LinearOperator):
     def from_conv(cls, conv: nn.Conv2d, input_size: tuple[int, int]) -> ConvOperator:
         """The operator of an ``nn.Conv2d`` (its bias is left out) on inputs of ``input_size``."""
         if not isinstance(conv, nn.Conv2d):
-            raise TypeError(f"ConvOperator.from_conv: expected an nn.Conv2d, got {type(conv).__name__}")
+            raise ArgumentTypeError(
+                f"ConvOperator.from_conv: expected an nn.Conv2d, got {type(conv).__name__}; "
+                "only 2-D convolutions are supported"
+            )
         return cls(
             conv.weight,
             input_size,
@@ -147,6 +162,11 @@ class ConvOperator(LinearOperator):
         For ``AvgPool2d`` (plain average, ``count_include_pad=True``) this *is* the layer; for
         ``MaxPool2d`` it is the averaging over the same windows.
         """
+        if not isinstance(pool, nn.MaxPool2d | nn.AvgPool2d):
+            raise ArgumentTypeError(
+                f"ConvOperator.from_pool: expected an nn.MaxPool2d or nn.AvgPool2d, got {type(pool).__name__}; "
+                "for a convolution use ConvOperator.from_conv(conv, input_size)"
+            )
         kh, kw = pair(pool.kernel_size, "kernel_size")
         weight = torch.full((channels, 1, kh, kw), 1.0 / (kh * kw), dtype=like.dtype, device=like.device)
         stride = pair(pool.stride or pool.kernel_size, "stride")

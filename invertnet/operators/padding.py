@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from invertnet.errors import ShapeError
+from invertnet._checks import require_tensor
+from invertnet.errors import OptionError, ShapeError
 
 __all__ = ["PADDING_MODES", "Padding"]
 
@@ -32,7 +33,9 @@ class Padding:
 
     def __init__(self, pads: tuple[int, int, int, int], mode: str, input_size: tuple[int, int]) -> None:
         if mode not in PADDING_MODES:
-            raise ValueError(f"Padding: expected a mode in {PADDING_MODES}, got {mode!r}")
+            raise OptionError(f"Padding: expected a mode in {PADDING_MODES}, got {mode!r}")
+        if len(pads) != 4:
+            raise ShapeError(f"Padding: expected pads (left, right, top, bottom), got {pads!r}")
         left, right, top, bottom = pads
         h, w = input_size
         if min(pads) < 0:
@@ -65,7 +68,17 @@ class Padding:
             self._index[device] = F.pad(grid, self.pads, mode=self.mode).round().long().flatten().to(device)
         return self._index[device]
 
+    def _check(self, x: object, size: tuple[int, int], what: str) -> torch.Tensor:
+        x = require_tensor(x, f"Padding.{what}")
+        if x.ndim != 4 or tuple(x.shape[-2:]) != size:
+            raise ShapeError(
+                f"Padding.{what}: expected shape (N, C, {size[0]}, {size[1]}), got {tuple(x.shape)}; "
+                "build the padding for this input size"
+            )
+        return x
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._check(x, self.input_size, "__call__")
         if self.is_identity:
             return x
         if self.mode == "zeros":
@@ -75,6 +88,7 @@ class Padding:
 
     def adjoint(self, u: torch.Tensor) -> torch.Tensor:
         """Scatter-add the padded image back onto the input grid (a crop for zero padding)."""
+        u = self._check(u, self.output_size, "adjoint")
         if self.is_identity:
             return u
         left, right, top, bottom = self.pads
