@@ -202,9 +202,9 @@ class LinearHead(nn.Module):
 
     def __init__(self, kind: str = "crelu", size: int = 6) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(3, 4, 2, stride=2)
+        self.conv = nn.Conv2d(3, 12, 2, stride=2)  # square patch matrix on disjoint fields: exact
         self.act = act(kind)
-        n = _width(kind, 4) * (size // 2) ** 2
+        n = _width(kind, 12) * (size // 2) ** 2
         self.fc = nn.Linear(n, n + 8)
         self.fc_act = act(kind)
 
