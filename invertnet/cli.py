@@ -23,10 +23,11 @@ import torch
 
 from invertnet.compare import compare_methods, format_comparison
 from invertnet.errors import InvertnetError
+from invertnet.graph import check_layer, graph_layers
 from invertnet.injectivity import injectivity_report
-from invertnet.io import MAX_IMAGE_SIZE, check_image_path, load_image, load_state_dict, load_weights, save_image
+from invertnet.io import MAX_IMAGE_SIZE, check_image_path, load_image, load_state_dict, save_image
 from invertnet.joint import LBFGS_ROUND, JointOptions
-from invertnet.models import MODELS, build_model, count_parameters
+from invertnet.models import MODELS, count_parameters
 from invertnet.pairing import expected_random_mu, pairing_by_layer
 from invertnet.plotting import (
     FIGURE_SUFFIXES,
@@ -39,7 +40,8 @@ from invertnet.plotting import (
     spectrum_figure,
 )
 from invertnet.reconstruct import MAXPOOL_MODES, RECONSTRUCTION_METHODS, Reconstruction, invert_jointly, reconstruct
-from invertnet.trace import find_layer, list_layers
+from invertnet.specs import describe_spec, load_model
+from invertnet.trace import find_layer
 
 __all__ = ["main"]
 
@@ -112,11 +114,31 @@ def _device(name: str) -> torch.device:
     return device
 
 
-def _model(name: str, weights: Path | None, seed: int, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
-    model = build_model(name, seed)
-    if weights is not None:
-        load_weights(model, weights)
-    return model.to(device=device, dtype=dtype)
+def _model(spec: str, weights: Path | None, seed: int, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    return load_model(spec, weights, seed).to(device=device, dtype=dtype).eval()
+
+
+#: Input side of models from outside the zoo when --size is not given.
+DEFAULT_SIZE = 224
+
+
+def _side(spec: str, size: int | None, cap: int | None = None) -> int:
+    """--size, else the zoo model's input size (at most ``cap``), else DEFAULT_SIZE."""
+    if size is not None:
+        return size
+    zoo = MODELS.get(spec)
+    side = zoo.input_size if zoo is not None else DEFAULT_SIZE
+    return min(side, cap) if cap is not None else side
+
+
+def _figure_layers(spec: str, option: str) -> tuple[str, ...]:
+    zoo = MODELS.get(spec)
+    if zoo is None:
+        raise click.UsageError(
+            f"{option} needs a built-in model's figure layers, got --model {spec!r}; name the layers of your own "
+            "model (see 'invertnet layers --model ...')"
+        )
+    return zoo.figure_layers
 
 
 def _claim(paths: list[Path], force: bool, *, figures: tuple[int, ...] = (), inputs: tuple[Path, ...] = ()) -> None:
@@ -177,16 +199,18 @@ def _losses(result: Reconstruction) -> str:
 model_option = click.option(
     "--model",
     "model_name",
-    type=click.Choice(sorted(MODELS)),
     default="all-cnn-b-crelu",
     show_default=True,
-    help="Built-in architecture.",
+    metavar="SPEC",
+    help="A built-in model (see 'invertnet models'), 'package.module:callable' or 'path/to/file.py:callable' "
+    "(a function returning an nn.Module), or 'torchvision:NAME' when torchvision is installed.",
 )
 weights_option = click.option(
     "--weights",
     type=click.Path(path_type=Path),
     default=None,
-    help="State dict (.pt via weights_only=True, or .safetensors); default: Gaussian filters.",
+    help="State dict loaded strictly into the model (.pt via weights_only=True, or .safetensors); default: the "
+    "model's own initialisation (Gaussian filters from --seed for built-in models).",
 )
 #: The seeds the CLI takes (torch also takes negative ones; one spelling per seed is enough here).
 SEEDS = click.IntRange(0, 2**63 - 1)
@@ -314,8 +338,8 @@ def reconstruct_command(
     """
     if all_layers == (layer is not None):
         raise click.UsageError("give exactly one of --layer NAME and --all-layers")
-    spec = MODELS[model_name]
     if all_layers:
+        _figure_layers(model_name, "--all-layers")
         out = out or Path(f"{image.stem}_layers.png")
         outputs = [out]
     else:
@@ -324,10 +348,10 @@ def reconstruct_command(
         outputs = [out, out.with_name(f"{out.stem}_figure{figure_suffix}")]
     _claim(outputs, force, figures=(0,) if all_layers else (1,), inputs=(image,))
     model = _model(model_name, weights, seed, _device(device), DTYPES[dtype])
-    layers = spec.figure_layers if layer is None else (layer,)
+    layers = _figure_layers(model_name, "--all-layers") if layer is None else (layer,)
     for name in layers:
-        find_layer(model, name)
-    picture, note = load_image(image, size or spec.input_size)
+        check_layer(model, name)
+    picture, note = load_image(image, _side(model_name, size))
     if note:
         click.echo(f"input: {note}")
     results = []
@@ -413,8 +437,7 @@ def compare_command(
     Prints layer, method, PSNR, SSIM, relative error, relative feature residual and seconds;
     the figure has one row per method and one column per layer.
     """
-    spec = MODELS[model_name]
-    layers = _names(layer_list, "--layers") if layer_list is not None else list(spec.figure_layers)
+    layers = _names(layer_list, "--layers") if layer_list is not None else list(_figure_layers(model_name, "compare"))
     methods = _names(method_list, "--methods")
     unknown = [m for m in methods if m not in RECONSTRUCTION_METHODS]
     if unknown:
@@ -426,8 +449,8 @@ def compare_command(
     _claim([out], force, figures=(0,), inputs=(image,))
     model = _model(model_name, weights, seed, _device(device), DTYPES[dtype])
     for name in layers:
-        find_layer(model, name)
-    picture, note = load_image(image, size or spec.input_size)
+        check_layer(model, name)
+    picture, note = load_image(image, _side(model_name, size))
     if note:
         click.echo(f"input: {note}")
     rows = compare_methods(model, picture, layers, methods, joint=_joint_options(tv), progress=_progress())
@@ -447,23 +470,47 @@ def models_command() -> None:
 
 
 @cli.command("pairing")
-@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("checkpoint", type=click.Path(path_type=Path), required=False)
+@click.option(
+    "--model",
+    "model_name",
+    default=None,
+    metavar="SPEC",
+    help="Instead of CHECKPOINT: a model spec as for reconstruct (with --weights), whose conv weights are read.",
+)
+@weights_option
 @click.option("--layers", "layer_list", default=None, help="Comma-separated weight names [default: every conv weight].")
 @click.option(
     "--out", type=click.Path(path_type=Path), default=None, help="Figure [default: CHECKPOINT-STEM_pairing.png]."
 )
 @click.option("--seed", type=SEEDS, default=0, show_default=True, help="Seed of the random reference filters.")
 @click.option("--force", is_flag=True, help="Overwrite an existing figure.")
-def pairing_command(checkpoint: Path, layer_list: str | None, out: Path | None, seed: int, force: bool) -> None:
+def pairing_command(
+    checkpoint: Path | None,
+    model_name: str | None,
+    weights: Path | None,
+    layer_list: str | None,
+    out: Path | None,
+    seed: int,
+    force: bool,
+) -> None:
     """Pairing of opposite-phase filters in every conv weight of CHECKPOINT (the paper's Figs. 2-3).
 
     CHECKPOINT is a state dict (.pt, loaded with weights_only=True) or a .safetensors file; every
     4-D floating-point tensor counts as a conv weight. Prints, per layer, the mean cosine with the
     pairing filter against the exact mean for random filters, and draws the histograms.
     """
-    out = out or Path(f"{checkpoint.stem}_pairing.png")
-    _claim([out], force, figures=(0,), inputs=(checkpoint,))
-    state = load_state_dict(checkpoint)
+    if (checkpoint is None) == (model_name is None):
+        raise click.UsageError("give exactly one of CHECKPOINT and --model SPEC")
+    if checkpoint is None and weights is None and model_name in MODELS:
+        click.echo(f"note: --model {model_name} without --weights has Gaussian filters (seed 0)")
+    stem = checkpoint.stem if checkpoint is not None else str(model_name).replace(":", "_").replace("/", "_")
+    out = out or Path(f"{Path(stem).stem}_pairing.png")
+    _claim([out], force, figures=(0,), inputs=(checkpoint,) if checkpoint is not None else ())
+    if checkpoint is not None:
+        state = load_state_dict(checkpoint)
+    else:
+        state = {k: v for k, v in load_model(str(model_name), weights).state_dict().items() if v.is_floating_point()}
     layers = _names(layer_list, "--layers") if layer_list is not None else None
     pairings = pairing_by_layer(state, layers)
     for name, reason in pairings.skipped.items():
@@ -482,18 +529,22 @@ def pairing_command(checkpoint: Path, layer_list: str | None, out: Path | None, 
 
 @cli.command("layers")
 @model_option
+@weights_option
 @seed_option
 @size_option
-def layers_command(model_name: str, seed: int, size: int | None) -> None:
-    """List a model's layer names with their output shapes (for --layer)."""
-    spec = MODELS[model_name]
-    side = size or spec.input_size
-    model = build_model(model_name, seed)
-    click.echo(f"{model_name}: {spec.description}; input 3x{side}x{side}")
-    for info in list_layers(model, torch.zeros(1, 3, side, side)):
-        indent = "  " * info.name.count(".")
-        shape = "x".join(map(str, info.output_shape))
-        click.echo(f"  {indent + info.name:<16} {info.kind:<20} {shape}")
+@click.option("--channels", type=click.IntRange(min=1), default=3, show_default=True, help="Input channels.")
+def layers_command(model_name: str, weights: Path | None, seed: int, size: int | None, channels: int) -> None:
+    """List the nodes of a model's forward pass, with their output shapes (names for --layer).
+
+    A node is a module call (its qualified name; '@2' for a module's second call) or a functional call
+    (its node name, e.g. add_1): --layer accepts the node name, a module's name, or a container's.
+    """
+    side = _side(model_name, size)
+    model = _model(model_name, weights, seed, torch.device("cpu"), torch.float32)
+    click.echo(f"{describe_spec(model_name)}; input {channels}x{side}x{side}")
+    click.echo(f"  {'node (for --layer)':<36} {'module or call':<36} {'kind':<20} output")
+    for name, label, kind, shape in graph_layers(model, torch.zeros(1, channels, side, side)):
+        click.echo(f"  {name:<36} {label:<36} {kind:<20} {'x'.join(map(str, shape))}")
 
 
 @cli.command("spectrum")
@@ -523,8 +574,7 @@ def spectrum_command(
     """Print, per convolution and pooling layer, whether it can be inverted and how stably."""
     if plot is not None:
         _claim([plot], force, figures=(0,))
-    spec = MODELS[model_name]
-    side = size or min(spec.input_size, 64)
+    side = _side(model_name, size, cap=64)
     model = _model(model_name, weights, seed, torch.device("cpu"), torch.float64)
     if layer is not None:
         find_layer(model, layer)

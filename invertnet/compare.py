@@ -16,10 +16,10 @@ from torch import nn
 
 from invertnet._checks import require_4d
 from invertnet.errors import OptionError, ShapeError
+from invertnet.graph import check_layer
 from invertnet.joint import JointOptions
 from invertnet.pinv import SolveOptions
 from invertnet.reconstruct import RECONSTRUCTION_METHODS, reconstruct
-from invertnet.trace import find_layer
 
 __all__ = ["ComparisonRow", "compare_methods", "format_comparison"]
 
@@ -99,7 +99,7 @@ def compare_methods(
     if not layers:
         raise OptionError("compare_methods: expected at least one layer, got none; name layers such as 'conv1'")
     for layer in layers:
-        find_layer(model, layer)
+        check_layer(model, layer)
     rows = []
     for layer in layers:
         for method in methods:

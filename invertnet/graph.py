@@ -30,7 +30,7 @@ from invertnet.errors import ForwardError, InvertnetError, LayerNotFoundError, N
 from invertnet.inverses.registry import has_inverse
 from invertnet.trace import LayerRecord, Trace, model_input, require_module, trace
 
-__all__ = ["Graph", "Node", "capture", "graph_layers"]
+__all__ = ["Graph", "Node", "capture", "check_layer", "graph_layers"]
 
 
 @dataclass
@@ -446,6 +446,22 @@ def _chain_graph(model: nn.Module, image: torch.Tensor, layer: str, why: str) ->
         nodes[name].first_input = record.input
         previous = name
     return Graph(nodes, "input", previous, recorded.features, False)
+
+
+def check_layer(model: nn.Module, layer: str) -> None:
+    """Refuse a name that is neither a node nor a module of ``model`` (:class:`LayerNotFoundError`), cheaply.
+
+    Used to check names before any work; the forward pass is not run.
+    """
+    model = require_module(model)
+    try:
+        graph_module = _symbolic_trace(model)
+    except Exception:  # fx cannot trace: module names only
+        from invertnet.trace import find_layer
+
+        find_layer(model, layer)
+        return
+    _resolve(graph_module, model, layer)
 
 
 def graph_layers(model: nn.Module, image: torch.Tensor) -> list[tuple[str, str, str, tuple[int, ...]]]:

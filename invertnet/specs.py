@@ -41,7 +41,15 @@ def _import(module_name: str, spec: str) -> object:
             raise ModelSpecError(f"--model {spec!r}: expected an importable .py file, got {module_name!r}")
         module = importlib.util.module_from_spec(loader_spec)
         sys.modules[loader_spec.name] = module
-        loader_spec.loader.exec_module(module)
+        folder = str(path.resolve().parent)
+        if folder not in sys.path:  # as when the file runs as a script: its siblings import
+            sys.path.insert(0, folder)
+        try:
+            loader_spec.loader.exec_module(module)
+        except Exception as err:  # the user's code may raise anything while importing
+            raise ModelSpecError(
+                f"--model {spec!r}: expected {module_name!r} to import, but it raised {type(err).__name__}: {err}"
+            ) from None
         return module
     try:
         return importlib.import_module(module_name)
@@ -49,6 +57,10 @@ def _import(module_name: str, spec: str) -> object:
         raise ModelSpecError(
             f"--model {spec!r}: expected an importable module before the colon, got {module_name!r}: {err}; "
             "check the name, or run from the directory that contains it"
+        ) from None
+    except Exception as err:  # the user's code may raise anything while importing
+        raise ModelSpecError(
+            f"--model {spec!r}: expected {module_name!r} to import, but it raised {type(err).__name__}: {err}"
         ) from None
 
 

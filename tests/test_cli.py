@@ -24,12 +24,9 @@ FAST = ["--model", "convpool-cnn-c-crelu", "--size", "32"]
 def run(args, tmp_path):
     """Invoke the CLI in a fresh empty working directory; return the result and the files it left there."""
     work = Path(tempfile.mkdtemp(dir=tmp_path))
-    previous = Path.cwd()
-    os.chdir(work)
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(work)
         result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-    finally:
-        os.chdir(previous)
     return result, sorted(p.name for p in work.iterdir())
 
 
@@ -630,3 +627,58 @@ def test_bare_invertnet_prints_the_help(tmp_path, monkeypatch):
     assert "reconstruct" in result.stderr
     assert "invertnet: error" not in result.stderr
     assert files == []
+
+
+USER = str(Path(__file__).resolve().parent / "user_models.py")
+
+
+def test_your_own_model_by_file_and_callable(tmp_path):
+    result, files = run(
+        ["reconstruct", "--model", f"{USER}:make_model", "--layer", "body", "--size", "16", ASSETS / "astronaut.png"],
+        tmp_path,
+    )
+    assert result.exit_code == 0, result.output
+    assert "(exact)" in result.stdout  # an injective CReLU stem and a contractive residual block
+    assert files == ["astronaut_body.png", "astronaut_body_figure.png"]
+
+
+def test_layers_lists_the_nodes_of_any_model(tmp_path):
+    result, _ = run(["layers", "--model", f"{USER}:make_model", "--size", "16"], tmp_path)
+    assert result.exit_code == 0, result.output
+    nodes = [line.split()[0] for line in result.stdout.splitlines()[2:]]
+    assert nodes == ["x", "stem", "stem_act", "body_conv1", "body_act", "body_conv2", "add", "body_act_1"]
+    resnet, _ = run(["layers", "--model", "resnet18", "--size", "32"], tmp_path)
+    assert "layer1.0.relu@2" in resnet.stdout  # a module called twice: two nodes
+
+
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        (f"{USER}:absent", "to define 'absent', got no such attribute"),
+        (f"{USER}:NOT_CALLABLE", "expected 'NOT_CALLABLE' to be a callable that returns an nn.Module, got int"),
+        (f"{USER}:make_nothing", "expected make_nothing() to return a torch.nn.Module, got int"),
+        ("no_such_module_xyz:make", "expected an importable module before the colon, got 'no_such_module_xyz'"),
+        ("missing/model.py:make", "expected a Python file before the colon, got 'missing/model.py'"),
+        ("resnet", "expected a built-in model"),
+    ],
+)
+def test_bad_model_specs_are_one_line(tmp_path, spec, match):
+    result, files = run(["reconstruct", "--model", spec, "--layer", "x1", ASSETS / "astronaut.png"], tmp_path)
+    _one_line_error(result, match)
+    assert files == []
+
+
+def test_weights_that_do_not_fit_your_model_are_one_line(tmp_path):
+    path = tmp_path / "chain.pt"
+    torch.save(torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1)).state_dict(), path)
+    result, files = run(
+        ["reconstruct", "--model", f"{USER}:make_model", "--weights", path, "--layer", "body", ASSETS / "camera.png"],
+        tmp_path,
+    )
+    _one_line_error(result, "does not fit")
+    assert files == []
+
+
+def test_all_layers_needs_the_zoo_or_named_layers(tmp_path):
+    result, _ = run(["reconstruct", "--model", f"{USER}:make_model", "--all-layers", ASSETS / "camera.png"], tmp_path)
+    _one_line_error(result, "--all-layers needs a built-in model's figure layers")
