@@ -40,7 +40,7 @@ from invertnet.plotting import (
     spectrum_figure,
 )
 from invertnet.reconstruct import MAXPOOL_MODES, RECONSTRUCTION_METHODS, Reconstruction, invert_jointly, reconstruct
-from invertnet.specs import describe_spec, load_model
+from invertnet.specs import check_spec, describe_spec, load_model
 from invertnet.trace import find_layer
 
 __all__ = ["main"]
@@ -132,6 +132,7 @@ def _side(spec: str, size: int | None, cap: int | None = None) -> int:
 
 
 def _figure_layers(spec: str, option: str) -> tuple[str, ...]:
+    check_spec(spec)
     zoo = MODELS.get(spec)
     if zoo is None:
         raise click.UsageError(

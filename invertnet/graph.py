@@ -254,10 +254,11 @@ def _resolve(graph_module: fx.GraphModule, model: nn.Module, layer: str) -> fx.N
         if inside:
             return inside[-1]
         raise LayerNotFoundError(f"layer {layer!r} did not run in the forward pass of {type(model).__name__}")
-    names = [n.name for n in nodes]
+    names = [name for name in modules if name]
     shown = ", ".join(names[:60]) + (f", ... ({len(names)} in all)" if len(names) > 60 else "")
     raise LayerNotFoundError(
-        f"expected a layer (a module name or a node name) of the model, got {layer!r}; node names: {shown}"
+        f"expected a layer of the model (a module name, or a node name from 'invertnet layers'), got {layer!r}; "
+        f"module names: {shown}"
     )
 
 

@@ -25,7 +25,7 @@ from invertnet.errors import ModelSpecError
 from invertnet.io import load_weights
 from invertnet.models import MODELS, build_model
 
-__all__ = ["describe_spec", "load_model"]
+__all__ = ["check_spec", "describe_spec", "load_model"]
 
 
 def _import(module_name: str, spec: str) -> object:
@@ -83,6 +83,15 @@ def _torchvision(name: str, spec: str) -> nn.Module:
     return model
 
 
+def check_spec(spec: str) -> None:
+    """Refuse a zoo name that does not exist before any work (specs with a colon are checked when loaded)."""
+    if ":" not in spec and spec not in MODELS:
+        raise ModelSpecError(
+            f"--model: expected a built-in model ({', '.join(MODELS)}), 'module:callable' or 'torchvision:NAME', "
+            f"got {spec!r}"
+        )
+
+
 def load_model(spec: str, weights: str | os.PathLike[str] | None = None, seed: int = 0) -> nn.Module:
     """Build the model ``spec`` names (see the module docstring) and load ``weights`` into it.
 
@@ -101,12 +110,8 @@ def load_model(spec: str, weights: str | os.PathLike[str] | None = None, seed: i
     >>> load_model("torch.nn:Identity")
     Identity()
     """
+    check_spec(spec)
     if ":" not in spec:
-        if spec not in MODELS:
-            raise ModelSpecError(
-                f"--model: expected a built-in model ({', '.join(MODELS)}), 'module:callable' or 'torchvision:NAME', "
-                f"got {spec!r}"
-            )
         model = build_model(spec, seed)
     else:
         module_name, _, attribute = spec.rpartition(":")

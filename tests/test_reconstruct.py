@@ -140,7 +140,7 @@ def test_avr_is_a_lossy_baseline():
 
 def test_unknown_layer_lists_valid_names():
     net = nn.Sequential(OrderedDict(conv1=nn.Conv2d(3, 4, 3), act1=nn.ReLU()))
-    with pytest.raises(LayerNotFoundError, match=r"got 'conv9'; node names: conv1, act1"):
+    with pytest.raises(LayerNotFoundError, match=r"got 'conv9'; module names: conv1, act1"):
         reconstruct(net, torch.rand(1, 3, 8, 8), "conv9")
 
 
