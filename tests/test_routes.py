@@ -129,7 +129,7 @@ def test_auto_takes_the_patch_route_on_a_1x1_convolution_and_says_why():
     y = conv(torch.rand(1, 192, 12, 12, dtype=torch.float64))
     _, info = conv_pinv(conv, y, (12, 12), return_info=True)
     assert (info.method, info.closed_form, info.pseudo_inverse, info.exact) == ("patch", True, True, False)
-    assert info.reason.startswith("the receptive fields are disjoint and whole, so the patch pseudo-inverse is A^+")
+    assert info.reason.startswith("each receptive field reads its own pixels (a 1x1 kernel, or disjoint fields)")
 
 
 def test_auto_passes_over_a_factorisation_above_the_memory_budget():
@@ -170,3 +170,11 @@ def test_options_are_checked():
         SolveOptions(atol=0)
     with pytest.raises(OptionError, match=r"expected rtol in \[0, 1\) or None, got 2"):
         SolveOptions(rtol=2)
+
+
+def test_the_readme_lists_every_registered_route_with_its_summary():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for name, route in ROUTES.items():
+        assert f"| `{name}` | {route.summary} |" in readme, name

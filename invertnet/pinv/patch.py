@@ -97,7 +97,10 @@ class PatchRoute(Route):
     name = "patch"
     summary = "pseudo-inverse of the patch matrix, overlap-averaged (the paper's reading)"
     closed_form = True
-    because = "the receptive fields are disjoint and whole, so the patch pseudo-inverse is A^+"
+    because = (
+        "each receptive field reads its own pixels (a 1x1 kernel, or disjoint fields), so the patch "
+        "pseudo-inverse is A^+"
+    )
 
     def why_not(self, layer: ConvLayer, options: SolveOptions) -> str | None:
         return None
