@@ -56,16 +56,21 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 MAX_IMAGE_SIZE = 4096
 
 
-def check_image_path(path: str | os.PathLike[str]) -> Path:
-    """Return ``path`` if :func:`save_image` can write its extension; raise :class:`OutputPathError` otherwise."""
+def check_suffix(path: str | os.PathLike[str], suffixes: tuple[str, ...], what: str) -> Path:
+    """Return ``path`` if its extension is one of ``suffixes``; raise :class:`OutputPathError` saying which are."""
     path = Path(path)
-    if path.suffix.lower() not in IMAGE_SUFFIXES:
+    if path.suffix.lower() not in suffixes:
         got = repr(path.suffix) if path.suffix else "no extension"
         raise OutputPathError(
-            f"expected an image file name ending in {', '.join(IMAGE_SUFFIXES)}, got {str(path)!r} with {got}; "
+            f"expected {what} ending in {', '.join(suffixes)}, got {str(path)!r} with {got}; "
             f"add an extension, e.g. {path.stem or 'out'}.png"
         )
     return path
+
+
+def check_image_path(path: str | os.PathLike[str]) -> Path:
+    """Return ``path`` if :func:`save_image` can write its extension; raise :class:`OutputPathError` otherwise."""
+    return check_suffix(path, IMAGE_SUFFIXES, "an image file name")
 
 
 def _check_size(size: object) -> int:

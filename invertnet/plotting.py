@@ -23,9 +23,8 @@ import torch
 from matplotlib.figure import Figure
 
 from invertnet.compare import ComparisonRow
-from invertnet.errors import OutputPathError
 from invertnet.injectivity import LayerSpectrum
-from invertnet.io import atomic_write
+from invertnet.io import atomic_write, check_suffix
 from invertnet.pairing import Pairing, random_mu_cdf, random_pairing
 from invertnet.reconstruct import Reconstruction
 
@@ -47,14 +46,7 @@ FIGURE_SUFFIXES = tuple(sorted(f".{kind}" for kind in Figure().canvas.get_suppor
 
 def check_figure_path(path: str | os.PathLike[str]) -> Path:
     """Return ``path`` if matplotlib can save a figure under its extension; raise :class:`OutputPathError` otherwise."""
-    path = Path(path)
-    if path.suffix.lower() not in FIGURE_SUFFIXES:
-        got = repr(path.suffix) if path.suffix else "no extension"
-        raise OutputPathError(
-            f"expected a figure file name ending in one of {', '.join(FIGURE_SUFFIXES)}, got {str(path)!r} with "
-            f"{got}; add an extension, e.g. {path.stem or 'figure'}.png"
-        )
-    return path
+    return check_suffix(path, FIGURE_SUFFIXES, "a figure file name")
 
 
 def _display(image: torch.Tensor) -> npt.NDArray[np.float64]:

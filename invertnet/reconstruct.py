@@ -15,7 +15,7 @@ Both return a :class:`Reconstruction` with the estimate and its metrics against 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -28,6 +28,7 @@ from invertnet.inverses import MAXPOOL_MODES
 from invertnet.joint import JOINT_STARTS, JointOptions, JointResult, match_features
 from invertnet.metrics import psnr, relative_error, ssim
 from invertnet.pinv import CONV_METHODS, SolveOptions
+from invertnet.pinv.base import LiveTable
 from invertnet.walk import LayerStep, invert_graph
 
 __all__ = [
@@ -47,24 +48,10 @@ __all__ = [
 LAYERS_START_TOL = 1e-6
 
 
-class _ReconstructionMethods(Mapping[str, str]):
-    """Every convolution route of :data:`~invertnet.pinv.CONV_METHODS`, and ``"joint"`` (read live)."""
-
-    def _items(self) -> dict[str, str]:
-        return {**CONV_METHODS, "joint": "match the features of the whole prefix (invert_jointly)"}
-
-    def __getitem__(self, key: str) -> str:
-        return self._items()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._items())
-
-    def __len__(self) -> int:
-        return len(self._items())
-
-
-#: Methods of :func:`reconstruct`: every convolution route (layer by layer), and ``"joint"``.
-RECONSTRUCTION_METHODS: Mapping[str, str] = _ReconstructionMethods()
+#: Methods of :func:`reconstruct`: every convolution route (layer by layer), and ``"joint"`` (read live).
+RECONSTRUCTION_METHODS: Mapping[str, str] = LiveTable(
+    lambda: {**CONV_METHODS, "joint": "match the features of the whole prefix (invert_jointly)"}
+)
 
 
 @dataclass

@@ -318,7 +318,7 @@ def test_save_figure_refuses_an_extension_matplotlib_cannot_write(tmp_path):
 
     assert {".png", ".pdf", ".svg"} <= set(FIGURE_SUFFIXES)
     for name in ["noext", "figure.xyz"]:
-        with pytest.raises(OutputPathError, match=r"expected a figure file name ending in one of .*\.png.*, got "):
+        with pytest.raises(OutputPathError, match=r"expected a figure file name ending in .*\.png.*, got "):
             save_figure(Figure(), tmp_path / name)
     assert list(tmp_path.iterdir()) == []
     save_figure(Figure(), tmp_path / "figure.PDF")

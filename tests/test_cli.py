@@ -379,8 +379,8 @@ def _checkpoints(d):
     [
         (["reconstruct", "--layer", "conv1", "in.png", "--out", "noext"], "expected an image file name ending in .png"),
         (["reconstruct", "--layer", "conv1", "in.png", "--out", "x.xyz"], "got 'x.xyz' with '.xyz'; add an extension"),
-        (["reconstruct", "--all-layers", "in.png", "--out", "row"], "expected a figure file name ending in one of"),
-        (["compare", "in.png", "--out", "noext"], "expected a figure file name ending in one of"),
+        (["reconstruct", "--all-layers", "in.png", "--out", "row"], "expected a figure file name ending in"),
+        (["compare", "in.png", "--out", "noext"], "expected a figure file name ending in"),
         (["pairing", "w.pt", "--out", "x.foo"], "got 'x.foo' with '.foo'; add an extension, e.g. x.png"),
         (["spectrum", "--plot", "noext"], "got 'noext' with no extension; add an extension, e.g. noext.png"),
     ],

@@ -26,12 +26,13 @@ file below; the dense-matrix battery in ``tests/test_pinv.py`` runs over :data:`
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 from invertnet.pinv.base import (
     ROUTES,
     ConvLayer,
     Cost,
+    LiveTable,
     Route,
     RouteResult,
     SolveInfo,
@@ -71,27 +72,10 @@ for _route in (PatchRoute(), WindowRoute(), FFTRoute(), DenseRoute(), LSQRRoute(
     register_route(_route)
 
 
-class _Methods(Mapping[str, str]):
-    """``"auto"`` and every registered route, name -> summary (read live from :data:`ROUTES`)."""
-
-    def _items(self) -> dict[str, str]:
-        return {
-            "auto": "the cheapest route that provably computes A^+ on the layer",
-            **{name: route.summary for name, route in ROUTES.items()},
-        }
-
-    def __getitem__(self, key: str) -> str:
-        return self._items()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._items())
-
-    def __len__(self) -> int:
-        return len(self._items())
-
-    def __repr__(self) -> str:
-        return repr(self._items())
-
-
-#: Methods of :func:`conv_pinv`: ``"auto"`` and every registered route, name -> what it computes.
-CONV_METHODS: Mapping[str, str] = _Methods()
+#: Methods of :func:`conv_pinv`: ``"auto"`` and every registered route, name -> what it computes (read live).
+CONV_METHODS: Mapping[str, str] = LiveTable(
+    lambda: {
+        "auto": "the cheapest route that provably computes A^+ on the layer",
+        **{name: route.summary for name, route in ROUTES.items()},
+    }
+)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import ClassVar, TypeVar
 
@@ -34,6 +34,7 @@ __all__ = [
     "ROUTES",
     "ConvLayer",
     "Cost",
+    "LiveTable",
     "Route",
     "RouteResult",
     "SolveInfo",
@@ -289,6 +290,25 @@ def register_route(route: Route) -> Route:
         )
     ROUTES[route.name] = route
     return route
+
+
+class LiveTable(Mapping[str, str]):
+    """A read-only name -> description table rebuilt on every access (it follows a registry as it grows)."""
+
+    def __init__(self, build: Callable[[], dict[str, str]]) -> None:
+        self._build = build
+
+    def __getitem__(self, key: str) -> str:
+        return self._build()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._build())
+
+    def __len__(self) -> int:
+        return len(self._build())
+
+    def __repr__(self) -> str:
+        return repr(self._build())
 
 
 def dense_svd_flops(m: int, n: int) -> float:
