@@ -6,13 +6,15 @@ identical. For a 1x1 kernel at stride 1 the patch pseudo-inverse *is* the operat
 pixel), so ``auto`` now takes ``patch``. Each case runs in a fresh process: the time of the first call
 (factorisation included) and its peak memory above the process's resident size before the call.
 
-Run: ``python benchmarks/bench_routes.py [--sizes 224 448] [--threads 1]`` (448 with ``fft`` needs about 12 GB).
+Run: ``python benchmarks/bench_routes.py [--sizes 224 448 896] [--threads 1]`` (448 with ``fft`` needs about
+12 GB; a route whose factorisation would not fit in this machine's memory is not run, and the line says so).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from invertnet import SolveOptions, conv_pinv
+from invertnet import ROUTES, SolveOptions, conv_pinv
 from invertnet.io import load_image
 from invertnet.models import build_model
 from invertnet.pinv import ConvLayer, choose_route
@@ -72,7 +74,13 @@ def main() -> None:
         route, reason = choose_route(ConvLayer(conv, input_size), SolveOptions())
         print(f"\n{size}x{size} (conv2 input {input_size[0]}x{input_size[1]}): auto now takes {route.name}: {reason}")
         rows = {}
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         for name in ("fft", "patch"):
+            need = ROUTES[name].cost(ConvLayer(conv, input_size), SolveOptions()).memory
+            if need > 0.8 * available:
+                have = available / 2**30
+                print(f"  {name:<6} not run: it would keep {need / 2**30:.1f} GB, this machine has {have:.0f}")
+                continue
             out = subprocess.run(
                 [sys.executable, __file__, "--child", str(size), name, "--threads", str(args.threads)],
                 capture_output=True,
