@@ -76,3 +76,14 @@ def test_train_pairing(tmp_path):
         assert r["error"] < 0.5 * untrained
         assert r["random_mean_mu"] == expected_random_mu(module.KERNEL**2, module.FILTERS)
         assert r["paired"] * module.FILTERS == round(r["paired"] * module.FILTERS)  # a count of filters
+
+
+def test_trained_mobilenet(tmp_path):
+    rows = _load("trained_mobilenet").main(tmp_path, small=True)
+    _png(tmp_path / "mobilenet_v2_trained_vs_random.png")
+    assert [(r.method, r.layer) for r in rows][:2] == [("trained auto", "features.1"), ("trained auto", "features.3")]
+    assert len(rows) == 8
+    assert all(r.feature_residual == r.feature_residual for r in rows)  # measured, never NaN
+    # joint matches the features better than the ReLU6 walk on the trained weights (measured at 32 px: 0.1 vs 3+)
+    by = {(r.method, r.layer): r for r in rows}
+    assert by[("trained joint", "features.1")].feature_residual < by[("trained auto", "features.1")].feature_residual

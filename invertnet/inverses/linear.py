@@ -25,6 +25,8 @@ def linear_step(info: SolveInfo, lossy: str) -> StepResult:
     """Wrap a ``conv_pinv`` result; ``lossy`` says what a non-exact step of this layer type loses."""
     if info.exact:
         note = ""
+    elif not info.converged:
+        note = f"{lossy}; {info.method} stopped before reaching the operator's pseudo-inverse"
     elif not info.pseudo_inverse:
         note = f"{lossy}; {info.method} is not the operator's pseudo-inverse here ({info.reason})"
     else:
