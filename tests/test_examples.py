@@ -81,9 +81,13 @@ def test_train_pairing(tmp_path):
 def test_trained_mobilenet(tmp_path):
     rows = _load("trained_mobilenet").main(tmp_path, small=True)
     _png(tmp_path / "mobilenet_v2_trained_vs_random.png")
-    assert [(r.method, r.layer) for r in rows][:2] == [("trained auto", "features.1"), ("trained auto", "features.3")]
-    assert len(rows) == 8
+    assert [(r.method, r.layer) for r in rows] == [
+        ("trained auto", "features.1"),
+        ("trained joint", "features.1"),
+        ("random auto", "features.1"),
+        ("random joint", "features.1"),
+    ]
     assert all(r.feature_residual == r.feature_residual for r in rows)  # measured, never NaN
-    # joint matches the features better than the ReLU6 walk on the trained weights (measured at 32 px: 0.1 vs 3+)
+    # joint matches the features better than the ReLU6 walk on the trained weights (README, 64 px: 3e-4 vs 0.38)
     by = {(r.method, r.layer): r for r in rows}
     assert by[("trained joint", "features.1")].feature_residual < by[("trained auto", "features.1")].feature_residual
