@@ -178,3 +178,15 @@ def test_the_readme_lists_every_registered_route_with_its_summary():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     for name, route in ROUTES.items():
         assert f"| `{name}` | {route.summary} |" in readme, name
+
+
+def test_a_lossy_layer_says_what_it_loses():
+    assert (
+        ConvLayer(torch.nn.Conv2d(4, 2, 1), (5, 5))
+        .loss()
+        .startswith("fewer responses (50) than unknowns (100): a null space is lost")
+    )
+    assert ConvLayer(torch.nn.Conv2d(1, 16, 2, stride=3), (8, 8)).loss() == (
+        "28 of 64 pixel positions no filter reads (set to 0)"
+    )
+    assert ConvLayer(torch.nn.Conv2d(3, 3, 3, padding=1), (6, 6)).loss().startswith("not proven injective")

@@ -15,7 +15,7 @@ from torch import nn
 
 from invertnet.errors import ShapeError, UnsupportedLayerError
 from invertnet.inverses.registry import InversionContext, StepResult, register_inverse, require_eval
-from invertnet.pinv import SolveInfo, conv_pinv, pinv_rtol
+from invertnet.pinv import ConvLayer, SolveInfo, conv_pinv, pinv_rtol
 from invertnet.trace import LayerRecord
 
 __all__: list[str] = ["LinearPinv", "linear_pinv", "linear_step"]
@@ -45,7 +45,7 @@ def _invert_conv(module: nn.Module, record: LayerRecord, y: torch.Tensor, ctx: I
     h, w = record.input.shape[-2:]
     options = replace(ctx.options, warn=False)
     estimate, info = conv_pinv(module, y, (h, w), ctx.method, options=options, return_info=True)
-    step = linear_step(info, "not proven injective: a null-space component may be lost")
+    step = linear_step(info, ConvLayer(module, (h, w)).loss() if not info.exact else "")
     return StepResult(estimate, step.route, step.exact, step.closed_form, step.note)
 
 

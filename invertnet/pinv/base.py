@@ -240,6 +240,16 @@ class ConvLayer:
             y = y - self.conv.bias.detach().to(y).reshape(1, -1, 1, 1)
         return y
 
+    def loss(self) -> str:
+        """What a non-exact inversion of this layer loses, in words (for step notes)."""
+        op = self.op
+        if op.out_dim < op.in_dim:
+            return f"fewer responses ({op.out_dim}) than unknowns ({op.in_dim}): a null space is lost"
+        unread = int((self.coverage() == 0).sum())
+        if unread:
+            return f"{unread} of {op.in_shape[1] * op.in_shape[2]} pixel positions no filter reads (set to 0)"
+        return "not proven injective: a null-space component may be lost"
+
     @property
     def forward_flops(self) -> float:
         """Multiply-adds times two of one forward application to one image."""
