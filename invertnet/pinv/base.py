@@ -16,7 +16,6 @@ A new route is one file with a :class:`Route` subclass and one call to :func:`re
 
 from __future__ import annotations
 
-import math
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
@@ -324,13 +323,3 @@ class LiveTable(Mapping[str, str]):
 def dense_svd_flops(m: int, n: int) -> float:
     """Rough flops of a thin SVD of an ``m x n`` matrix (about ``4 m n min(m, n)``)."""
     return 4.0 * m * n * min(m, n)
-
-
-def element_bytes(dtype: torch.dtype) -> int:
-    """Bytes per element of a real dtype (factorisations are kept in at least float64 for estimates)."""
-    return max(torch.finfo(dtype).bits // 8, 8) if dtype.is_floating_point else 8
-
-
-def prod(shape: tuple[int, ...]) -> int:
-    """The number of entries of ``shape``."""
-    return math.prod(shape)
