@@ -24,7 +24,7 @@ from torch import nn
 from invertnet.errors import InvertnetError, OptionError
 from invertnet.graph import Graph, capture
 from invertnet.injectivity import ruled_out_by_count
-from invertnet.inverses import MAXPOOL_MODES
+from invertnet.inverses import MAXPOOL_MODES, RELU_MODES
 from invertnet.joint import JOINT_STARTS, JointOptions, JointResult, match_features
 from invertnet.metrics import psnr, relative_error, ssim
 from invertnet.pinv import CONV_METHODS, SolveOptions
@@ -36,6 +36,7 @@ __all__ = [
     "LAYERS_START_TOL",
     "MAXPOOL_MODES",
     "RECONSTRUCTION_METHODS",
+    "RELU_MODES",
     "LayerStep",
     "Reconstruction",
     "invert_graph",
@@ -201,6 +202,7 @@ def reconstruct(
     method: str = "auto",
     *,
     maxpool: str = "switches",
+    relu: str = "active_set",
     data_range: float = 1.0,
     options: SolveOptions | None = None,
     joint: JointOptions | None = None,
@@ -226,6 +228,12 @@ def reconstruct(
     maxpool : {"switches", "guess"}
         Unpool max-pooling with the switches recorded in the forward pass, or spread each maximum over its
         window (a guess: without switches the positions are lost).
+    relu : {"active_set", "identity"}
+        How ReLU, ReLU6 and Hardtanh are undone. ``"active_set"``: their output read as equations (entries
+        inside the clip levels) and inequalities (entries at a level), solved with the convolution or Linear
+        layer below (:mod:`invertnet.activeset`); exact where the known rows determine that layer's input (the
+        step's note gives the certificate), else the minimum-norm input that reproduces the output.
+        ``"identity"``: the output as it is (the paper's ReLU baseline).
     data_range : float, default 1.0
         Span of valid pixel values, for PSNR and SSIM.
     options : SolveOptions, optional
@@ -258,7 +266,7 @@ def reconstruct(
     if joint is not None:
         raise OptionError(f"joint options go with method='joint', got method={method!r}; drop them or use 'joint'")
     graph = capture(model, image, layer)
-    estimate, steps = invert_graph(graph, method, maxpool=maxpool, options=options, progress=progress)
+    estimate, steps = invert_graph(graph, method, maxpool=maxpool, relu=relu, options=options, progress=progress)
     return _result(graph, estimate, layer, method, steps, data_range)
 
 

@@ -8,7 +8,14 @@ Nodes are inverted in reverse topological order (:mod:`invertnet.graph`), each v
 - any other join (``x + F(x)``, ...): the smallest enclosing block, solved from its immediate dominator
   (:mod:`invertnet.blocks`);
 - a value read by several nodes receives several estimates; they are reconciled by least squares (their
-  mean; the estimates proven exact take precedence, since they agree).
+  mean; the estimates proven exact take precedence, since they agree);
+- a clipping activation read through its active set (``relu="active_set"``) hands its equations and
+  inequalities down, through layers that carry them (BatchNorm2d, Identity), to the first that solves them
+  (Conv2d, Linear); max-pooling with switches hands down its own (equations at the switches, the window's
+  maximum as a bound elsewhere), which a ReLU below carries. The steps that handed them down are provisional
+  until then: once solved, their estimates are recomputed from the solution (the graph run forward), and a
+  lossy one (ReLU, max-pooling) is as exact as the solve. Where no layer solves them (a join, a fan-out, the
+  input), they keep their own reading and say so.
 
 Every step reports its route, ``exact``, ``closed_form`` and what was lost.
 """
@@ -16,14 +23,15 @@ Every step reports its route, ``exact``, ``closed_form`` and what was lost.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
+from invertnet.activeset import Constraints
 from invertnet.blocks import solve_block
-from invertnet.errors import UnsupportedLayerError
+from invertnet.errors import OptionError, UnsupportedLayerError
 from invertnet.graph import Graph, Node
-from invertnet.inverses import InversionContext, StepResult, inverse_for
+from invertnet.inverses import RELU_MODES, InversionContext, StepResult, inverse_for
 from invertnet.inverses.functions import as_module, function_inverse_for
 from invertnet.joint import JointOptions
 from invertnet.metrics import relative_error
@@ -69,15 +77,26 @@ class LayerStep:
     note: str = ""
 
 
-def _reconcile(estimates: list[tuple[torch.Tensor, bool]]) -> tuple[torch.Tensor, bool, str]:
-    if len(estimates) == 1:
-        return estimates[0][0], estimates[0][1], ""
-    exact = [e for e, proven in estimates if proven]
-    chosen = exact or [e for e, _ in estimates]
-    note = f"{len(estimates)} estimates reconciled (least squares: the mean of the {len(chosen)} " + (
+@dataclass(frozen=True)
+class _Value:
+    """An estimate on its way down: whether its chain is exact, and constraints handed down with it."""
+
+    tensor: torch.Tensor
+    exact: bool
+    constraints: Constraints | None = None
+    deferred: tuple[int, ...] = ()  # indices of the provisional steps that handed the constraints down
+    exact_above: bool = True  # the chain's exactness above the first of them
+
+
+def _reconcile(values: list[_Value]) -> tuple[_Value, str]:
+    if len(values) == 1:
+        return values[0], ""
+    exact = [v.tensor for v in values if v.exact]
+    chosen = exact or [v.tensor for v in values]
+    note = f"{len(values)} estimates reconciled (least squares: the mean of the {len(chosen)} " + (
         "exact ones)" if exact else "estimates)"
     )
-    return torch.stack(chosen).mean(0), bool(exact), note
+    return _Value(torch.stack(chosen).mean(0), bool(exact)), note
 
 
 def _dominators(graph: Graph) -> dict[str, set[str]]:
@@ -143,11 +162,22 @@ def _split(node: Node, graph: Graph, y: torch.Tensor) -> list[tuple[str, torch.T
     return [(str(name), part) for name, part in zip(names, parts, strict=True) if name in node.parents]
 
 
+def _error(estimate: torch.Tensor, truth: object, n: int) -> torch.Tensor:
+    if isinstance(truth, torch.Tensor) and truth.shape == estimate.shape and truth.ndim == 4:
+        return relative_error(estimate, truth)
+    return torch.full((n,), float("nan"))
+
+
+def _join(*notes: str) -> str:
+    return "; ".join(n for n in notes if n)
+
+
 def invert_graph(
     graph: Graph,
     method: str = "auto",
     *,
     maxpool: str = "switches",
+    relu: str = "active_set",
     options: SolveOptions | None = None,
     block: JointOptions | None = None,
     progress: Callable[[str], None] | None = None,
@@ -158,60 +188,110 @@ def invert_graph(
     ----------
     graph : Graph
         From :func:`invertnet.graph.capture`.
-    method, maxpool, options
-        The convolution route, the max-pool mode and the routes' options (see :func:`invertnet.reconstruct`).
+    method, maxpool, relu, options
+        The convolution route, the max-pool mode, how clipping activations are undone and the routes' options
+        (see :func:`invertnet.reconstruct`).
     block : JointOptions, optional
         For joins solved jointly (default ``JointOptions(tol=1e-12)``).
     progress : callable, optional
         Called with one line per inverted node.
     """
+    if relu not in RELU_MODES:
+        raise OptionError(f"expected relu in {RELU_MODES}, got {relu!r}; 'identity' is the paper's ReLU baseline")
     options = options or SolveOptions()
     block = block or JointOptions(tol=1e-12)
-    pending: dict[str, list[tuple[torch.Tensor, bool]]] = {graph.target: [(graph.features, True)]}
+    pending: dict[str, list[_Value]] = {graph.target: [_Value(graph.features, True)]}
     skip: set[str] = set()
     dominators: dict[str, set[str]] | None = None
     order = list(graph.nodes)
     steps: list[LayerStep] = []
     estimate = graph.features
+
+    def unsolved(deferred: tuple[int, ...], where: str) -> None:
+        """The constraints of ``deferred`` reached a node that does not solve them: they keep the identity reading."""
+        for k in deferred:
+            note = f"identity reading: {where} does not solve the active set's constraints"
+            steps[k] = replace(steps[k], note=_join(steps[k].note, note))
+
+    def solved(value: _Value, target: str, x: torch.Tensor, exact: bool) -> None:
+        """The constraints of ``value`` were solved with ``x`` the input of the solving node: redo the steps above."""
+        for k in value.deferred:
+            parent = graph.nodes[graph.nodes[names[k]].parents[0]]
+            redone = graph.evaluate({target: x}, until=parent.name)
+            steps[k] = replace(
+                steps[k],
+                estimate=redone,
+                exact=steps[k].exact or exact,  # a lossy step is as exact as the solve of what it handed down
+                relative_error=_error(redone, parent.value, x.shape[0]),
+                note=_join(steps[k].note, f"solved with the layer below ({steps[-1].name})"),
+            )
+
+    names: list[str] = []
     with torch.no_grad():
         for name in reversed(order):
             if name in skip or name not in pending:
                 continue
             node = graph.nodes[name]
-            y, exact_so_far, reconciled = _reconcile(pending.pop(name))
+            values = pending.pop(name)
+            incoming, reconciled = _reconcile(values)
+            for v in values if len(values) > 1 else ():
+                unsolved(v.deferred, f"{node.label!r} (read by {len(values)} nodes)")
+            y, exact_so_far = incoming.tensor, incoming.exact
             if node.op == "input":
+                unsolved(incoming.deferred, "the input")
                 estimate = y
                 break
             if not node.parents:
                 continue
-            ctx = InversionContext(method, maxpool, options, top=name == graph.target)
+            ctx = InversionContext(
+                method, maxpool, options, name == graph.target, relu, exact_so_far, incoming.constraints
+            )
+            handed: _Value | None = None
             if node.target in _SPLITS:
+                unsolved(incoming.deferred, repr(node.label))
                 for parent, part in _split(node, graph, y):
-                    pending.setdefault(parent, []).append((part, exact_so_far))
+                    pending.setdefault(parent, []).append(_Value(part, exact_so_far))
                 step = StepResult(y, "split", True)
-                target, truth = node.parents[0], graph.nodes[node.parents[0]].value
+                target = node.parents[0]
             elif len(node.parents) == 1:
                 step = invert_node(node, graph, y, ctx)
-                target, truth = node.parents[0], graph.nodes[node.parents[0]].value
-                pending.setdefault(target, []).append((step.estimate, exact_so_far and step.exact))
+                target = node.parents[0]
+                if step.constraints is not None and incoming.constraints is None:  # a clipping activation
+                    handed = _Value(step.estimate, False, step.constraints, (len(steps),), exact_so_far)
+                elif step.constraints is not None:  # carried through
+                    deferred = (*incoming.deferred, len(steps))
+                    handed = replace(incoming, tensor=step.estimate, constraints=step.constraints, deferred=deferred)
+                elif step.resolves:
+                    handed = _Value(step.estimate, incoming.exact_above and step.exact)
+                else:
+                    unsolved(incoming.deferred, f"{node.label!r} ({_kind(node)})")
+                pending.setdefault(target, []).append(handed or _Value(step.estimate, exact_so_far and step.exact))
             else:
+                unsolved(incoming.deferred, f"{node.label!r} (a join)")
                 dominators = dominators or _dominators(graph)
                 index = {n: i for i, n in enumerate(order)}
                 start = max(dominators[name] - {name}, key=index.__getitem__)
                 skip |= _ancestors(graph, name) - _ancestors(graph, start)
-                solved = solve_block(graph, node, start, y, options, block)
-                step = StepResult(solved.estimate, solved.route, solved.exact, False, solved.note)
-                target, truth = start, graph.nodes[start].value
-                pending.setdefault(target, []).append((step.estimate, exact_so_far and step.exact))
-            error = (
-                relative_error(step.estimate, truth)
-                if isinstance(truth, torch.Tensor) and truth.shape == step.estimate.shape and truth.ndim == 4
-                else torch.full((y.shape[0],), float("nan"))
-            )
-            note = "; ".join(n for n in (reconciled, step.note) if n)
+                result = solve_block(graph, node, start, y, options, block)
+                step = StepResult(result.estimate, result.route, result.exact, False, result.note)
+                target = start
+                pending.setdefault(target, []).append(_Value(step.estimate, exact_so_far and step.exact))
+            truth = graph.nodes[target].value
             steps.append(
-                LayerStep(node.label, _kind(node), step.route, step.exact, step.closed_form, step.estimate, error, note)
+                LayerStep(
+                    node.label,
+                    _kind(node),
+                    step.route,
+                    step.exact,
+                    step.closed_form,
+                    step.estimate,
+                    _error(step.estimate, truth, y.shape[0]),
+                    _join(reconciled, step.note),
+                )
             )
+            names.append(name)
+            if step.resolves:
+                solved(incoming, target, step.estimate, step.exact)
             if progress is not None:
                 progress(f"{node.label}: {step.route}{'' if step.exact else ' (lossy)'}")
     return estimate, steps

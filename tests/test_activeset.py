@@ -49,7 +49,9 @@ def test_determined_relu_conv_is_recovered_exactly():
     h = _features(conv, x)
     result = invert_active_set(ConvOperator.from_conv(conv, (8, 8)), activation_constraints(h), bias=conv.bias)
     assert result.exact.tolist() == [True, True, True]
-    assert all(c.determined and c.method == "dense" for c in result.certificates)
+    assert all(c.determined and c.method == "patch" for c in result.certificates)
+    op = ConvOperator.from_conv(conv, (8, 8))
+    assert all(c.determined and c.method == "dense" for c in certify(op, h > 0, "dense"))  # the independent check
     # LSQR to atol 1e-12: measured relative error 2.8e-12 (3 images)
     assert relative_gap(result.x, x) <= 1e-10
     assert float(result.inequality_violation.max()) == 0.0
@@ -144,6 +146,50 @@ def _coordinate_spread(A, lower, upper):
             return np.inf
         spread = max(spread, -ends[1].fun - ends[0].fun)
     return spread
+
+
+@pytest.mark.parametrize(
+    ("c_in", "c_out", "kw"),
+    [(1, 24, {"padding": 1}), (2, 40, {"stride": 2}), (4, 64, {"groups": 2, "padding": 1}), (1, 12, {})],
+)
+def test_patch_certificate_is_sound_against_the_dense_rank(c_in, c_out, kw):
+    """Whenever the patch certificate says determined, the dense masked matrix has full column rank."""
+    g = torch.Generator().manual_seed(c_out)
+    weight = torch.randn(c_out, c_in // kw.get("groups", 1), 3, 3, generator=g, dtype=torch.float64)
+    op = ConvOperator(weight, (7, 7), **kw)
+    known = torch.rand(6, *op.out_shape, generator=g) < 0.75
+    by_patch = certify(op, known)
+    by_dense = certify(op, known, "dense")
+    assert any(p.method == "patch" for p in by_patch) or c_out == 12  # the test exercises the certificate
+    for patch, dense in zip(by_patch, by_dense, strict=True):
+        if patch.method == "patch":
+            assert patch.determined
+            assert dense.determined
+        else:  # undecided by patches: auto falls through to the dense rank
+            assert patch.determined == dense.determined
+
+
+def test_newton_phase_finishes_what_the_loop_cannot():
+    """Seed 67 of the dense references cycles in the active-set loop: the Newton phase ends feasible."""
+    g = torch.Generator().manual_seed(67)
+    weight = torch.randn(9, 6, generator=g, dtype=torch.float64)
+    bias = torch.randn(9, generator=g, dtype=torch.float64)
+    x = torch.randn(1, 6, generator=g, dtype=torch.float64)
+    h = torch.relu(x @ weight.T + bias)
+    result = invert_active_set(MatrixOperator(weight), activation_constraints(h), bias=bias)
+    assert bool(result.feasible[0])
+    assert bool(result.converged[0])
+    assert not bool(result.minimum_norm[0])  # the Newton phase claims no minimum norm
+    assert float(result.inequality_violation[0]) <= 1e-8 * float(h.abs().max())
+
+
+def test_clip_preimage_reads_bounds_on_the_output():
+    """Bounds on h = clip(z, 0, 6) give bounds on z: inside kept, at or beyond a level opened up."""
+    lower = torch.tensor([[0.0, 1.0, -1.0, 6.0, 2.0]], dtype=torch.float64)
+    upper = torch.tensor([[0.0, 3.0, 7.0, 6.0, torch.inf]], dtype=torch.float64)
+    c = Constraints(lower, upper).clip_preimage(0.0, 6.0)
+    assert c.lower.tolist() == [[-torch.inf, 1.0, -torch.inf, 6.0, 2.0]]
+    assert c.upper.tolist() == [[0.0, 3.0, torch.inf, torch.inf, torch.inf]]
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -249,12 +295,13 @@ def test_unconverged_round_cap_warns():
     conv = _conv(2, 2, padding=1)
     x = torch.rand(1, 2, 8, 8, dtype=torch.float64) - 0.3
     h = _features(conv, x)
-    with pytest.warns(ConvergenceWarning, match=r"1 of 1 images ended unconverged or infeasible after 1 rounds"):
+    # one round of each phase (the loop, then Newton), each LSQR capped at 3 iterations
+    with pytest.warns(ConvergenceWarning, match=r"1 of 1 images ended unconverged or infeasible after 2 rounds"):
         result = invert_active_set(
             ConvOperator.from_conv(conv, (8, 8)),
             activation_constraints(h),
             bias=conv.bias,
-            options=ActiveSetOptions(max_rounds=1),
+            options=ActiveSetOptions(max_rounds=1, maxiter=3, newton_steps=1, newton_maxiter=3),
         )
     assert not bool(result.feasible[0])
     assert not bool(result.minimum_norm[0])

@@ -191,7 +191,7 @@ def test_softplus_with_negative_beta_is_refused():
 def test_clipping_keeps_inside_entries_and_counts_the_clipped(module):
     x = 4 * torch.randn(2, 3, 6, 6, dtype=torch.float64)
     lo, hi = module.min_val, module.max_val
-    step = invert(module, x)
+    step = invert(module, x, replace(TOP, relu="identity"))
     inside = (x > lo) & (x < hi)
     assert torch.equal(step.estimate[inside], x[inside])
     assert torch.equal(step.estimate[~inside], x[~inside].clamp(lo, hi))
@@ -202,6 +202,25 @@ def test_clipping_keeps_inside_entries_and_counts_the_clipped(module):
     )
     unclipped = invert(module, lo + (hi - lo) * (0.01 + 0.98 * torch.rand(2, 3, dtype=torch.float64)))
     assert (unclipped.exact, unclipped.note) == (True, "")
+
+
+@pytest.mark.parametrize("module", [nn.ReLU(), nn.ReLU6(), nn.Hardtanh(-2.0, 3.0)])
+def test_clipping_hands_its_reading_down_in_active_set_mode(module):
+    x = 4 * torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    y = module(x)
+    step = invert(module, x)
+    assert (step.route, step.exact, step.closed_form) == ("active_set", False, False)
+    assert step.constraints is not None
+    lower, upper = step.constraints.lower, step.constraints.upper
+    assert bool(((lower <= x) & (x <= upper)).all())  # the true pre-activation satisfies them
+    inside = y != module(torch.full_like(x, torch.inf))  # not at the upper level ...
+    inside &= y != module(torch.full_like(x, -torch.inf))  # ... nor at the lower one
+    assert torch.equal(lower[inside], x[inside])
+    assert torch.equal(upper[inside], x[inside])
+    assert torch.isinf(torch.where(inside, 0.0, lower.abs() + upper.abs())).eq(~inside).all()
+    below = invert(module, x, replace(TOP, top=False, exact=False))  # an estimate: zeros are no facts
+    assert below.constraints is None
+    assert "not exact, so its clipped entries are no facts: identity reading" in below.note
 
 
 # --------------------------------------------------------------------------------------------------------------------

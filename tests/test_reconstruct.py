@@ -1,5 +1,6 @@
 import itertools
 from collections import OrderedDict
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from invertnet import (
     AVR,
     CReLU,
     LayerNotFoundError,
+    OptionError,
     ShapeError,
     UnsupportedLayerError,
     reconstruct,
@@ -73,15 +75,15 @@ def test_relu_baseline_measurably_loses():
     x = torch.rand(1, 3, 16, 16, dtype=torch.float64)
     exact = reconstruct(crelu_net, x, "3")
     assert float(exact.relative_error) < 1e-10
-    one, two = reconstruct(relu_net, x, "1"), reconstruct(relu_net, x, "3")
+    one, two = reconstruct(relu_net, x, "1", relu="identity"), reconstruct(relu_net, x, "3", relu="identity")
     assert not one.exact
-    assert one.steps[0].note.startswith("ReLU: negative part lost")
+    assert one.steps[0].note == "negative part lost (the paper's ReLU baseline)"
     # measured (seed 0), auto (A^+ of each conv): relative error 0.53 from the first ReLU, 0.72 from the second
     assert float(one.relative_error) > 0.25
     assert float(two.relative_error) > 0.35
     # the paper's patch reading is exact on the range only: off it, the square but ill-conditioned 48x48 patch
     # matrix of the second conv amplifies what the ReLU removed (measured 281)
-    assert float(reconstruct(relu_net, x, "3", "patch").relative_error) > 100.0
+    assert float(reconstruct(relu_net, x, "3", "patch", relu="identity").relative_error) > 100.0
 
 
 def test_container_and_dotted_names():
@@ -405,3 +407,83 @@ def test_progress_reports_one_line_per_layer():
     net = nn.Sequential(nn.Conv2d(3, 12, 2), CReLU()).double()
     reconstruct(net, torch.rand(1, 3, 8, 8, dtype=torch.float64), "1", progress=lines.append)
     assert lines == ["1: invert_crelu", "0: lsqr"]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# ReLU through its active set (relu="active_set", the default)
+
+
+def _relu_net(*layers: Callable[[], nn.Module]) -> nn.Module:
+    """Layers built after seeding (seed 0), so the weights do not depend on the tests run before."""
+    torch.manual_seed(0)
+    return nn.Sequential(*(layer() for layer in layers)).double().eval()
+
+
+def test_a_determined_relu_layer_is_inverted_exactly_through_its_active_set():
+    net = _relu_net(lambda: nn.Conv2d(2, 48, 3, padding=1), nn.ReLU)
+    x = torch.rand(2, 2, 8, 8, dtype=torch.float64)
+    result = reconstruct(net, x, "1")
+    assert result.exact
+    assert [(s.route, s.exact) for s in result.steps] == [("active_set", True), ("active_set", True)]
+    assert float(result.relative_error.max()) <= 1e-10  # LSQR to 1e-12: measured 3e-12
+    with torch.no_grad():
+        z = net[0](x)
+    assert relative_error(result.steps[0].estimate, z).max() <= 1e-10  # the ReLU step now holds its input
+    assert "patch: every pixel lies in one of" in result.steps[1].note
+    baseline = reconstruct(net, x, "1", relu="identity")
+    assert not baseline.exact
+    assert float(baseline.relative_error.min()) > 0.1
+
+
+def test_batchnorm_carries_the_constraints_with_a_negative_scale():
+    net = _relu_net(lambda: nn.Conv2d(1, 32, 3, padding=1), lambda: nn.BatchNorm2d(32), nn.ReLU)
+    with torch.no_grad():
+        net[1].weight.copy_(torch.linspace(-2, 2, 33)[torch.arange(33) != 16])  # negative scales swap the bounds
+        net[1].running_mean.uniform_(-0.5, 0.5)
+        net[1].running_var.uniform_(0.5, 2)
+    x = torch.rand(1, 1, 8, 8, dtype=torch.float64)
+    result = reconstruct(net, x, "2")
+    assert result.exact
+    assert [s.route for s in result.steps] == ["active_set", "affine", "active_set"]
+    assert float(result.relative_error) <= 1e-10
+
+
+def test_maxpool_switches_and_window_bounds_reach_the_convolution():
+    """From a max-pooled ReLU layer: equations at the switches, the window maxima as bounds; certified exact."""
+    net = _relu_net(lambda: nn.Conv2d(1, 128, 3, padding=1), nn.ReLU, lambda: nn.MaxPool2d(2))
+    x = torch.rand(1, 1, 8, 8, dtype=torch.float64)
+    result = reconstruct(net, x, "2")
+    assert [s.route for s in result.steps] == ["switches", "active_set", "active_set"]
+    assert result.exact
+    assert float(result.relative_error) <= 1e-10
+    assert float(reconstruct(net, x, "2", relu="identity").relative_error) > 0.1
+
+
+def test_linear_relu_in_the_walk():
+    net = _relu_net(nn.Flatten, lambda: nn.Linear(12, 40), nn.ReLU)
+    x = torch.rand(3, 3, 2, 2, dtype=torch.float64)
+    result = reconstruct(net, x, "2")
+    assert result.exact
+    assert [s.route for s in result.steps] == ["active_set", "active_set", "reshape"]
+    assert float(result.relative_error.max()) <= 1e-10
+
+
+def test_an_undetermined_relu_layer_gives_an_input_that_reproduces_its_output():
+    net = _relu_net(lambda: nn.Conv2d(3, 8, 3, padding=1), nn.ReLU)
+    x = torch.rand(1, 3, 12, 12, dtype=torch.float64)
+    result = reconstruct(net, x, "1")
+    assert not result.exact
+    assert "rank deficient by count" in result.steps[1].note
+    # matched to the feasibility tolerance (1e-8 of the data's scale): measured 2.6e-9
+    assert float(result.feature_residual) <= 1e-7
+    baseline = reconstruct(net, x, "1", relu="identity")
+    assert float(baseline.feature_residual) > 0.1
+    # measured (seed 0) 15.7 dB against 15.0 dB for the identity reading: matching the features is not
+    # recovering the input where the active rows leave a null space
+    assert float(result.relative_error) > 0.1
+
+
+def test_relu_mode_must_be_known():
+    net = _relu_net(lambda: nn.Conv2d(3, 8, 3), nn.ReLU)
+    with pytest.raises(OptionError, match=r"expected relu in \('active_set', 'identity'\), got 'clip'"):
+        reconstruct(net, torch.rand(1, 3, 8, 8, dtype=torch.float64), "1", relu="clip")

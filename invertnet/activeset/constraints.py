@@ -16,6 +16,7 @@ operator, so a walk can hand it from one layer to the next (e.g. the known entri
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -122,6 +123,26 @@ class Constraints:
     def shifted(self, offset: torch.Tensor | float) -> Constraints:
         """The constraints on ``z - offset`` (e.g. on :math:`A x` from those on :math:`A x + b`)."""
         return Constraints(self.lower - offset, self.upper - offset)
+
+    def clip_preimage(self, lower: float = 0.0, upper: float | None = None) -> Constraints:
+        r"""The constraints on :math:`z` that these constraints on :math:`h = \mathrm{clip}(z, \ell, u)` say.
+
+        A bound strictly inside the levels bounds :math:`z` alike; a lower bound at or below :math:`\ell` says
+        nothing (:math:`-\infty`), an upper bound at or below it says :math:`z \le \ell`, and symmetrically at
+        :math:`u`. On equations :math:`h = v` this is the reading of :func:`activation_constraints`.
+
+        Examples
+        --------
+        >>> import torch
+        >>> c = Constraints(torch.tensor([[0.0, 0.0, 2.0]]), torch.tensor([[0.0, 3.0, 2.0]])).clip_preimage()
+        >>> c.lower.tolist(), c.upper.tolist()
+        ([[-inf, -inf, 2.0]], [[0.0, 3.0, 2.0]])
+        """
+        inf = torch.full_like(self.lower, torch.inf)
+        hi = math.inf if upper is None else upper
+        low = torch.where(self.lower <= lower, -inf, self.lower.clamp(max=hi))
+        high = torch.where(self.upper >= hi, inf, self.upper.clamp(min=lower))
+        return Constraints(low, high)
 
     def scale(self) -> torch.Tensor:
         """Per sample, the largest finite bound in absolute value (the data's scale), ``(N,)``."""
@@ -246,9 +267,7 @@ def activation_constraints(
                 f"at index {index} ({int(above.sum())} entries above); pass the activation's output, or the right "
                 "clip levels (ReLU6: upper=6; ReLU: upper=None)"
             )
-    inf = torch.full_like(h, torch.inf)
-    at_lower = h <= lower + atol
-    at_upper = h >= upper - atol if upper is not None else torch.zeros_like(at_lower)
-    low = torch.where(at_lower, -inf, torch.where(at_upper, torch.full_like(h, 0.0 if upper is None else upper), h))
-    high = torch.where(at_upper, inf, torch.where(at_lower, torch.full_like(h, lower), h))
-    return Constraints(low, high)
+    snapped = torch.where(h <= lower + atol, lower, h)
+    if upper is not None:
+        snapped = torch.where(h >= upper - atol, upper, snapped)
+    return Constraints.equations(snapped).clip_preimage(lower, upper)

@@ -13,7 +13,9 @@ CReLU (any slope)       :func:`~invertnet.activations.invert_crelu`             
 LeakyReLU (slope > 0)   :math:`y` if :math:`y \ge 0` else :math:`y / a`          yes
 BatchNorm2d (eval)      the affine map undone                                    yes (non-zero scales)
 Dropout, Identity       identity (eval mode)                                     yes
-ReLU                    identity: the negative part is lost (paper's baseline)   no
+ReLU, ReLU6, Hardtanh   ``relu="active_set"``: equations and inequalities        with the layer below: when its
+                        solved with the Conv2d/Linear below (masked least         known rows determine its input
+                        squares); ``"identity"``: the paper's baseline            (certificate)
 AVR                     identity: the sign is lost                               no
 Proportional            ``invert_proportional``                                  where no ReLU channel is negative
 MaxPool2d               unpool with the forward pass's switches (Zeiler &        no
@@ -29,7 +31,6 @@ Softplus                :math:`y + \log(-\mathrm{expm1}(-\beta y)) / \beta`;    
                         :math:`y` above the threshold                            the sliver at the threshold
 Tanh, Sigmoid           ``atanh``, logit                                         yes, unless saturated (``|y| = 1``;
                                                                                  ``y`` = 0 or 1)
-ReLU6, Hardtanh         identity inside; a clipped entry is set to its level     when nothing is clipped
 SiLU, GELU, Mish        the branch above the minimiser (safeguarded Newton)      no (the other branch is lost)
 Hardswish               the branch above -1.5 (closed form)                      no
 Linear                  :math:`(y - b) (W^+)^T` (one cached SVD)                 when rank W = in_features
@@ -54,6 +55,7 @@ from __future__ import annotations
 from invertnet.inverses import activations, linear, nonlinear, pooling  # noqa: F401
 from invertnet.inverses.registry import (
     MAXPOOL_MODES,
+    RELU_MODES,
     InversionContext,
     LayerInverse,
     StepResult,
@@ -64,6 +66,7 @@ from invertnet.inverses.registry import (
 
 __all__ = [
     "MAXPOOL_MODES",
+    "RELU_MODES",
     "InversionContext",
     "LayerInverse",
     "StepResult",

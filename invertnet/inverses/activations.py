@@ -29,11 +29,6 @@ def _invert_leaky(module: nn.Module, record: LayerRecord, y: torch.Tensor, ctx: 
     return StepResult(y, "identity", False, note=f"LeakyReLU with slope {slope} is not bijective: negative part lost")
 
 
-@register_inverse(nn.ReLU)
-def _invert_relu(module: nn.Module, record: LayerRecord, y: torch.Tensor, ctx: InversionContext) -> StepResult:
-    return StepResult(y, "identity", False, note="ReLU: negative part lost (the paper's ReLU baseline)")
-
-
 @register_inverse(Proportional)
 def _invert_proportional(module: nn.Module, record: LayerRecord, y: torch.Tensor, ctx: InversionContext) -> StepResult:
     if not isinstance(module, Proportional):
@@ -54,4 +49,4 @@ def _invert_avr(module: nn.Module, record: LayerRecord, y: torch.Tensor, ctx: In
 @register_inverse(nn.Identity, nn.Dropout, nn.Dropout2d)
 def _invert_identity(module: nn.Module, record: LayerRecord, y: torch.Tensor, ctx: InversionContext) -> StepResult:
     require_eval(module, record.name)
-    return StepResult(y, "identity", True)
+    return StepResult(y, "identity", True, constraints=ctx.constraints)

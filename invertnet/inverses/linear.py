@@ -2,6 +2,11 @@ r"""Inverses of the linear and affine layers, and of reshapes.
 
 Convolutions (by the routes of :mod:`invertnet.pinv`), BatchNorm, Linear (its pseudo-inverse), LayerNorm and GroupNorm
 (the affine part only), Flatten and Unflatten (reshapes).
+
+Below a ReLU (or ReLU6, Hardtanh) read through its active set, Conv2d and Linear receive its equations and
+inequalities (:attr:`~invertnet.inverses.InversionContext.constraints`) and solve them
+(:func:`~invertnet.activeset.invert_active_set`: masked least squares, then the inequalities); BatchNorm2d carries
+them to its input.
 """
 
 from __future__ import annotations
@@ -13,12 +18,14 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from invertnet.activeset import ActiveSetOptions, ActiveSetResult, Constraints, invert_active_set
 from invertnet.errors import ShapeError, UnsupportedLayerError
 from invertnet.inverses.registry import InversionContext, StepResult, register_inverse, require_eval
+from invertnet.operators import ConvOperator, LinearOperator, MatrixOperator
 from invertnet.pinv import ConvLayer, SolveInfo, conv_pinv, pinv_rtol
 from invertnet.trace import LayerRecord
 
-__all__: list[str] = ["LinearPinv", "linear_pinv", "linear_step"]
+__all__: list[str] = ["LinearPinv", "active_set_step", "linear_pinv", "linear_step"]
 
 
 def linear_step(info: SolveInfo, lossy: str) -> StepResult:
@@ -38,11 +45,51 @@ def linear_step(info: SolveInfo, lossy: str) -> StepResult:
     return StepResult(torch.empty(0), info.method, info.exact, info.closed_form, note)
 
 
+def _count(flags: torch.Tensor, what: str) -> str:
+    k, n = int(flags.sum()), flags.numel()
+    return what if n == 1 and k == 1 else f"{what} for {k} of {n} images" if k else ""
+
+
+def _active_set_note(result: ActiveSetResult) -> str:
+    """What an active-set solve proved, in one line: known share, certificate, feasibility, cost."""
+    parts = [f"{float(result.known_fraction.mean()):.1%} of the output entries known (the active set)"]
+    reasons = {c.reason for c in result.certificates}
+    parts.append(reasons.pop() if len(reasons) == 1 else f"certificates: {', '.join(sorted(reasons))}")
+    if not bool(result.exact.all()):
+        met = result.feasible & ~result.exact
+        parts += [
+            _count(met & result.minimum_norm, "the minimum-norm input that reproduces the output (one of many)"),
+            _count(met & ~result.minimum_norm, "an input that reproduces the output (one of many)"),
+            _count(
+                ~result.feasible,
+                f"infeasible: constraints violated by up to {float(result.inequality_violation.max()):.2g} "
+                f"(equations {float(result.equation_violation.max()):.2g})",
+            ),
+        ]
+    parts.append(f"{result.rounds} rounds, {result.iterations} LSQR iterations")
+    return "; ".join(p for p in parts if p)
+
+
+def active_set_step(
+    op: LinearOperator, constraints: Constraints, bias: torch.Tensor | None, ctx: InversionContext
+) -> StepResult:
+    r"""Solve the constraints on :math:`A x + b` handed down by a clipping activation (one resolving step).
+
+    ``exact`` when every image is certified (the known rows determine the input), converged and feasible.
+    """
+    options = ActiveSetOptions(maxiter=ctx.options.maxiter, warn=False)
+    result = invert_active_set(op, constraints, bias=bias, options=options)
+    return StepResult(result.x, "active_set", bool(result.exact.all()), False, _active_set_note(result), resolves=True)
+
+
 @register_inverse(nn.Conv2d)
 def _invert_conv(module: nn.Module, record: LayerRecord, y: torch.Tensor, ctx: InversionContext) -> StepResult:
     if not isinstance(module, nn.Conv2d):
         raise UnsupportedLayerError(f"expected an nn.Conv2d, got {type(module).__name__}")
     h, w = record.input.shape[-2:]
+    if ctx.constraints is not None:
+        bias = None if module.bias is None else module.bias.detach()
+        return active_set_step(ConvOperator.from_conv(module, (h, w)), ctx.constraints, bias, ctx)
     options = replace(ctx.options, warn=False)
     estimate, info = conv_pinv(module, y, (h, w), ctx.method, options=options, return_info=True)
     step = linear_step(info, ConvLayer(module, (h, w)).loss() if not info.exact else "")
@@ -62,16 +109,21 @@ def _invert_batchnorm(module: nn.Module, record: LayerRecord, y: torch.Tensor, c
     shape = (1, -1, 1, 1)
     std = (module.running_var.to(y) + module.eps).sqrt().reshape(shape)
     mean = module.running_mean.to(y).reshape(shape)
-    if not module.affine:
-        return StepResult(y * std + mean, "affine", True)
-    gamma = module.weight.detach().to(y).reshape(shape)
-    beta = module.bias.detach().to(y).reshape(shape)
+    gamma = module.weight.detach().to(y).reshape(shape) if module.affine else torch.ones_like(std)
+    beta = module.bias.detach().to(y).reshape(shape) if module.affine else torch.zeros_like(std)
     zero = gamma == 0
-    x = torch.where(zero, mean, (y - beta) / torch.where(zero, 1.0, gamma) * std + mean)
+    scale = torch.where(zero, 0.0, std / torch.where(zero, 1.0, gamma))  # x = (y - beta) * scale + mean
+    x = torch.where(zero, mean, (y - beta) * scale + mean)
     lost = int(zero.sum())
-    return StepResult(
-        x, "affine", lost == 0, note=f"{lost} channels with zero scale: set to the running mean" if lost else ""
-    )
+    note = f"{lost} channels with zero scale: set to the running mean" if lost else ""
+    handed = None
+    if ctx.constraints is not None:  # the same affine map on the bounds; a negative scale swaps them
+        lower, upper = ((b - beta) * scale + mean for b in (ctx.constraints.lower, ctx.constraints.upper))
+        swap = scale < 0
+        inf = torch.full_like(lower, torch.inf)
+        lower, upper = torch.where(swap, upper, lower), torch.where(swap, lower, upper)
+        handed = Constraints(torch.where(zero, -inf, lower), torch.where(zero, inf, upper))
+    return StepResult(x, "affine", lost == 0, note=note, constraints=handed)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -135,6 +187,9 @@ def _invert_linear(module: nn.Module, record: LayerRecord, y: torch.Tensor, ctx:
             f"y: expected a last dimension of {module.out_features} (out_features of Linear {record.name!r}), got "
             f"shape {tuple(y.shape)}"
         )
+    if ctx.constraints is not None and y.ndim == 2:
+        bias = None if module.bias is None else module.bias.detach()
+        return active_set_step(MatrixOperator.from_linear(module), ctx.constraints, bias, ctx)
     solved = linear_pinv(module, ctx.options.rtol)
     z = y if module.bias is None else y - module.bias.detach().to(y)
     x = z @ solved.pinv.to(y).mT

@@ -1,4 +1,4 @@
-r"""Inverses of pointwise nonlinearities beyond the ReLU family: bijective, clipping, and non-injective ones.
+r"""Inverses of pointwise nonlinearities beyond CReLU and LeakyReLU: bijective, clipping, and non-injective ones.
 
 Three kinds, one policy for what cannot be an output:
 
@@ -8,9 +8,10 @@ Three kinds, one policy for what cannot be an output:
   input is only as good as that factor allows. Entries *at* the boundary of the range (``tanh(x)`` rounded to 1,
   ``elu(x)`` rounded to :math:`-\alpha`, ``softplus(x)`` underflowed to 0) have lost their input: the estimate is an
   input just beyond the point where the output rounds to it, and the step is not exact.
-- **clipping** (ReLU6, Hardtanh): entries strictly inside the clip levels are returned as they are (exact); an entry at
-  a clip level only says the input was beyond it (estimate: the clip level). ``exact`` when nothing in the batch is
-  clipped.
+- **clipping** (ReLU, ReLU6, Hardtanh): entries strictly inside the clip levels are equations (:math:`z = y`); an entry
+  at a clip level only says the input was beyond it, an inequality. With ``relu="active_set"`` (the default) both are
+  handed to the layer below, which solves them (:mod:`invertnet.activeset`); with ``relu="identity"`` a clipped entry
+  is set to its level (the paper's ReLU baseline). ``exact`` on its own when nothing in the batch is clipped.
 - **not injective** (SiLU, GELU in both forms, Mish, Hardswish): each has one minimum at :math:`x^*`; the inverse is
   taken on the branch :math:`x \ge x^*` that contains every positive value (safeguarded Newton to float rounding, or a
   closed form for Hardswish). Values in :math:`(f(x^*), 0)` also have a preimage on the other branch, which is lost;
@@ -32,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from invertnet.activeset import Constraints, clip_levels
 from invertnet.errors import OutOfRangeError, UnsupportedLayerError
 from invertnet.inverses.registry import InversionContext, StepResult, register_inverse
 from invertnet.trace import LayerRecord
@@ -231,20 +233,42 @@ def _invert_sigmoid(module: nn.Module, record: LayerRecord, y: torch.Tensor, ctx
 # clipping
 
 
-@register_inverse(nn.Hardtanh, nn.ReLU6)
-def _invert_hardtanh(module: nn.Module, record: LayerRecord, y: torch.Tensor, ctx: InversionContext) -> StepResult:
-    if not isinstance(module, nn.Hardtanh):
-        raise UnsupportedLayerError(f"expected a Hardtanh or ReLU6, got {type(module).__name__}")
-    lo, hi = float(module.min_val), float(module.max_val)
-    y, note = _guard(y, lo, hi, record, ctx, f"[{lo:g}, {hi:g}]")
-    clipped = (y == lo) | (y == hi)
-    if bool(clipped.any()):
+@register_inverse(nn.ReLU, nn.Hardtanh, nn.ReLU6)
+def _invert_clip(module: nn.Module, record: LayerRecord, y: torch.Tensor, ctx: InversionContext) -> StepResult:
+    r"""ReLU, ReLU6, Hardtanh: :math:`y = \mathrm{clip}(z, \ell, u)`, inside the levels :math:`z = y`; at a level lost.
+
+    ``relu="active_set"``: an entry at a level is an inequality on :math:`z` (:math:`z \le \ell` or :math:`z \ge u`),
+    handed with the equations to the layer below (:mod:`invertnet.activeset`), which solves them; the estimate here
+    is provisional until it does. ``relu="identity"``: the output is returned as it is (the paper's baseline for ReLU;
+    a clipped entry is set to its level).
+    """
+    lo, hi = clip_levels(module)
+    y, note = _guard(y, lo, math.inf if hi is None else hi, record, ctx, _levels(lo, hi))
+    clipped = (y == lo) | (y == hi) if hi is not None else y == lo
+    if ctx.relu == "active_set" and ctx.constraints is not None:
+        note = _join(note, "the constraints from above carried through the clip to the layer below")
+        return StepResult(y, "active_set", False, False, note, constraints=ctx.constraints.clip_preimage(lo, hi))
+    if not bool(clipped.any()):
+        return StepResult(y, "identity", not note, note=note)
+    if ctx.relu == "active_set" and not ctx.exact:
         note = _join(
-            note,
-            f"{_share(clipped)} at a clip level ({lo:g} or {hi:g}): their input is only known to be beyond it "
-            "(set to the clip level)",
+            note, "the estimate from above is not exact, so its clipped entries are no facts: identity reading"
         )
-    return StepResult(y, "clip", not note, note=note)
+    elif ctx.relu == "active_set":
+        handed = f"{_share(clipped)} at a clip level: inequalities handed with the equations to the layer below"
+        constraints = Constraints.equations(y).clip_preimage(lo, hi)
+        return StepResult(y, "active_set", False, False, _join(note, handed), constraints=constraints)
+    lost = (
+        "negative part lost (the paper's ReLU baseline)"
+        if hi is None
+        else f"{_share(clipped)} at a clip level ({lo:g} or {hi:g}): their input is only known to be beyond it "
+        "(set to the clip level)"
+    )
+    return StepResult(y, "identity", False, note=_join(note, lost))
+
+
+def _levels(lo: float, hi: float | None) -> str:
+    return f"[{lo:g}, inf)" if hi is None else f"[{lo:g}, {hi:g}]"
 
 
 # ---------------------------------------------------------------------------------------------------------------------

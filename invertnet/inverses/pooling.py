@@ -1,5 +1,8 @@
 r"""Inverses of pooling: max-pooling with the forward pass's switches (or a guess), averaging by its pseudo-inverse.
 
+With ``relu="active_set"`` max-pooling with switches also hands down what its output says of its input: the
+value at each switch (an equation), and the window's maximum as an upper bound on every other pixel it reads.
+
 Adaptive pooling is separable along height and width: its average by the separable closed form, its maximum by the
 switches.
 """
@@ -12,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from invertnet.activeset import Constraints
 from invertnet.errors import UnsupportedLayerError
 from invertnet.inverses.linear import linear_step
 from invertnet.inverses.registry import InversionContext, StepResult, register_inverse
@@ -19,7 +23,25 @@ from invertnet.operators import ConvOperator
 from invertnet.pinv import conv_pinv
 from invertnet.trace import LayerRecord
 
-__all__: list[str] = []
+__all__: list[str] = ["window_minimum"]
+
+
+def window_minimum(module: nn.MaxPool2d, y: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    r"""Per input pixel, the smallest maximum :math:`y_w` of the pooling windows :math:`w` that contain it.
+
+    A bound on the pooled input: :math:`x_p \le \min_{w \ni p} y_w`; :math:`+\infty` where no window reads
+    :math:`p`. ``(N, C, *size)`` from ``y`` of shape ``(N, C, H', W')``; no ``ceil_mode``.
+    """
+    h, w = size
+    pixels = torch.arange(1, h * w + 1, dtype=torch.float64, device=y.device).reshape(1, 1, h, w)
+    read = F.unfold(pixels, module.kernel_size, module.dilation, module.padding, module.stride)  # 0: padding
+    index = (read.long() - 1).squeeze(0)  # (k, L); -1 where a window reaches into the padding
+    index = torch.where(index < 0, h * w, index)  # a spare slot for the padding
+    n, c = y.shape[:2]
+    values = y.flatten(2).unsqueeze(2).expand(n, c, index.shape[0], -1)
+    bound = torch.full((n, c, h * w + 1), torch.inf, dtype=y.dtype, device=y.device)
+    bound.scatter_reduce_(2, index.flatten().expand(n, c, -1), values.flatten(2), "amin")
+    return bound[..., : h * w].reshape(n, c, h, w)
 
 
 @register_inverse(nn.MaxPool2d)
@@ -37,16 +59,18 @@ def _invert_maxpool(module: nn.Module, record: LayerRecord, y: torch.Tensor, ctx
             module.ceil_mode,
             return_indices=True,
         )
+        index = switches.flatten(2).expand(y.shape[0], -1, -1)
         flat = y.new_zeros(y.shape[0], c, h * w)
-        flat.scatter_reduce_(
-            2, switches.flatten(2).expand(y.shape[0], -1, -1), y.flatten(2), "mean", include_self=False
-        )
-        return StepResult(
-            flat.reshape(-1, c, h, w),
-            "switches",
-            False,
-            note="non-maximal values lost; unpooled with the forward pass's switches (Zeiler & Fergus)",
-        )
+        flat.scatter_reduce_(2, index, y.flatten(2), "mean", include_self=False)
+        estimate = flat.reshape(-1, c, h, w)
+        note = "non-maximal values lost; unpooled with the forward pass's switches (Zeiler & Fergus)"
+        if ctx.relu != "active_set" or module.ceil_mode or not ctx.exact:
+            return StepResult(estimate, "switches", False, note=note)
+        known = torch.zeros_like(flat, dtype=torch.bool).scatter_(2, index, True).reshape(estimate.shape)
+        upper = torch.maximum(window_minimum(module, y, (h, w)), estimate)
+        lower = torch.where(known, estimate, -torch.inf)
+        note += "; the switches (equations) and window maxima (bounds) handed to the layer below"
+        return StepResult(estimate, "switches", False, note=note, constraints=Constraints(lower, upper))
     if module.ceil_mode:
         raise UnsupportedLayerError(
             f"expected MaxPool2d {record.name!r} without ceil_mode for maxpool='guess', got ceil_mode=True; "

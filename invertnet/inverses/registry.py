@@ -8,12 +8,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from invertnet.activeset import Constraints
 from invertnet.errors import OptionError, TrainingModeError, UnsupportedLayerError
 from invertnet.pinv import SolveOptions
 from invertnet.trace import LayerRecord
 
 __all__ = [
     "MAXPOOL_MODES",
+    "RELU_MODES",
     "InversionContext",
     "LayerInverse",
     "StepResult",
@@ -26,6 +28,10 @@ __all__ = [
 
 #: How max-pooling is undone: with the forward pass's switches, or by a guess without them.
 MAXPOOL_MODES = ("switches", "guess")
+
+#: How ReLU, ReLU6 and Hardtanh are undone: through their active set (their output read as equations and
+#: inequalities, solved with the layer below), or as the identity (the paper's baseline).
+RELU_MODES = ("active_set", "identity")
 
 
 @dataclass(frozen=True)
@@ -42,12 +48,25 @@ class InversionContext:
         Cutoffs and tolerances of the convolution routes.
     top : bool
         Whether the layer is the top one, whose output are the true features (CReLU outputs are then checked).
+    relu : str, default "active_set"
+        One of :data:`RELU_MODES`.
+    exact : bool, default True
+        ``y`` is proven exact (the features, or an estimate every step above returned exactly). A clipping
+        activation reads its zeros as facts (inequalities) only then.
+    constraints : Constraints, optional
+        What the step above (a clipping activation read through its active set) knows of this layer's output:
+        equations and inequalities. A layer that can solve them (Conv2d, Linear) does, and says so
+        (:attr:`StepResult.resolves`); one that can carry them to its input (BatchNorm2d, Identity) hands them
+        down (:attr:`StepResult.constraints`); any other ignores them and inverts ``y``.
     """
 
     method: str
     maxpool: str
     options: SolveOptions
     top: bool
+    relu: str = "active_set"
+    exact: bool = True
+    constraints: Constraints | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +85,12 @@ class StepResult:
         Computed without iteration.
     note : str
         What is lost, or how the route was chosen.
+    constraints : Constraints, optional
+        Constraints on the layer's input handed to the layer below; ``estimate`` is then provisional (the walk
+        replaces it once a layer below solves them).
+    resolves : bool, default False
+        The step solved the constraints of :attr:`InversionContext.constraints`: its estimate is consistent
+        with every step that handed them down, and ``exact`` holds for that whole chain.
     """
 
     estimate: torch.Tensor
@@ -73,6 +98,8 @@ class StepResult:
     exact: bool
     closed_form: bool = True
     note: str = ""
+    constraints: Constraints | None = None
+    resolves: bool = False
 
 
 LayerInverse = Callable[[nn.Module, LayerRecord, torch.Tensor, InversionContext], StepResult]
