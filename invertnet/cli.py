@@ -24,6 +24,7 @@ import torch
 from invertnet.compare import compare_methods, format_comparison
 from invertnet.errors import InvertnetError
 from invertnet.graph import check_layer, graph_layers
+from invertnet.information import crelu_twin, format_information, layer_information
 from invertnet.injectivity import injectivity_report
 from invertnet.io import MAX_IMAGE_SIZE, check_image_path, load_image, load_state_dict, save_image
 from invertnet.joint import LBFGS_ROUND, JointOptions
@@ -33,13 +34,21 @@ from invertnet.plotting import (
     FIGURE_SUFFIXES,
     check_figure_path,
     comparison_figure,
+    information_figure,
     layer_row_figure,
     pairing_figure,
     reconstruction_figure,
     save_figure,
     spectrum_figure,
 )
-from invertnet.reconstruct import MAXPOOL_MODES, RECONSTRUCTION_METHODS, Reconstruction, invert_jointly, reconstruct
+from invertnet.reconstruct import (
+    MAXPOOL_MODES,
+    RECONSTRUCTION_METHODS,
+    RELU_MODES,
+    Reconstruction,
+    invert_jointly,
+    reconstruct,
+)
 from invertnet.specs import check_spec, describe_spec, load_model
 from invertnet.trace import find_layer
 
@@ -247,6 +256,14 @@ def _cap_size(ctx: click.Context, param: click.Parameter, value: int | None) -> 
     return value
 
 
+relu_option = click.option(
+    "--relu",
+    type=click.Choice(RELU_MODES),
+    default="active_set",
+    show_default=True,
+    help="ReLU, ReLU6, Hardtanh: solve their equations and inequalities with the layer below, or read them as "
+    "the identity (the paper's baseline).",
+)
 size_option = click.option(
     "--size",
     type=click.IntRange(min=8),
@@ -305,6 +322,7 @@ def cli() -> None:
     show_default=True,
     help="Unpool max-pooling with the forward pass's switches, or guess without them.",
 )
+@relu_option
 @size_option
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
 @click.option("--dtype", type=click.Choice(sorted(DTYPES)), default="float64", show_default=True)
@@ -325,6 +343,7 @@ def reconstruct_command(
     seed: int,
     method: str,
     maxpool: str,
+    relu: str,
     size: int | None,
     device: str,
     dtype: str,
@@ -376,7 +395,7 @@ def reconstruct_command(
                 f"{float(result.feature_residual[0]):.2g}{'; ' + result.note if result.note else ''}"
             )
         else:
-            result = reconstruct(model, picture, name, method, maxpool=maxpool, progress=_progress())
+            result = reconstruct(model, picture, name, method, maxpool=maxpool, relu=relu, progress=_progress())
         click.echo(f"{name:>8}  {_metrics(result)}   ({_losses(result)})")
         results.append(result)
     if all_layers:
@@ -457,6 +476,65 @@ def compare_command(
     rows = compare_methods(model, picture, layers, methods, joint=_joint_options(tv), progress=_progress())
     click.echo(format_comparison(rows))
     save_figure(comparison_figure(rows, picture), out)
+    click.echo(f"wrote {out}")
+
+
+@cli.command("information")
+@click.argument("image", type=click.Path(path_type=Path))
+@click.option(
+    "--model",
+    "model_name",
+    default="all-cnn-b-relu",
+    show_default=True,
+    metavar="SPEC",
+    help="A ReLU network: a built-in model, 'package.module:callable', 'path/to/file.py:callable' or "
+    "'torchvision:NAME'.",
+)
+@weights_option
+@seed_option
+@click.option(
+    "--layers", "layer_list", default=None, help="Comma-separated layers [default: the model's conv1..conv4]."
+)
+@click.option("--twin/--no-twin", default=True, show_default=True, help="Compare with the CReLU twin (half filters).")
+@size_option
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=None, help="Figure [default: IMAGE-STEM_information.png]."
+)
+@click.option("--force", is_flag=True, help="Overwrite an existing figure.")
+def information_command(
+    image: Path,
+    model_name: str,
+    weights: Path | None,
+    seed: int,
+    layer_list: str | None,
+    twin: bool,
+    size: int | None,
+    device: str,
+    out: Path | None,
+    force: bool,
+) -> None:
+    """What each ReLU layer keeps of IMAGE: active share, certificate, PSNR by reading.
+
+    Per layer: the share of outputs that are equations, whether they determine the layer's input (certificate),
+    and the PSNR of the reconstruction through the active set, as the identity (the paper's baseline) and by the
+    CReLU twin of the network. Computed in float64.
+    """
+    layers = (
+        _names(layer_list, "--layers") if layer_list is not None else list(_figure_layers(model_name, "information"))
+    )
+    out = out or Path(f"{image.stem}_information.png")
+    _claim([out], force, figures=(0,), inputs=(image,))
+    model = _model(model_name, weights, seed, _device(device), torch.float64)
+    for name in layers:
+        check_layer(model, name)
+    picture, note = load_image(image, _side(model_name, size))
+    if note:
+        click.echo(f"input: {note}")
+    rows = layer_information(model, picture, layers, twin=crelu_twin(model) if twin else None, progress=_progress())
+    click.echo(format_information(rows))
+    click.echo(f"certificate ({rows[0].layer}): {rows[0].certificate}")
+    save_figure(information_figure(rows, f"{model_name}, {picture.shape[-1]} px"), out)
     click.echo(f"wrote {out}")
 
 

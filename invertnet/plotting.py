@@ -23,6 +23,7 @@ import torch
 from matplotlib.figure import Figure
 
 from invertnet.compare import ComparisonRow
+from invertnet.information import LayerInformation
 from invertnet.injectivity import LayerSpectrum
 from invertnet.io import atomic_write, check_suffix
 from invertnet.pairing import Pairing, random_mu_cdf, random_pairing
@@ -32,6 +33,7 @@ __all__ = [
     "FIGURE_SUFFIXES",
     "check_figure_path",
     "comparison_figure",
+    "information_figure",
     "layer_row_figure",
     "pairing_figure",
     "reconstruction_figure",
@@ -156,6 +158,38 @@ def pairing_figure(pairings: Mapping[str, Pairing], labels: Sequence[str] | None
         ax.set_xlim(-1, 1)
     axes[0].set_ylabel("density")
     axes[0].legend(fontsize=7)
+    return fig
+
+
+def information_figure(rows: Sequence[LayerInformation], title: str = "") -> Figure:
+    """What each ReLU layer keeps: PSNR of the three readings by layer, and the active and determined shares."""
+    if not rows:
+        raise ValueError("information_figure: expected at least one row of layer_information, got none")
+    fig = Figure(figsize=(9.0, 3.4), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    depth = np.arange(len(rows))
+    names = [r.layer for r in rows]
+    for attribute, label, style in (
+        ("psnr_active_set", "ReLU, active set", "o-"),
+        ("psnr_identity", "ReLU, identity (paper's baseline)", "s--"),
+        ("psnr_twin", "CReLU twin (half filters)", "^-"),
+    ):
+        values = np.array([getattr(r, attribute) for r in rows], dtype=float)
+        if np.isfinite(values).any():
+            left.plot(depth, values, style, label=label)
+    left.set_xticks(depth, names)
+    left.set_ylabel("PSNR (dB)")
+    left.set_title("reconstruction from each layer", fontsize=10)
+    left.legend(fontsize=8)
+    width = 0.38
+    right.bar(depth - width / 2, [r.active_share for r in rows], width, label="active share (equations)")
+    right.bar(depth + width / 2, [r.determined / r.images for r in rows], width, label="images determined")
+    right.set_xticks(depth, names)
+    right.set_ylim(0, 1)
+    right.set_title("what the active set says", fontsize=10)
+    right.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
     return fig
 
 

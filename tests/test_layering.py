@@ -33,6 +33,7 @@ LAYERS = {
     "models": 4,
     "specs": 4,
     "pairing": 4,
+    "information": 4,
     "bounds": 4,
     "invariance": 4,
     "sparsity": 4,
