@@ -39,6 +39,8 @@ The house, in layers (imports point down only):
    - :mod:`invertnet.sparsity` -- activation sparsity per layer.
    - :mod:`invertnet.io` -- images (scikit-image), weights (``weights_only=True`` / safetensors).
    - :mod:`invertnet.plotting` -- paper figures.
+   - :mod:`invertnet.evaluate` -- ``evaluate``: every image of a dataset from every layer with every method,
+     resumable and distributed (``torchrun``); ``summarize``: means with 95% intervals.
 5. :mod:`invertnet.cli` -- the ``invertnet`` command, thin.
 
 One vocabulary throughout: a step (and a solve, and a reconstruction) is ``closed_form`` when it is

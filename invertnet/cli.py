@@ -23,10 +23,11 @@ import torch
 
 from invertnet.compare import compare_methods, format_comparison
 from invertnet.errors import InvertnetError
+from invertnet.evaluate import evaluate, format_summary, process_group, summarize, write_summary
 from invertnet.graph import check_layer, graph_layers
 from invertnet.information import crelu_twin, format_information, layer_information
 from invertnet.injectivity import injectivity_report
-from invertnet.io import MAX_IMAGE_SIZE, check_image_path, load_image, load_state_dict, save_image
+from invertnet.io import MAX_IMAGE_SIZE, check_image_path, check_suffix, load_image, load_state_dict, save_image
 from invertnet.joint import LBFGS_ROUND, JointOptions
 from invertnet.models import MODELS, count_parameters
 from invertnet.pairing import expected_random_mu, pairing_by_layer
@@ -34,6 +35,7 @@ from invertnet.plotting import (
     FIGURE_SUFFIXES,
     check_figure_path,
     comparison_figure,
+    evaluation_figure,
     information_figure,
     layer_row_figure,
     pairing_figure,
@@ -151,13 +153,20 @@ def _figure_layers(spec: str, option: str) -> tuple[str, ...]:
     return zoo.figure_layers
 
 
-def _claim(paths: list[Path], force: bool, *, figures: tuple[int, ...] = (), inputs: tuple[Path, ...] = ()) -> None:
+def _claim(
+    paths: list[Path],
+    force: bool,
+    *,
+    figures: tuple[int, ...] = (),
+    tables: tuple[int, ...] = (),
+    inputs: tuple[Path, ...] = (),
+) -> None:
     """Refuse outputs that cannot be written or exist (without --force), before any work is done.
 
-    ``paths[i]`` is a figure (any extension matplotlib writes) for ``i`` in ``figures``, else an image
-    (an extension of :data:`invertnet.io.IMAGE_SUFFIXES`). An output that is one of ``inputs`` is
-    refused even with --force. Each directory is probed by creating and removing a temporary file:
-    ``os.access`` says yes to root even where writing fails.
+    ``paths[i]`` is a figure (any extension matplotlib writes) for ``i`` in ``figures``, a ``.csv`` table
+    for ``i`` in ``tables``, else an image (an extension of :data:`invertnet.io.IMAGE_SUFFIXES`). An output
+    that is one of ``inputs`` is refused even with --force. Each directory is probed by creating and removing
+    a temporary file: ``os.access`` says yes to root even where writing fails.
     """
     probed: set[Path] = set()
     sources = {p.resolve() for p in inputs if p.exists()}
@@ -168,7 +177,10 @@ def _claim(paths: list[Path], force: bool, *, figures: tuple[int, ...] = (), inp
             )
         if path.is_dir():
             raise click.ClickException(f"cannot write {str(path)!r}: it is a directory; give a file name with --out")
-        (check_figure_path if i in figures else check_image_path)(path)
+        if i in tables:
+            check_suffix(path, (".csv",), "a table file name")
+        else:
+            (check_figure_path if i in figures else check_image_path)(path)
         if path.exists() and not force:
             raise click.ClickException(f"{str(path)!r} exists; pass --force to overwrite it or choose another --out")
         if not path.parent.is_dir():
@@ -273,7 +285,17 @@ size_option = click.option(
 )
 
 
+maxpool_option = click.option(
+    "--maxpool",
+    type=click.Choice(MAXPOOL_MODES),
+    default="switches",
+    show_default=True,
+    help="Unpool max-pooling with the forward pass's switches, or guess without them.",
+)
+
+
 def _set_threads(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    ctx.meta["invertnet.threads"] = value  # evaluate's ranks take a share of the CPUs when not given
     if value is not None:
         torch.set_num_threads(value)
         with contextlib.suppress(RuntimeError):  # settable once per process, before any inter-op work
@@ -315,13 +337,7 @@ def cli() -> None:
     show_default=True,
     help="How convolutions are inverted.",
 )
-@click.option(
-    "--maxpool",
-    type=click.Choice(MAXPOOL_MODES),
-    default="switches",
-    show_default=True,
-    help="Unpool max-pooling with the forward pass's switches, or guess without them.",
-)
+@maxpool_option
 @relu_option
 @size_option
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
@@ -417,6 +433,17 @@ def _names(text: str, option: str) -> list[str]:
     return names
 
 
+def _methods(text: str) -> list[str]:
+    methods = _names(text, "--methods")
+    unknown = [m for m in methods if m not in RECONSTRUCTION_METHODS]
+    if unknown:
+        raise click.BadParameter(
+            f"expected methods among {', '.join(RECONSTRUCTION_METHODS)}, got {', '.join(unknown)}",
+            param_hint="--methods",
+        )
+    return methods
+
+
 @cli.command("compare")
 @click.argument("image", type=click.Path(path_type=Path))
 @model_option
@@ -458,13 +485,7 @@ def compare_command(
     the figure has one row per method and one column per layer.
     """
     layers = _names(layer_list, "--layers") if layer_list is not None else list(_figure_layers(model_name, "compare"))
-    methods = _names(method_list, "--methods")
-    unknown = [m for m in methods if m not in RECONSTRUCTION_METHODS]
-    if unknown:
-        raise click.BadParameter(
-            f"expected methods among {', '.join(RECONSTRUCTION_METHODS)}, got {', '.join(unknown)}",
-            param_hint="--methods",
-        )
+    methods = _methods(method_list)
     out = out or Path(f"{image.stem}_compare.png")
     _claim([out], force, figures=(0,), inputs=(image,))
     model = _model(model_name, weights, seed, _device(device), DTYPES[dtype])
@@ -477,6 +498,104 @@ def compare_command(
     click.echo(format_comparison(rows))
     save_figure(comparison_figure(rows, picture), out)
     click.echo(f"wrote {out}")
+
+
+@cli.command("evaluate")
+@click.argument("images")
+@model_option
+@weights_option
+@seed_option
+@click.option(
+    "--layers", "layer_list", default=None, help="Comma-separated layers [default: the model's conv1..conv4]."
+)
+@click.option(
+    "--methods",
+    "method_list",
+    default="auto",
+    show_default=True,
+    help=f"Comma-separated, among {', '.join(RECONSTRUCTION_METHODS)}.",
+)
+@size_option
+@maxpool_option
+@relu_option
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ... (cuda: one per rank).")
+@click.option("--dtype", type=click.Choice(sorted(DTYPES)), default="float64", show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Results CSV, one row per image, layer and method; an existing one with the same settings is resumed.",
+)
+@click.option("--summary", type=click.Path(path_type=Path), default=None, help="Summary CSV (layer x method).")
+@click.option("--figure", type=click.Path(path_type=Path), default=None, help="PSNR against depth per method.")
+@tv_option
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Overwrite --summary and --figure, and an --out of other settings (same settings: always resumed).",
+)
+@click.pass_context
+def evaluate_command(
+    ctx: click.Context,
+    images: str,
+    model_name: str,
+    weights: Path | None,
+    seed: int,
+    layer_list: str | None,
+    method_list: str,
+    size: int | None,
+    maxpool: str,
+    relu: str,
+    device: str,
+    dtype: str,
+    out: Path,
+    summary: Path | None,
+    figure: Path | None,
+    tv: float,
+    force: bool,
+) -> None:
+    """Reconstruct every image of IMAGES (a folder or a quoted glob) from each layer with each method.
+
+    Appends one row per image, layer and method to --out as it goes (PSNR, SSIM, relative error,
+    feature residual, exact, route, seconds): a re-run skips the rows already there. Prints the mean of
+    each layer and method with its 95% interval. Under 'torchrun --nproc_per_node=N -m invertnet
+    evaluate ...' the images are shared among the N processes and rank 0 writes the one file.
+    """
+    layers = _names(layer_list, "--layers") if layer_list is not None else list(_figure_layers(model_name, "evaluate"))
+    methods = _methods(method_list)
+    if summary is not None:
+        _claim([summary], force, tables=(0,))
+    if figure is not None:
+        _claim([figure], force, figures=(0,))
+    _claim([out], True, tables=(0,))  # an existing --out is resumed; evaluate refuses one of other settings
+    with process_group(_device(device), ctx.find_root().meta.get("invertnet.threads")) as process:
+        model = _model(model_name, weights, seed, process.device, DTYPES[dtype])
+        rows = evaluate(
+            model,
+            images,
+            layers,
+            methods,
+            size=_side(model_name, size),
+            maxpool=maxpool,
+            relu=relu,
+            joint=_joint_options(tv) if "joint" in methods else None,
+            model_name=model_name,
+            out=out,
+            overwrite=force,
+            progress=_progress(),
+        )
+    if process.rank != 0:
+        return
+    table = summarize(rows)
+    click.echo(format_summary(table))
+    ranks = f", {process.world} processes" if process.world > 1 else ""
+    click.echo(f"wrote {out} ({len(rows)} rows{ranks})")
+    if summary is not None:
+        write_summary(table, summary)
+        click.echo(f"wrote {summary}")
+    if figure is not None:
+        save_figure(evaluation_figure(table), figure)
+        click.echo(f"wrote {figure}")
 
 
 @cli.command("information")

@@ -25,6 +25,7 @@ __all__ = [
     "OptionError",
     "OutOfRangeError",
     "OutputPathError",
+    "ResultsFileError",
     "RouteError",
     "ShapeError",
     "TooLargeError",
@@ -120,3 +121,7 @@ class InvalidActivationOutputError(InvertnetError, ValueError):
 
 class ModelSpecError(InvertnetError, ValueError):
     """A ``--model`` string that names no model: unknown, unimportable, or not a callable returning a module."""
+
+
+class ResultsFileError(InvertnetError, ValueError):
+    """A results file that cannot be resumed: other columns, rows of other settings, or a damaged line."""

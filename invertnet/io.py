@@ -63,7 +63,7 @@ def check_suffix(path: str | os.PathLike[str], suffixes: tuple[str, ...], what: 
         got = repr(path.suffix) if path.suffix else "no extension"
         raise OutputPathError(
             f"expected {what} ending in {', '.join(suffixes)}, got {str(path)!r} with {got}; "
-            f"add an extension, e.g. {path.stem or 'out'}.png"
+            f"add an extension, e.g. {path.stem or 'out'}{'.png' if '.png' in suffixes else suffixes[0]}"
         )
     return path
 

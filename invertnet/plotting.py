@@ -7,6 +7,7 @@ r"""Figures for papers (matplotlib, no global pyplot state).
 - :func:`pairing_figure`: per layer, the histogram of the pairing cosines :math:`\mu_i` against
   Gaussian random filters of the same shape (the paper's Figs. 2-3).
 - :func:`spectrum_figure`: singular values of every layer of an injectivity report.
+- :func:`evaluation_figure`: mean PSNR against depth per method, with 95% intervals, over a dataset.
 - :func:`save_figure`: write a figure atomically (PNG, PDF, SVG, ... by the suffix);
   :func:`check_figure_path` refuses a suffix matplotlib cannot write, before any work.
 """
@@ -23,6 +24,7 @@ import torch
 from matplotlib.figure import Figure
 
 from invertnet.compare import ComparisonRow
+from invertnet.evaluate import SummaryRow
 from invertnet.information import LayerInformation
 from invertnet.injectivity import LayerSpectrum
 from invertnet.io import atomic_write, check_suffix
@@ -33,6 +35,7 @@ __all__ = [
     "FIGURE_SUFFIXES",
     "check_figure_path",
     "comparison_figure",
+    "evaluation_figure",
     "information_figure",
     "layer_row_figure",
     "pairing_figure",
@@ -228,4 +231,34 @@ def spectrum_figure(report: Sequence[LayerSpectrum]) -> Figure:
         "singular values per layer (dashed: circulant approximation; dot: exact $\\sigma_{\\min}$)", fontsize=9
     )
     ax.legend(fontsize=7)
+    return fig
+
+
+def evaluation_figure(summary: Sequence[SummaryRow]) -> Figure:
+    """Mean PSNR against depth (the layers in their order), one line per method, with the 95% intervals.
+
+    ``summary`` is :func:`invertnet.evaluate.summarize`'s; an interval of one image (NaN) has no bar.
+    """
+    if not summary:
+        raise ValueError("evaluation_figure: expected at least one summary row, got none")
+    layers = list(dict.fromkeys(s.layer for s in summary))
+    fig = Figure(figsize=(1.2 * len(layers) + 4.5, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for method in dict.fromkeys(s.method for s in summary):
+        rows = [s for s in summary if s.method == method]
+        depth = [layers.index(s.layer) for s in rows]
+        ax.errorbar(
+            depth,
+            [s.psnr for s in rows],
+            yerr=[0.0 if np.isnan(s.psnr_ci) else s.psnr_ci for s in rows],
+            marker="o",
+            capsize=4,
+            label=method,
+        )
+    ax.set_xticks(range(len(layers)), layers)
+    ax.set_xlabel("layer reconstructed from")
+    ax.set_ylabel("PSNR (dB)")
+    counts = sorted({s.n for s in summary})
+    ax.set_title(f"mean PSNR with 95% t-interval (n = {', '.join(map(str, counts))} images)", fontsize=9)
+    ax.legend(title="method", fontsize=8)
     return fig

@@ -39,6 +39,7 @@ LAYERS = {
     "sparsity": 4,
     "io": 4,
     "plotting": 4,
+    "evaluate": 4,
     "cli": 5,
     "__main__": 5,
 }

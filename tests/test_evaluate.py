@@ -1,0 +1,332 @@
+"""invertnet evaluate: rows, resume, summary, errors, the command line, and a 2-process torchrun."""
+
+import dataclasses
+import math
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from scipy import stats
+from skimage import io as skio
+
+import invertnet.evaluate as ev
+from invertnet import JointOptions, LayerNotFoundError, OptionError, reconstruct
+from invertnet.cli import cli
+from invertnet.errors import ImageReadError, ResultsFileError
+from invertnet.evaluate import EvaluationRow, evaluate, image_files, read_rows, summarize
+from invertnet.io import load_image
+from invertnet.specs import load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAIN = f"{ROOT / 'tests' / 'user_models.py'}:make_seeded_chain"
+LAYERS, METHODS = ["1", "3"], ["auto", "patch"]
+
+
+@pytest.fixture
+def images(tmp_path):
+    """Three 20x24 RGB images (load_image centre-crops them to 20x20) in their own folder."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("c.png", "a.png", "b.png"):
+        skio.imsave(folder / name, rng.integers(0, 256, (20, 24, 3), dtype=np.uint8), check_contrast=False)
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+@pytest.fixture
+def model():
+    return load_model(CHAIN).double().eval()
+
+
+def _run(model, images, out=None, **kwargs):
+    return evaluate(model, images, kwargs.pop("layers", LAYERS), kwargs.pop("methods", METHODS), out=out, **kwargs)
+
+
+def _count_calls(monkeypatch):
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(args[2:4])
+        return reconstruct(*args, **kwargs)
+
+    monkeypatch.setattr(ev, "reconstruct", counted)
+    return calls
+
+
+def test_rows_equal_direct_reconstructions(model, images, tmp_path):
+    out = tmp_path / "rows.csv"
+    rows = _run(model, images, out, size=12)
+    assert [(Path(r.image).name, r.layer, r.method) for r in rows] == [
+        (name, layer, method) for name in ("a.png", "b.png", "c.png") for layer in LAYERS for method in METHODS
+    ]
+    for row in rows:
+        picture = load_image(row.image, 12)[0]
+        direct = reconstruct(model, picture, row.layer, row.method)
+        assert row.psnr == pytest.approx(float(direct.psnr[0]), rel=1e-12)
+        assert row.ssim == pytest.approx(float(direct.ssim[0]), rel=1e-12)
+        assert row.relative_error == pytest.approx(float(direct.relative_error[0]), rel=1e-9, abs=1e-15)
+        assert row.feature_residual == pytest.approx(float(direct.feature_residual[0]), rel=1e-9, abs=1e-15)
+        assert (row.exact, row.closed_form) == (direct.exact, direct.closed_form)
+        assert row.route == ">".join(step.route for step in direct.steps)
+        assert (row.size, row.dtype, row.model, row.seconds > 0) == (12, "float64", "Sequential", True)
+    # layer 1 is injective (12 filters of 3x3x3 on a CReLU): exact to rounding; the patch route is closed form
+    by_key = {(Path(r.image).name, r.layer, r.method): r for r in rows}
+    assert by_key["a.png", "1", "auto"].exact
+    assert by_key["a.png", "1", "auto"].relative_error < 1e-12
+    assert by_key["a.png", "1", "patch"].route == "invert_crelu>patch"
+    assert read_rows(out) == rows  # floats round-trip bit for bit
+
+
+def test_joint_rows_say_joint(model, images):
+    options = JointOptions(lbfgs_evaluations=10, max_steps=2, tv=0.01, box=(0.0, 1.0))
+    rows = _run(model, [sorted(images.glob("*.png"))[0]], layers=["3"], methods=["joint"], size=12, joint=options)
+    assert [(r.route, r.exact, r.closed_form) for r in rows] == [("joint", False, False)]
+    assert rows[0].joint == repr(options)
+
+
+def test_resume_computes_only_missing_rows(model, images, tmp_path, monkeypatch):
+    out = tmp_path / "rows.csv"
+    first = _run(model, images, out, size=12, methods=["patch"])
+    before = out.read_bytes()
+    calls = _count_calls(monkeypatch)
+    again = _run(model, images, out, size=12, methods=["patch"])
+    assert calls == []
+    assert again == first
+    assert out.read_bytes() == before
+    more = _run(model, images, out, size=12, methods=["patch", "auto"])
+    assert sorted(calls) == sorted([(layer, "auto") for layer in LAYERS] * 3)
+    assert out.read_bytes().startswith(before)
+    assert [r for r in more if r.method == "patch"] == first
+    assert len(read_rows(out)) == 12
+
+
+def test_truncated_last_line_is_dropped_and_redone(model, images, tmp_path, monkeypatch):
+    out = tmp_path / "rows.csv"
+    rows = _run(model, images, out, size=12, methods=["patch"])
+    data = out.read_bytes()
+    cut = data[: data.rstrip(b"\n").rfind(b"\n") + 20]  # the last line half written, as by a crash
+    out.write_bytes(cut)
+    assert read_rows(out) == rows[:-1]
+    calls = _count_calls(monkeypatch)
+    again = _run(model, images, out, size=12, methods=["patch"])
+    assert calls == [(rows[-1].layer, "patch")]
+    assert again == [*rows[:-1], dataclasses.replace(rows[-1], seconds=again[-1].seconds)]
+    assert out.read_bytes().endswith(b"\n")
+    assert read_rows(out) == again
+
+
+def test_interrupt_keeps_the_finished_rows(model, images, tmp_path, monkeypatch):
+    out = tmp_path / "rows.csv"
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        calls.append(args[2:4])
+        return reconstruct(*args, **kwargs)
+
+    monkeypatch.setattr(ev, "reconstruct", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _run(model, images, out, size=12)
+    assert [(r.layer, r.method) for r in read_rows(out)] == calls
+    monkeypatch.setattr(ev, "reconstruct", reconstruct)
+    assert len(_run(model, images, out, size=12)) == 12
+    assert len(read_rows(out)) == 12
+
+
+def _row(image, psnr, exact=True, layer="conv1", method="auto"):
+    return EvaluationRow(
+        image, layer, method, psnr, psnr / 100, 1 / psnr, psnr / 1000, exact, False, "lsqr", psnr / 10,
+        "m", "0", 32, "float64", "switches", "active_set", "", "",
+    )  # fmt: skip
+
+
+def test_summary_interval_is_the_student_t_interval():
+    values = [30.0, 31.5, 29.0, 33.25]
+    rows = [_row(f"{i}.png", v, exact=i < 3) for i, v in enumerate(values)] + [_row("x.png", 12.0, layer="conv2")]
+    first, second = summarize(rows)
+    low, high = stats.t.interval(0.95, len(values) - 1, loc=np.mean(values), scale=stats.sem(values))
+    assert (first.layer, first.method, first.n) == ("conv1", "auto", 4)
+    assert first.psnr == pytest.approx(np.mean(values), rel=1e-15)
+    assert first.psnr_ci == pytest.approx((high - low) / 2, rel=1e-12)
+    ssim = [v / 100 for v in values]
+    assert first.ssim_ci == pytest.approx(stats.t.ppf(0.975, 3) * np.std(ssim, ddof=1) / 2, rel=1e-12)
+    assert first.exact == 0.75
+    assert first.seconds == pytest.approx(np.mean(values) / 10, rel=1e-15)
+    assert (second.n, second.psnr) == (1, 12.0)
+    assert math.isnan(second.psnr_ci)
+    with pytest.raises(OptionError, match="confidence in"):
+        summarize(rows, confidence=95)
+
+
+def test_images_folder_glob_and_errors(images, tmp_path):
+    assert [p.name for p in image_files(images)] == ["a.png", "b.png", "c.png"]
+    assert [p.name for p in image_files(str(images / "[ab].png"))] == ["a.png", "b.png"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ImageReadError, match=r"in folder .*empty.*found none"):
+        image_files(tmp_path / "empty")
+    with pytest.raises(ImageReadError, match=r"pattern .*\*\.jpg.* matches none"):
+        image_files(str(images / "*.jpg"))
+    with pytest.raises(ImageReadError, match=r"folder of images or a glob pattern, got .*, which does not exist"):
+        image_files(tmp_path / "missing")
+
+
+def test_unknown_method_or_layer_is_refused_before_any_work(model, images, tmp_path):
+    out = tmp_path / "rows.csv"
+    with pytest.raises(OptionError, match=r"expected methods among .*got \['best'\]"):
+        _run(model, images, out, methods=["auto", "best"])
+    with pytest.raises(OptionError, match=r"expected layers, each once, got \['1', '1'\]"):
+        _run(model, images, out, layers=["1", "1"])
+    with pytest.raises(LayerNotFoundError, match="conv9"):
+        _run(model, images, out, layers=["conv9"])
+    assert not out.exists()
+
+
+def test_other_settings_are_refused_unless_overwrite(model, images, tmp_path):
+    out = tmp_path / "rows.csv"
+    _run(model, images, out, size=12, methods=["patch"])
+    with pytest.raises(ResultsFileError, match=r"other settings \(size: 12 in the file, 14 now\); .*overwrite=True"):
+        _run(model, images, out, size=14, methods=["patch"])
+    other = load_model(CHAIN).float().eval()
+    with pytest.raises(ResultsFileError, match=r"model_sha256: .*dtype: 'float64' in the file, 'float32' now"):
+        _run(other, images, out, size=12, methods=["patch"])
+    rows = _run(model, images, out, size=14, methods=["patch"], overwrite=True)
+    assert read_rows(out) == rows
+    assert {r.size for r in rows} == {14}
+
+
+def test_foreign_or_damaged_file_is_refused(model, images, tmp_path):
+    foreign = tmp_path / "foreign.csv"
+    foreign.write_text("name,score\nx,1\n")
+    with pytest.raises(ResultsFileError, match=r"expected the columns of an evaluation .* got name, score"):
+        _run(model, images, foreign, methods=["patch"])
+    assert foreign.read_text() == "name,score\nx,1\n"
+    out = tmp_path / "rows.csv"
+    _run(model, images, out, size=12, methods=["patch"])
+    lines = out.read_text().splitlines(keepends=True)
+    out.write_text("".join([*lines[:2], "a.png,1,patch\n", *lines[2:]]))
+    with pytest.raises(ResultsFileError, match="line 3: expected 19 fields, got 3"):
+        read_rows(out)
+    rows = _run(model, images, foreign, size=12, methods=["patch"], overwrite=True)
+    assert len(read_rows(foreign)) == len(rows) == 6
+
+
+# --- the command line ------------------------------------------------------------------------------------------
+
+
+def _cli(args, cwd):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(cwd)
+        return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def _one_line_error(result, match):
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("invertnet: error: ")
+    assert match in lines[0], lines[0]
+
+
+FAST = ["--model", CHAIN, "--layers", "1,3", "--size", "12"]
+
+
+def test_cli_writes_rows_summary_and_figure(images, tmp_path):
+    result = _cli(
+        ["evaluate", images, *FAST, "--methods", "patch,auto", "--out", "r.csv", "--summary", "s.csv",
+         "--figure", "f.png"],
+        tmp_path,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    table = result.stdout.splitlines()
+    assert table[0].split()[:3] == ["layer", "method", "n"]
+    assert [line.split()[:3] for line in table[1:5]] == [
+        ["1", "patch", "3"], ["1", "auto", "3"], ["3", "patch", "3"], ["3", "auto", "3"],
+    ]  # fmt: skip
+    rows = read_rows(tmp_path / "r.csv")
+    assert len(rows) == 12
+    assert {(r.model, r.size, r.dtype) for r in rows} == {(CHAIN, 12, "float64")}
+    summary = (tmp_path / "s.csv").read_text().splitlines()
+    assert summary[0].startswith("layer,method,n,psnr,psnr_ci,")
+    assert len(summary) == 5
+    assert skio.imread(tmp_path / "f.png").ndim == 3
+    # the same command again: every row is there, nothing is recomputed, the summary files need --force
+    again = _cli(["evaluate", images, *FAST, "--methods", "patch,auto", "--out", "r.csv"], tmp_path)
+    assert again.exit_code == 0, again.output
+    assert read_rows(tmp_path / "r.csv") == rows
+    refused = _cli(["evaluate", images, *FAST, "--methods", "patch", "--out", "r.csv", "--summary", "s.csv"], tmp_path)
+    _one_line_error(refused, "'s.csv' exists; pass --force")
+
+
+def test_cli_settings_mismatch_and_force(images, tmp_path):
+    first = _cli(["evaluate", images, *FAST, "--methods", "patch", "--out", "r.csv"], tmp_path)
+    assert first.exit_code == 0, first.output
+    other = ["evaluate", images, "--model", CHAIN, "--layers", "1", "--size", "16", "--methods", "patch"]
+    refused = _cli([*other, "--out", "r.csv"], tmp_path)
+    _one_line_error(refused, "holds rows of other settings (size: 12 in the file, 16 now)")
+    assert len(read_rows(tmp_path / "r.csv")) == 6
+    forced = _cli([*other, "--out", "r.csv", "--force"], tmp_path)
+    assert forced.exit_code == 0, forced.output
+    assert [(r.layer, r.size) for r in read_rows(tmp_path / "r.csv")] == [("1", 16)] * 3
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["--methods", "auto,best"], "expected methods among"),
+        (["--methods", "auto,auto"], "expected each name once"),
+        (["--layers", "1,conv9"], "conv9"),
+        (["--out", "r.txt"], "ending in .csv, got 'r.txt' with '.txt'; add an extension, e.g. r.csv"),
+        (["--figure", "f.xyz"], "expected a figure file name ending in"),
+        (["--size", "4"], "4 is not in the range x>=8"),
+    ],
+)
+def test_cli_bad_options_one_line(images, tmp_path, args, match):
+    base = ["evaluate", images, "--model", CHAIN, "--layers", "1", "--size", "12", "--out", "r.csv"]
+    result = _cli([*base, *args], tmp_path)
+    _one_line_error(result, match)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]
+
+
+@pytest.mark.parametrize(
+    ("images_arg", "match"),
+    [("empty", "found none"), ("images/*.jpg", "matches none"), ("missing", "which does not exist")],
+)
+def test_cli_no_images_one_line(images, tmp_path, images_arg, match):
+    (tmp_path / "empty").mkdir()
+    result = _cli(["evaluate", images_arg, *FAST, "--methods", "patch", "--out", "r.csv"], tmp_path)
+    _one_line_error(result, match)
+
+
+# --- two processes under torchrun ------------------------------------------------------------------------------
+
+
+def test_torchrun_two_processes_match_one(model, images, tmp_path):
+    """Two gloo ranks on CPU write the rows one process computes; they also resume a file.
+
+    The file starts with 5 of the 12 rows (kept as they are, seconds included); the ranks share the rest.
+    About 15 s: two interpreters importing torch.
+    """
+    single = _run(model, images, tmp_path / "single.csv", size=12, model_name=CHAIN)
+    out = tmp_path / "distributed.csv"
+    out.write_bytes(b"".join((tmp_path / "single.csv").read_bytes().splitlines(keepends=True)[:6]))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    command += ["-m", "invertnet", "--threads", "1", "evaluate", images, *FAST, "--methods", "auto,patch"]
+    done = subprocess.run(
+        [*command, "--out", out], env=env, cwd=tempfile.mkdtemp(dir=tmp_path), capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("wrote") == 1  # rank 0 alone prints
+    assert "(12 rows, 2 processes)" in done.stdout
+    written = read_rows(out)
+    assert written[:5] == single[:5]
+    untimed = [dataclasses.replace(r, seconds=0.0) for r in sorted(written, key=lambda r: r.key)]
+    assert untimed == [dataclasses.replace(r, seconds=0.0) for r in sorted(single, key=lambda r: r.key)]
