@@ -211,7 +211,8 @@ def read_rows(path: str | os.PathLike[str]) -> list[EvaluationRow]:
 
 
 def image_files(images: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """The image files ``images`` names, sorted: a folder (its files ending in an image suffix), a glob, or a list.
+    """The image files ``images`` names, sorted: a folder (its files ending in an image suffix), a glob, one file,
+    or a list.
 
     Examples
     --------
@@ -234,8 +235,12 @@ def image_files(images: str | os.PathLike[str] | Sequence[str | os.PathLike[str]
                 "folder or a glob such as 'photos/**/*.JPEG'"
             )
         return found
+    if folder.is_file():
+        return [folder]
     if not glob.has_magic(text):
-        raise ImageReadError(f"expected a folder of images or a glob pattern, got {text!r}, which does not exist")
+        raise ImageReadError(
+            f"expected a folder of images, an image file or a glob pattern, got {text!r}, which does not exist"
+        )
     matched = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
     if not matched:
         raise ImageReadError(f"expected the pattern {text!r} to match image files, it matches none; check the pattern")

@@ -173,7 +173,9 @@ def test_images_folder_glob_and_errors(images, tmp_path):
         image_files(tmp_path / "empty")
     with pytest.raises(ImageReadError, match=r"pattern .*\*\.jpg.* matches none"):
         image_files(str(images / "*.jpg"))
-    with pytest.raises(ImageReadError, match=r"folder of images or a glob pattern, got .*, which does not exist"):
+    with pytest.raises(
+        ImageReadError, match=r"folder of images, an image file or a glob pattern, got .*, which does not exist"
+    ):
         image_files(tmp_path / "missing")
 
 
