@@ -620,7 +620,7 @@ def summarize(rows: Sequence[EvaluationRow], confidence: float = 0.95) -> list[S
     Examples
     --------
     >>> row = EvaluationRow("a.png", "conv1", "auto", 30.0, 0.9, 0.1, 0.0, True, False, "lsqr", 1.0,
-    ...                     "m", "0", 32, "float64", "switches", "", "")
+    ...                     "m", "0", 32, "float64", "switches", "active_set", "", "")
     >>> s = summarize([row, dataclasses.replace(row, image="b.png", psnr=32.0, exact=False)])[0]
     >>> s.n, s.psnr, round(s.psnr_ci, 3), s.exact
     (2, 31.0, 12.706, 0.5)

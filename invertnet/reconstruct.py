@@ -232,7 +232,9 @@ def reconstruct(
         How ReLU, ReLU6 and Hardtanh are undone. ``"active_set"``: their output read as equations (entries
         inside the clip levels) and inequalities (entries at a level), solved with the convolution or Linear
         layer below (:mod:`invertnet.activeset`); exact where the known rows determine that layer's input (the
-        step's note gives the certificate), else the minimum-norm input that reproduces the output.
+        step's note gives the certificate), else the minimum-norm input that reproduces the output. That
+        layer is then solved by the active set whatever ``method`` says. Only exact outputs are read so (the
+        features, or estimates every step above returned exactly); below an inexact step the identity.
         ``"identity"``: the output as it is (the paper's ReLU baseline).
     data_range : float, default 1.0
         Span of valid pixel values, for PSNR and SSIM.

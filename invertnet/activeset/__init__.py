@@ -27,7 +27,7 @@ Example
 >>> h = torch.relu(conv(x)).detach()
 >>> result = invert_active_set(ConvOperator.from_conv(conv, (8, 8)), activation_constraints(h), bias=conv.bias)
 >>> bool(result.exact[0]), result.certificates[0].method
-(True, 'dense')
+(True, 'patch')
 """
 
 from invertnet.activeset.certificate import LANCZOS_RTOL, Certificate, CertificateMethod, certify
