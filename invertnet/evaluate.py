@@ -211,8 +211,7 @@ def read_rows(path: str | os.PathLike[str]) -> list[EvaluationRow]:
 
 
 def image_files(images: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """The image files ``images`` names, sorted: a folder (its files ending in an image suffix), a glob, one file,
-    or a list.
+    """The image files ``images`` names, sorted: a folder (its image files), a glob, one file, or a list.
 
     Examples
     --------
