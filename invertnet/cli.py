@@ -268,6 +268,22 @@ def _cap_size(ctx: click.Context, param: click.Parameter, value: int | None) -> 
     return value
 
 
+layers_option = click.option(
+    "--layers", "layer_list", default=None, help="Comma-separated layers [default: the model's conv1..conv4]."
+)
+
+
+def methods_option(default: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--methods``, a comma-separated list of reconstruction methods (checked by :func:`_methods`)."""
+    return click.option(
+        "--methods",
+        "method_list",
+        default=default,
+        show_default=True,
+        help=f"Comma-separated, among {', '.join(RECONSTRUCTION_METHODS)}.",
+    )
+
+
 relu_option = click.option(
     "--relu",
     type=click.Choice(RELU_MODES),
@@ -449,16 +465,8 @@ def _methods(text: str) -> list[str]:
 @model_option
 @weights_option
 @seed_option
-@click.option(
-    "--layers", "layer_list", default=None, help="Comma-separated layers [default: the model's conv1..conv4]."
-)
-@click.option(
-    "--methods",
-    "method_list",
-    default="patch,lsqr,joint",
-    show_default=True,
-    help=f"Comma-separated, among {', '.join(RECONSTRUCTION_METHODS)}.",
-)
+@layers_option
+@methods_option("patch,lsqr,joint")
 @size_option
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
 @click.option("--dtype", type=click.Choice(sorted(DTYPES)), default="float64", show_default=True)
@@ -505,16 +513,8 @@ def compare_command(
 @model_option
 @weights_option
 @seed_option
-@click.option(
-    "--layers", "layer_list", default=None, help="Comma-separated layers [default: the model's conv1..conv4]."
-)
-@click.option(
-    "--methods",
-    "method_list",
-    default="auto",
-    show_default=True,
-    help=f"Comma-separated, among {', '.join(RECONSTRUCTION_METHODS)}.",
-)
+@layers_option
+@methods_option("auto")
 @size_option
 @maxpool_option
 @relu_option
@@ -611,9 +611,7 @@ def evaluate_command(
 )
 @weights_option
 @seed_option
-@click.option(
-    "--layers", "layer_list", default=None, help="Comma-separated layers [default: the model's conv1..conv4]."
-)
+@layers_option
 @click.option("--twin/--no-twin", default=True, show_default=True, help="Compare with the CReLU twin (half filters).")
 @size_option
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
