@@ -376,3 +376,14 @@ def test_error_constraints():
         ActiveSetOptions(tol=0)
     with pytest.raises(OptionError, match=r"expected certificate in \('auto', 'dense', 'lanczos', 'none'\), got 'svd'"):
         ActiveSetOptions(certificate="svd")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_follows_the_constraints():
+    conv = _conv(1, 32, padding=1).cuda()
+    x = torch.rand(2, 1, 8, 8, dtype=torch.float64, device="cuda")
+    h = _features(conv, x)
+    result = invert_active_set(ConvOperator.from_conv(conv, (8, 8)), activation_constraints(h), bias=conv.bias)
+    assert result.x.device.type == "cuda"
+    assert result.exact.tolist() == [True, True]
+    assert relative_gap(result.x, x) <= 1e-10

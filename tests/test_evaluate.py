@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from scipy import stats
 from skimage import io as skio
@@ -332,3 +333,14 @@ def test_torchrun_two_processes_match_one(model, images, tmp_path):
     assert written[:5] == single[:5]
     untimed = [dataclasses.replace(r, seconds=0.0) for r in sorted(written, key=lambda r: r.key)]
     assert untimed == [dataclasses.replace(r, seconds=0.0) for r in sorted(single, key=lambda r: r.key)]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_rows_match_cpu_rows(model, images):
+    """The evaluation follows the model's device: the same rows on CUDA as on the CPU (float64)."""
+    cpu = _run(model, images)
+    gpu = _run(load_model(CHAIN).double().eval().cuda(), images)
+    for a, b in zip(cpu, gpu, strict=True):
+        assert a.key == b.key
+        assert a.psnr == pytest.approx(b.psnr, rel=1e-9)
+        assert a.route == b.route
