@@ -1,7 +1,8 @@
 """Joint inversion's cost in units, from one run: All-CNN-B (CReLU) conv2, the astronaut, float64, 1 thread.
 
 A unit is one forward and backward pass of the prefix (input to conv2's CReLU), timed in the same
-process; a run's cost is its CPU time over that unit's (CPU time: other processes' load hardly moves it). The run is what the CLI does for
+process; a run's cost is its CPU time over that unit's (CPU time: other processes' load hardly moves
+it). The run is what the CLI does for
 ``--method joint``: ``start="auto"`` (the layer-by-layer estimate, used per image where it matches the
 features), L-BFGS with the TV prior 0.01 from a flat start in the box [0, 1], then at most 5
 Gauss-Newton steps. The window factorisation of conv1 is computed before timing (it is cached per
@@ -74,10 +75,15 @@ def main() -> None:
         unit = (unit + median_cpu_seconds(unit_pass)) / 2  # before and after: the machine's load drifts
         joint = result.joint
         assert joint is not None
+
+        def total(count: object) -> int:
+            return int(torch.as_tensor(count).sum())  # per image (a tensor) since batching; an int before
+
+        history = joint.history[0] if isinstance(joint.history[0], list) else joint.history
         print(
-            f"{size:>5} {unit * 1e3:>8.1f} {seconds / unit:>7.0f} {seconds:>8.1f} {int(torch.as_tensor(joint.evaluations).sum()):>9} "
-            f"{int(torch.as_tensor(joint.iterations).sum()):>3} {int(torch.as_tensor(joint.inner_iterations).sum()):>7} {float(result.psnr[0]):>6.2f} "
-            f"{float(result.feature_residual[0]):>10.2e}  history {[f'{h:.2g}' for h in joint.history[0]]}",
+            f"{size:>5} {unit * 1e3:>8.1f} {seconds / unit:>7.0f} {seconds:>8.1f} {total(joint.evaluations):>9} "
+            f"{total(joint.iterations):>3} {total(joint.inner_iterations):>7} {float(result.psnr[0]):>6.2f} "
+            f"{float(result.feature_residual[0]):>10.2e}  history {' '.join(f'{h:.2g}' for h in history)}",
             flush=True,
         )
 

@@ -4,7 +4,8 @@ Inverting one layer at a time throws away what later layers know (behind a CReLU
 unknowns are half the channels, but a linear pseudo-inverse treats all of them as free). Joint
 inversion fits the features of the whole prefix in two phases:
 
-1. **L-BFGS** (``torch.optim.LBFGS`` with a strong-Wolfe line search) from the start it is given, on
+1. **L-BFGS** (:class:`~invertnet.lbfgs.BatchLBFGS`, one run per image with a weak-Wolfe line
+   search) from the start it is given, on
 
    .. math::
 
@@ -28,9 +29,10 @@ inversion fits the features of the whole prefix in two phases:
 
    with :math:`J` applied matrix-free (``torch.func.jvp`` / ``torch.func.vjp``), the inner problem
    solved by LSQR from zero (so the step has no component the features cannot see, and the
-   prior's choice there stays), and :math:`\alpha_k` halved until the misfit decreases.
+   prior's choice there stays) only as far as the Eisenstat-Walker forcing term asks (inexact
+   Gauss-Newton; see :func:`match_features`), and :math:`\alpha_k` halved until the misfit decreases.
 
-Both phases stop as soon as every image's relative feature residual is at most ``tol``
+Each image of a batch is its own problem: it stops as soon as its relative feature residual is at most ``tol``
 (:class:`JointOptions`; :func:`invertnet.invert_jointly` applies this to a model and a named layer). Where the
 features determine the input (an injective prefix), the fixed point is the input itself, recovered
 to rounding; where they do not, the result is *one* of many preimages. Neither phase can cross

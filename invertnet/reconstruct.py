@@ -283,7 +283,8 @@ def invert_jointly(
     r"""Reconstruct ``image`` by matching the features of the whole prefix up to ``layer`` at once.
 
     L-BFGS with an optional total-variation prior, then pattern-fixed Gauss-Newton
-    (:func:`~invertnet.joint.match_features`), from the start ``options.start`` picks.
+    (:func:`~invertnet.joint.match_features`), from the start ``options.start`` picks. Each image of a
+    batch is solved on its own (its own start, counts and stop) and gets the result it gets alone.
 
     Parameters
     ----------
@@ -336,11 +337,9 @@ def invert_jointly(
             if options.start == "layers":
                 raise
             estimate = None  # no layer-by-layer estimate here: joint needs nothing but autograd
-        if estimate is None:
-            pass
-        elif options.start == "layers":
+        if estimate is not None and options.start == "layers":
             start = estimate
-        else:
+        elif estimate is not None:
             close = _feature_residual(prefix, estimate, graph.features) <= LAYERS_START_TOL
             start = torch.where(close.reshape(-1, *([1] * (start.ndim - 1))), estimate, start)
             lbfgs = ~close  # where the pattern is right, Gauss-Newton alone finishes
