@@ -73,7 +73,8 @@ class JointOptions:
         For :func:`invertnet.invert_jointly` (a model and a layer): start from the layer-by-layer estimate
         (``"layers"``), from a flat image at the middle of the box or of ``[0, data_range]`` (``"flat"``), or
         (``"auto"``), per image, from the layer-by-layer estimate when it already matches the features to
-        relative ``1e-6`` (Gauss-Newton alone then finishes) and from the flat image otherwise. Measured on
+        relative ``1e-6`` (Gauss-Newton alone then finishes) and from the flat image otherwise (that
+        estimate is computed with LSQR capped, :data:`invertnet.reconstruct.LAYERS_PROBE_ITERATIONS`). Measured on
         All-CNN-B at 224x224 from conv2, L-BFGS gets 34 dB from the flat start and 21 dB from the
         layer-by-layer one, whose activation pattern is further from the truth although its feature
         residual is lower.

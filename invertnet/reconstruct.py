@@ -50,7 +50,8 @@ LAYERS_START_TOL = 1e-6
 #: ``JointOptions(start="auto")`` computes that estimate with LSQR capped at this many iterations: an exact chain
 #: hands every LSQR step a response in its range, which the window start solves in no iteration, while an inexact
 #: one would spend its full budget (about 280 iterations on All-CNN-B conv1 from conv2) on an estimate that is
-#: then not used.
+#: then not used. The price: a chain that is exact only through LSQR from zero (a layer without a window inverse)
+#: starts flat; ``start="layers"`` forces the uncapped estimate.
 LAYERS_PROBE_ITERATIONS = 30
 
 
