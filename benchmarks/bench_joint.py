@@ -97,7 +97,9 @@ def main() -> None:
             result = reconstruct(model, image, layer, method, joint=options)
             seconds = time.perf_counter() - start
             row(
-                method if method != "joint" else f"joint ({result.joint.evaluations} ev, {result.joint.iterations} GN)",
+                method
+                if method != "joint"
+                else f"joint ({int(result.joint.evaluations[0])} ev, {int(result.joint.iterations[0])} GN)",
                 result.image,
                 seconds,
             )

@@ -148,6 +148,7 @@ def solve_block(
     )
     note = (
         f"joint solve of the block from {graph.nodes[start].label!r} ({why}): relative residual {residual:.2g} "
-        f"after {result.evaluations} L-BFGS evaluations and {result.iterations} Gauss-Newton steps; {determined}"
+        f"after {int(result.evaluations.max())} L-BFGS evaluations and {int(result.iterations.max())} Gauss-Newton "
+        f"steps; {determined}"
     )
     return BlockResult(result.image, "joint block", False, note)

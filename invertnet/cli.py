@@ -422,8 +422,8 @@ def reconstruct_command(
             if result.joint is None:
                 raise RuntimeError(f"reconstruct(method='joint') returned no joint record for {name}")
             click.echo(
-                f"{name:>8}  joint: {result.joint.evaluations} L-BFGS evaluations, "
-                f"{result.joint.iterations} Gauss-Newton steps, feature residual "
+                f"{name:>8}  joint: {int(result.joint.evaluations[0])} L-BFGS evaluations, "
+                f"{int(result.joint.iterations[0])} Gauss-Newton steps, feature residual "
                 f"{float(result.feature_residual[0]):.2g}{'; ' + result.note if result.note else ''}"
             )
         else:

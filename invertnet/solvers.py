@@ -39,6 +39,8 @@ class LsqrResult:
         ``(N, *in_shape)``.
     iterations : int
         Iterations run (the slowest sample's).
+    sample_iterations : torch.Tensor
+        Per sample, the iterations it ran before it stopped (its solution is frozen from then on).
     residual : torch.Tensor
         Per sample, :math:`\|A x - b\| / \|b\|`, computed exactly after the last iteration.
     normal_residual : torch.Tensor
@@ -49,6 +51,7 @@ class LsqrResult:
 
     x: torch.Tensor
     iterations: int
+    sample_iterations: torch.Tensor
     residual: torch.Tensor
     normal_residual: torch.Tensor
     converged: torch.Tensor
@@ -72,6 +75,7 @@ def lsqr(
     maxiter: int | None = None,
     preconditioner: Callable[[torch.Tensor], torch.Tensor] | None = None,
     x0: torch.Tensor | None = None,
+    normal_tol: float | torch.Tensor = 0.0,
     warn: bool = True,
 ) -> LsqrResult:
     r"""Solve :math:`\min_x \|A x - b\|_2` for each sample of ``b``, matrix-free.
@@ -94,6 +98,10 @@ def lsqr(
         :math:`x = x_0 + \arg\min_d \|A d - (b - A x_0)\|`, and reaches :math:`A^+ b` when :math:`x_0` lies in
         the row space of :math:`A` (e.g. when :math:`A` is injective); the tolerances stay relative to
         :math:`\|b\|`, so a start that already solves the system costs no iteration.
+    normal_tol : float or torch.Tensor, default 0
+        Also stop a sample when :math:`\|A^T r_k\| \le \eta \, \|A^T r_0\|` (:math:`\eta` = ``normal_tol``,
+        a float or one value per sample): the inexact-Newton test of a Gauss-Newton step
+        (:math:`r_0 = b - A x_0`; the preconditioned :math:`M A^T r` with a preconditioner).
     warn : bool, default True
         Raise a :class:`ConvergenceWarning` when a sample hits the cap unconverged.
 
@@ -129,9 +137,12 @@ def lsqr(
     anorm2 = torch.zeros_like(beta)
     x0norm = torch.zeros_like(beta) if x0 is None else _norm(x0)
     ynorm = x0norm.clone()
+    normal0 = alpha * beta
+    eta = torch.as_tensor(normal_tol, dtype=b.dtype, device=b.device)
     done = (bnorm == 0) | (alpha == 0) | (beta <= btol * bnorm)
     test2 = torch.zeros_like(beta)
     iterations = 0
+    sample_iterations = torch.zeros(n, dtype=torch.long, device=b.device)
     while not bool(done.all()) and iterations < maxiter:
         iterations += 1
         u = op.forward(m(v)) - _scale(u, alpha)
@@ -148,6 +159,7 @@ def lsqr(
         phi = c * phibar
         phibar = s * phibar
         active = ~done
+        sample_iterations = sample_iterations + active.long()
         y = torch.where(active.reshape(-1, *([1] * (y.ndim - 1))), y + _scale(w, phi / rho), y)
         w = v - _scale(w, theta / rho)
         anorm = anorm2.sqrt()
@@ -156,6 +168,7 @@ def lsqr(
         test1 = rnorm / bnorm.clamp(min=tiny)
         test2 = (alpha * c.abs()) * rnorm / (anorm * rnorm).clamp(min=tiny)
         stop = (test1 <= btol + atol * anorm * ynorm / bnorm.clamp(min=tiny)) | (test2 <= atol) | (alpha == 0)
+        stop = stop | (alpha * c.abs() * rnorm <= eta * normal0)
         done = done | stop
     x = m(y) if x0 is None else x0 + m(y)
     residual = _norm(op.forward(x) - b) / bnorm.clamp(min=tiny)
@@ -166,4 +179,4 @@ def lsqr(
             ConvergenceWarning,
             stacklevel=2,
         )
-    return LsqrResult(x, iterations, residual, test2, done)
+    return LsqrResult(x, iterations, sample_iterations, residual, test2, done)

@@ -19,6 +19,7 @@ LAYERS = {
     "activeset": 2,
     "pinv": 2,
     "spectrum": 2,
+    "lbfgs": 2,
     "joint": 2,
     "metrics": 3,
     "trace": 3,
