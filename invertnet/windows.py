@@ -49,26 +49,6 @@ def _window_operator(op: ConvOperator, block: tuple[int, int]) -> ConvOperator:
     return ConvOperator(op.weight, (rows, cols), op.stride, 0, op.dilation, op.groups)
 
 
-def _window_matrix(window: ConvOperator, device: torch.device) -> torch.Tensor:
-    r"""The dense matrix of an unpadded convolution in float64, placed from its patch matrices.
-
-    Row :math:`(o, l)` (output channel, output position) holds the patch matrix row :math:`P_o` at the
-    pixels receptive field :math:`l` reads (the columns of ``window.patches`` of an image of pixel numbers).
-    Without padding a receptive field reads distinct pixels, so the placement is a scatter; the same
-    matrix as ``window.to_dense()`` without a convolution per column.
-    """
-    like = torch.zeros((), dtype=torch.float64, device=device)
-    numbers = torch.arange(window.in_dim, dtype=torch.float64, device=device).reshape(1, *window.in_shape)
-    patches = window.patch_matrices(like)  # (groups, C_out/g, entries)
-    groups, per_group, entries = patches.shape
-    length = window.out_shape[1] * window.out_shape[2]
-    pixels = window.patches(numbers)[0].long().reshape(groups, entries, length).transpose(1, 2)
-    shape = (groups, per_group, length, entries)
-    matrix = torch.zeros(groups, per_group, length, window.in_dim, dtype=torch.float64, device=device)
-    matrix.scatter_(3, pixels.unsqueeze(1).expand(shape), patches.unsqueeze(2).expand(shape))
-    return matrix.reshape(window.out_dim, window.in_dim)
-
-
 class _TriangularInverse(LinearOperator):
     """:math:`R^{-1}` of an upper-triangular :math:`R` by triangular solves (for Lanczos on its norm)."""
 
@@ -197,7 +177,7 @@ class WindowInverse:
         self.block = block
         window = _window_operator(op, block)
         self.window = window.input_size
-        matrix = _window_matrix(window, like.device)
+        matrix = window.placed_matrix(torch.float64, like.device, WINDOW_MAX_ENTRIES)
         read = matrix.abs().sum(0) > 0
         self._read = read
         unknowns = int(read.sum())
