@@ -10,8 +10,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from strategies import ConvConfig, conv_configs
 
-from invertnet import ConvOperator, CReLU, RouteError, SolveOptions, conv_pinv
-from invertnet import injectivity
+from invertnet import ConvOperator, CReLU, RouteError, SolveOptions, conv_pinv, injectivity
 from invertnet.injectivity import injectivity_report
 from invertnet.pinv import choose_method
 from invertnet.solvers import ConvergenceWarning, lsqr
