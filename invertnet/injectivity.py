@@ -12,6 +12,7 @@ number and a verdict (:mod:`invertnet.spectrum` computes the singular values).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -212,7 +213,8 @@ def injectivity_report(
         estimates of :math:`\sigma_{\min}` are accurate to about :math:`10^{-7} \sigma_{\max}` in absolute terms,
         so a smaller ``rtol`` cannot be told apart for layers without an exact (DFT) spectrum.
     progress : callable, optional
-        Called with a line before each layer's singular values are computed (Lanczos can take seconds).
+        Called with a line before each layer's singular values are computed (Lanczos can take seconds) and
+        with one after, saying how (:attr:`LayerSpectrum.method`) and in how many seconds.
 
     Returns
     -------
@@ -245,5 +247,8 @@ def injectivity_report(
         if isinstance(record.module, kinds):
             if progress is not None:
                 progress(f"{record.name}: {type(record.module).__name__} on {tuple(record.input.shape[1:])}")
+            start = time.perf_counter()
             report.append(_layer_spectrum(record, records[i - 1] if i else None, rtol))
+            if progress is not None:
+                progress(f"{record.name}: {report[-1].method}, {time.perf_counter() - start:.1f} s")
     return report

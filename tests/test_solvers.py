@@ -1,5 +1,6 @@
 """Whole-operator pseudo-inverses (fft, lsqr, dense) against the dense matrix, and spectra against the dense SVD."""
 
+import re
 import warnings
 from dataclasses import replace
 
@@ -187,8 +188,12 @@ def test_injectivity_report_methods(monkeypatch):
     circular = torch.nn.Conv2d(3, 3, 3, padding=1, padding_mode="circular")
     zeros = torch.nn.Conv2d(3, 32, 5, stride=2)  # a 2x3 block of outputs determines its window
     net = torch.nn.Sequential(circular, zeros).double()
-    report = injectivity_report(net, (23, 23))
+    lines: list[str] = []
+    report = injectivity_report(net, (23, 23), progress=lines.append)
     assert [(r.method, r.exact) for r in report] == [("dft", True), ("dense", True)]
+    assert lines[0] == "0: Conv2d on (3, 23, 23)"
+    assert re.fullmatch(r"0: dft, \d+\.\d s", lines[1])
+    assert re.fullmatch(r"1: dense, \d+\.\d s", lines[3])
     for r, conv, size in zip(report, net, [(23, 23), (23, 23)], strict=True):
         singular = torch.linalg.svdvals(ConvOperator.from_conv(conv, size).to_dense())
         assert r.singular_values is not None
