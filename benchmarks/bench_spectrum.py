@@ -4,9 +4,9 @@ Before: every layer whose stride divides its input got the full per-frequency SV
 the others (and the circulant approximations) Lanczos for sigma_max, then three Lanczos runs for sigma_min
 (``A^T A`` smallest, ``A^T A`` largest again for the shift, ``c I - A^T A`` largest). Today: ``svdvals`` on half
 the frequencies (once for a 1x1 layer), the dense ``svdvals`` of layers up to ``DENSE_SPECTRUM_ENTRIES``
-entries, sigma_max reused for the shift, and the null-space guard skipped when a window or patch certificate
-proves the layer injective. Both run here, layer by layer, in one process (one thread by default); each line
-gives both times, their ratio and both sigma_min.
+entries, and one Lanczos run for sigma_min (on ``c I - A^T A`` with sigma_max reused for the shift; on
+``A^T A`` when a window or patch certificate proves the layer injective). Both run here, layer by layer, in
+one process (one thread by default); each line gives both times, their ratio and both sigma_min.
 
 Run: ``python benchmarks/bench_spectrum.py [--model all-cnn-b-crelu] [--size 64] [--threads 1]``.
 """

@@ -67,11 +67,11 @@ class LayerSpectrum:
         else the circulant approximation on the same grid (for plots) when the stride divides the
         input; ``None`` otherwise.
     method : str
-        How the singular values were computed: ``"dft"``, ``"dense"``, ``"lanczos"`` (:math:`\sigma_{\min}`
-        by the runs of :func:`invertnet.spectrum.sigma_min`), ``"lanczos, certified"`` (the layer is proved
-        injective by a window or patch certificate, so :math:`\sigma_{\min}` needs one run), ``"lanczos
-        max"`` (:math:`\sigma_{\min} = 0` by counting or unread pixels; Lanczos for :math:`\sigma_{\max}`
-        only) or ``"none"`` (max-pooling).
+        How the singular values were computed: ``"dft"``, ``"dense"``, ``"lanczos"`` (one run for
+        :math:`\sigma_{\max}`, one on :math:`c I - A^T A` for :math:`\sigma_{\min}`, which keeps a null space;
+        :func:`invertnet.spectrum.sigma_min`), ``"lanczos, certified"`` (a window or patch certificate proves
+        the layer injective, so the second run is on :math:`A^T A`), ``"lanczos max"`` (:math:`\sigma_{\min}
+        = 0` by counting or unread pixels; Lanczos for :math:`\sigma_{\max}` only) or ``"none"`` (max-pooling).
     """
 
     name: str

@@ -142,8 +142,9 @@ def sigma_min(
         :math:`\sigma_{\max}` when the caller has it (from :func:`sigma_max`): saves a Lanczos run.
     injective : bool, default False
         The caller has proved the operator injective (e.g. a window certificate, see
-        :func:`invertnet.pinv.lsqr.injectivity_certificate`): it has no null space, so the run that guards against
-        a missed null space (Lanczos on :math:`c I - A^T A`) is skipped.
+        :func:`invertnet.pinv.lsqr.injectivity_certificate`): it has no null space to miss, so Lanczos runs on
+        :math:`A^T A` (smallest eigenvalue, to ``tol``); otherwise on :math:`c I - A^T A` (largest, to
+        ``tol * 1e-3``), which keeps a null space. One run either way, besides :math:`\sigma_{\max}`.
 
     Examples
     --------
@@ -158,15 +159,14 @@ def sigma_min(
         return 0.0, True
     if isinstance(op, ConvOperator) and bool((op.coverage() == 0).any()):
         return 0.0, True  # pixels no receptive field reads: zero columns of A
-    direct, converged = _gram_eigenvalue(op, "SA", tol, maxiter)
     if injective:
+        direct, converged = _gram_eigenvalue(op, "SA", tol, maxiter)
         return math.sqrt(max(direct, 0.0)), converged
     # Lanczos on A^T A alone can miss a null space (a null vector is orthogonal to the range of A^T A, so
     # only the start vector carries it and restarts filter it out). On c I - A^T A, c >= lambda_max, the
-    # null space is the largest eigenvalue and every iterate keeps it. Both Ritz values bound lambda_min
-    # from above: take the smaller.
+    # null space is the largest eigenvalue and every iterate keeps it; its Ritz value bounds lambda_min
+    # from above, to ARPACK's tolerance times c (one run: it converges in as many steps as the run on A^T A).
     top, top_converged = (largest**2, True) if largest is not None else _gram_eigenvalue(op, "LA", tol, maxiter)
     shift = top * (1 + 1e-8)
     flipped, flipped_converged = _gram_eigenvalue(op, "LA", tol * 1e-3, maxiter, shift=shift)
-    value = min(direct, shift - flipped)
-    return math.sqrt(max(value, 0.0)), converged and top_converged and flipped_converged
+    return math.sqrt(max(shift - flipped, 0.0)), top_converged and flipped_converged
