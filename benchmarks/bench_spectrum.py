@@ -6,7 +6,8 @@ the others (and the circulant approximations) Lanczos for sigma_max, then three 
 the frequencies (once for a 1x1 layer), the dense ``svdvals`` of layers up to ``DENSE_SPECTRUM_ENTRIES``
 entries, and one Lanczos run for sigma_min (on ``c I - A^T A`` with sigma_max reused for the shift; on
 ``A^T A`` when a window or patch certificate proves the layer injective). Both run here, layer by layer, in
-one process (one thread by default); each line gives both times, their ratio and both sigma_min.
+one process (one thread by default); each line gives both times and their ratio, the forward + adjoint
+applications ("units", what Lanczos costs; counted, so free of the machine's load) and both sigma_min.
 
 Run: ``python benchmarks/bench_spectrum.py [--model all-cnn-b-crelu] [--size 64] [--threads 1]``.
 """
@@ -40,6 +41,15 @@ def _before(op: ConvOperator) -> float:
     return sigma_min(op)[0]
 
 
+_UNITS = [0]
+_forward = ConvOperator.forward
+
+
+def _counted_forward(self: ConvOperator, x: torch.Tensor) -> torch.Tensor:
+    _UNITS[0] += x.shape[0]
+    return _forward(self, x)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="all-cnn-b-crelu")
@@ -47,12 +57,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    ConvOperator.forward = _counted_forward  # type: ignore[method-assign]  # count applications
     model = build_model(args.model).double()
     image = torch.zeros(1, 3, args.size, args.size, dtype=torch.float64)
     records = trace(model, image, [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)][-1]).records
     print(f"{args.model} at {args.size}x{args.size}, float64, {torch.get_num_threads()} thread(s)")
-    print(f"{'layer':<12} {'method today':<20} {'before':>8} {'today':>8} {'ratio':>6} {'sigma_min before':>17} today")
+    print(
+        f"{'layer':<12} {'method today':<20} {'before':>8} {'today':>8} {'ratio':>6} {'units before':>13} "
+        f"{'today':>6} {'sigma_min before':>17} today"
+    )
     total_before = total_today = 0.0
+    units_before = units_today = 0
     for i, record in enumerate(records):
         op = _linear_operator(record)
         if op is None:
@@ -60,20 +75,21 @@ def main() -> None:
         op = ConvOperator(
             op.weight.double(), op.input_size, op.stride, op.pad.pads, op.dilation, op.groups, op.pad.mode
         )
-        start = time.perf_counter()
+        _UNITS[0], start = 0, time.perf_counter()
         old = _before(op)
-        before = time.perf_counter() - start
-        start = time.perf_counter()
+        before, old_units = time.perf_counter() - start, _UNITS[0]
+        _UNITS[0], start = 0, time.perf_counter()
         new = _layer_spectrum(record, records[i - 1] if i else None, 1e-6)
-        today = time.perf_counter() - start
+        today, new_units = time.perf_counter() - start, _UNITS[0]
         total_before, total_today = total_before + before, total_today + today
+        units_before, units_today = units_before + old_units, units_today + new_units
         print(
             f"{record.name:<12} {new.method:<20} {before:>7.2f}s {today:>7.2f}s {before / today:>6.1f} "
-            f"{old:>17.10g} {new.sigma_min:.10g}",
+            f"{old_units:>13} {new_units:>6} {old:>17.10g} {new.sigma_min:.10g}",
             flush=True,
         )
     ratio = total_before / total_today if total_today > 0 else math.inf
-    print(f"{'total':<33} {total_before:>7.1f}s {total_today:>7.1f}s {ratio:>6.1f}")
+    print(f"{'total':<33} {total_before:>7.1f}s {total_today:>7.1f}s {ratio:>6.1f} {units_before:>13} {units_today:>6}")
 
 
 if __name__ == "__main__":
