@@ -24,7 +24,7 @@ from invertnet.injectivity import _layer_spectrum, _linear_operator
 from invertnet.models import build_model
 from invertnet.operators import ConvOperator
 from invertnet.spectral import CirculantFactorization
-from invertnet.spectrum import sigma_max, sigma_min
+from invertnet.spectrum import _gram_eigenvalue, sigma_max, sigma_min
 from invertnet.trace import trace
 
 
@@ -38,7 +38,14 @@ def _before(op: ConvOperator) -> float:
     if factorization is not None and factorization.exact:
         return float(values[-1]) if op.out_dim >= op.in_dim else 0.0
     sigma_max(op)
-    return sigma_min(op)[0]
+    if op.out_dim < op.in_dim or bool((op.coverage() == 0).any()):
+        return sigma_min(op)[0]  # 0 without Lanczos, then as now
+    # sigma_min before this round: A^T A smallest, A^T A largest again (the shift), c I - A^T A largest
+    direct, _ = _gram_eigenvalue(op, "SA", 1e-8, None)
+    top, _ = _gram_eigenvalue(op, "LA", 1e-8, None)
+    shift = top * (1 + 1e-8)
+    flipped, _ = _gram_eigenvalue(op, "LA", 1e-11, None, shift=shift)
+    return math.sqrt(max(min(direct, shift - flipped), 0.0))
 
 
 _UNITS = [0]
