@@ -775,16 +775,20 @@ def spectrum_command(
     if layer is not None:
         find_layer(model, layer)
     report = injectivity_report(model, (side, side), layer, progress=_progress())
-    click.echo(f"{model_name} at {side}x{side} (unknowns: C/2 behind a CReLU input; sigma exact = DFT, else Lanczos)")
+    click.echo(
+        f"{model_name} at {side}x{side} (unknowns: C/2 behind a CReLU input; sigma exact = DFT or dense SVD, "
+        "else Lanczos; 'lanczos max': sigma_min = 0 by the count or unread pixels)"
+    )
     click.echo(
         f"{'layer':<12} {'in':>9} {'out':>9} {'unknowns':>9} {'sigma_min':>10} {'sigma_max':>10} "
-        f"{'cond':>9} {'exact':>5}  verdict"
+        f"{'cond':>9} {'exact':>5}  {'method':<18}  verdict"
     )
     for r in report:
         flag = "" if r.converged else " (sigma_min not converged)"
         click.echo(
             f"{r.name:<12} {r.in_dim:>9} {r.out_dim:>9} {r.unknowns:>9} {r.sigma_min:>10.4g} "
-            f"{r.sigma_max:>10.4g} {r.condition:>9.3g} {'yes' if r.exact else 'no':>5}  {r.verdict}{flag}"
+            f"{r.sigma_max:>10.4g} {r.condition:>9.3g} {'yes' if r.exact else 'no':>5}  {r.method:<18}  "
+            f"{r.verdict}{flag}"
         )
     if plot is not None:
         save_figure(spectrum_figure(report), plot)

@@ -12,6 +12,7 @@ number and a verdict (:mod:`invertnet.spectrum` computes the singular values).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -23,8 +24,10 @@ from invertnet._checks import pair
 from invertnet.activations import CReLU
 from invertnet.errors import UnsupportedLayerError
 from invertnet.operators import ConvOperator
-from invertnet.spectral import CirculantFactorization
-from invertnet.spectrum import sigma_max, sigma_min
+from invertnet.pinv import ConvLayer
+from invertnet.pinv.lsqr import injectivity_certificate
+from invertnet.spectral import circulant_reason, circulant_singular_values
+from invertnet.spectrum import DENSE_SPECTRUM_ENTRIES, dense_singular_values, sigma_max, sigma_min
 from invertnet.trace import LayerRecord, require_module, trace
 
 __all__ = ["VERDICTS", "LayerSpectrum", "injectivity_report", "ruled_out_by_count", "unknowns"]
@@ -41,7 +44,7 @@ VERDICTS = (
 
 @dataclass(frozen=True)
 class LayerSpectrum:
-    """Injectivity report of one layer.
+    r"""Injectivity report of one layer.
 
     Attributes
     ----------
@@ -60,8 +63,15 @@ class LayerSpectrum:
     verdict : str
         One of :data:`VERDICTS`.
     singular_values : torch.Tensor or None
-        The whole spectrum where the DFT gives it: exact for circular layers, the circulant
-        approximation on the same grid for others (for plots); ``None`` otherwise.
+        The whole spectrum where it is exact (DFT of circular layers, the dense matrix of small ones),
+        else the circulant approximation on the same grid (for plots) when the stride divides the
+        input; ``None`` otherwise.
+    method : str
+        How the singular values were computed: ``"dft"``, ``"dense"``, ``"lanczos"`` (one run for
+        :math:`\sigma_{\max}`, one on :math:`c I - A^T A` for :math:`\sigma_{\min}`, which keeps a null space;
+        :func:`invertnet.spectrum.sigma_min`), ``"lanczos, certified"`` (a window or patch certificate proves
+        the layer injective, so the second run is on :math:`A^T A`), ``"lanczos max"`` (:math:`\sigma_{\min}
+        = 0` by counting or unread pixels; Lanczos for :math:`\sigma_{\max}` only) or ``"none"`` (max-pooling).
     """
 
     name: str
@@ -78,6 +88,7 @@ class LayerSpectrum:
     converged: bool
     verdict: str
     singular_values: torch.Tensor | None
+    method: str = ""
 
 
 def unknowns(record: LayerRecord, previous: LayerRecord | None) -> int:
@@ -128,28 +139,39 @@ def _layer_spectrum(record: LayerRecord, previous: LayerRecord | None, rtol: flo
             converged=True,
             verdict="not injective (pooling)",
             singular_values=None,
+            method="none",
         )
     op = ConvOperator(op.weight.double(), op.input_size, op.stride, op.pad.pads, op.dilation, op.groups, op.pad.mode)
-    spectrum = None
-    values: torch.Tensor | None
+    values: torch.Tensor | None = None
     (h, w), (sh, sw) = op.in_shape[1:], op.stride
-    if h % sh == 0 and w % sw == 0:
-        spectrum = CirculantFactorization(op, torch.zeros((), dtype=torch.float64))
-    if spectrum is not None and spectrum.exact:
-        values = spectrum.singular_values()
+    like = torch.zeros((), dtype=torch.float64)
+    unread = bool((op.coverage() == 0).any())
+    exact, converged, method = True, True, ""
+    if h % sh == 0 and w % sw == 0 and circulant_reason(op) is None:
+        method = "dft"
+        values = circulant_singular_values(op, like)
+    elif out_dim * in_dim <= DENSE_SPECTRUM_ENTRIES:
+        method = "dense"
+        values = dense_singular_values(op)
+    if values is not None:
         s_max = float(values[0])
-        s_min = float(values[-1]) if out_dim >= in_dim else 0.0
-        exact, converged = True, True
+        s_min = float(values[-1]) if out_dim >= in_dim and not unread else 0.0
     else:
-        s_max = sigma_max(op)
-        s_min, converged = sigma_min(op)
         exact = False
-        values = spectrum.singular_values() if spectrum is not None else None
+        s_max = sigma_max(op)
+        if out_dim < in_dim or unread:
+            method, s_min = "lanczos max", 0.0
+        else:
+            certified = injectivity_certificate(ConvLayer(op, (h, w)), like) is not None
+            method = "lanczos, certified" if certified else "lanczos"
+            s_min, converged = sigma_min(op, largest=s_max, injective=certified)
+        if h % sh == 0 and w % sw == 0:
+            values = circulant_singular_values(op, like)  # the circulant approximation, for plots
     if out_dim < free:
         verdict = "not injective (dimension count)"
     elif out_dim < in_dim:
         verdict = "not injective as a linear map (count passes on CReLU inputs only)"
-    elif bool((op.coverage() == 0).any()):
+    elif unread:
         verdict = "not injective (pixels no filter reads)"
     elif s_min <= rtol * s_max:
         verdict = "numerically singular"
@@ -164,6 +186,7 @@ def _layer_spectrum(record: LayerRecord, previous: LayerRecord | None, rtol: flo
         converged=converged,
         verdict=verdict,
         singular_values=values,
+        method=method,
     )
 
 
@@ -190,7 +213,8 @@ def injectivity_report(
         estimates of :math:`\sigma_{\min}` are accurate to about :math:`10^{-7} \sigma_{\max}` in absolute terms,
         so a smaller ``rtol`` cannot be told apart for layers without an exact (DFT) spectrum.
     progress : callable, optional
-        Called with a line before each layer's singular values are computed (Lanczos can take seconds).
+        Called with a line before each layer's singular values are computed (Lanczos can take seconds) and
+        with one after, saying how (:attr:`LayerSpectrum.method`) and in how many seconds.
 
     Returns
     -------
@@ -223,5 +247,8 @@ def injectivity_report(
         if isinstance(record.module, kinds):
             if progress is not None:
                 progress(f"{record.name}: {type(record.module).__name__} on {tuple(record.input.shape[1:])}")
+            start = time.perf_counter()
             report.append(_layer_spectrum(record, records[i - 1] if i else None, rtol))
+            if progress is not None:
+                progress(f"{record.name}: {report[-1].method}, {time.perf_counter() - start:.1f} s")
     return report

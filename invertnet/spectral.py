@@ -37,6 +37,7 @@ from invertnet.operators import ConvOperator
 __all__ = [
     "CirculantFactorization",
     "circulant_reason",
+    "circulant_singular_values",
     "depth_to_space",
     "space_to_depth",
     "symbol",
@@ -109,6 +110,38 @@ def symbol(op: ConvOperator, like: torch.Tensor) -> torch.Tensor:
             phase = torch.polar(torch.ones_like(angle), angle)
             out[:, :, :, :, m % sh, n % sw] += phase[:, :, None, None] * weight[:, :, a, b].to(cdtype)
     return out.reshape(hh, ww, c_out, c_in * sh * sw)
+
+
+def circulant_singular_values(op: ConvOperator, like: torch.Tensor) -> torch.Tensor:
+    r"""The singular values of every :math:`M(f)`, descending: :class:`CirculantFactorization`'s, without :math:`U, V`.
+
+    The weights are real, so :math:`M(-f) = \overline{M(f)}` has the same singular values: only the half
+    spectrum :math:`0 \le f_v \le W'/2` is decomposed (``svdvals``) and mirrored. When every
+    :math:`\lfloor m_a / s_h \rfloor` and :math:`\lfloor n_b / s_w \rfloor` is zero (a 1x1 convolution, or a
+    kernel inside one stride cell) the symbol is the same real matrix at every frequency: one ``svdvals``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> op = ConvOperator(torch.randn(3, 2, 3, 3, dtype=torch.float64), (8, 8), padding=1, padding_mode="circular")
+    >>> values = circulant_singular_values(op, torch.zeros((), dtype=torch.float64))
+    >>> bool(torch.allclose(values, torch.linalg.svdvals(op.to_dense())))
+    True
+    """
+    matrices = symbol(op, like)
+    hh, ww = matrices.shape[:2]
+    if bool((matrices == matrices[:1, :1]).all()):  # every phase is exp(0) = 1 exactly
+        values = torch.linalg.svdvals(matrices[0, 0].real).repeat(hh * ww)
+    else:
+        half = torch.linalg.svdvals(matrices[:, : ww // 2 + 1])  # (H', W'//2 + 1, r)
+        u = torch.arange(hh, device=half.device)
+        v = torch.arange(ww, device=half.device)
+        mirrored = v > ww // 2  # f_v > W'/2: the conjugate of (-f_u, W' - f_v)
+        rows = torch.where(mirrored.reshape(1, -1), (-u % hh).reshape(-1, 1), u.reshape(-1, 1))
+        cols = torch.where(mirrored, ww - v, v).expand(hh, ww)
+        values = half[rows, cols].flatten()
+    descending: torch.Tensor = values.sort(descending=True).values
+    return descending
 
 
 class CirculantFactorization:

@@ -3,6 +3,7 @@ r"""Singular values of convolution layers: how stably a layer can be undone.
 :math:`\|A^+(y - y')\| \le \|y - y'\| / \sigma_{\min}`.
 
 - exact spectra for layers the 2-D DFT diagonalises (circular or no padding; :mod:`invertnet.spectral`);
+- exact spectra of small layers from their dense matrix (:func:`dense_singular_values`);
 - otherwise :math:`\sigma_{\max}` and :math:`\sigma_{\min}` by Lanczos (scipy's ``eigsh`` on :math:`A^T A` as a
   ``LinearOperator``).
 
@@ -21,9 +22,13 @@ from scipy.sparse.linalg import LinearOperator as ScipyOperator
 from torch import nn
 
 from invertnet.operators import ConvOperator, LinearOperator
-from invertnet.spectral import CirculantFactorization, circulant_reason
+from invertnet.spectral import circulant_reason, circulant_singular_values
 
-__all__ = ["conv_singular_values", "sigma_max", "sigma_min"]
+__all__ = ["DENSE_SPECTRUM_ENTRIES", "conv_singular_values", "dense_singular_values", "sigma_max", "sigma_min"]
+
+#: Largest matrix (entries) whose singular values :func:`dense_singular_values` computes: 2**23 entries
+#: (64 MiB in float64), seconds of ``svdvals`` on one thread (4096 x 1536: about 3 s).
+DENSE_SPECTRUM_ENTRIES = 2**23
 
 
 def conv_singular_values(conv: nn.Conv2d | ConvOperator, input_size: tuple[int, int]) -> torch.Tensor:
@@ -48,7 +53,29 @@ def conv_singular_values(conv: nn.Conv2d | ConvOperator, input_size: tuple[int, 
             f"conv_singular_values: expected a layer the 2-D DFT diagonalises, but {reason}; "
             "use sigma_min / sigma_max for this layer"
         )
-    return CirculantFactorization(op, torch.zeros((), dtype=torch.float64)).singular_values()
+    return circulant_singular_values(op, torch.zeros((), dtype=torch.float64))
+
+
+def dense_singular_values(op: ConvOperator, max_entries: int = DENSE_SPECTRUM_ENTRIES) -> torch.Tensor:
+    """Every singular value of a small convolution, descending (``min(m, n)`` values, float64), exactly.
+
+    ``svdvals`` of the matrix placed from the patch rows (:meth:`ConvOperator.placed_matrix`), any padding.
+
+    Raises
+    ------
+    TooLargeError
+        Above ``max_entries`` matrix entries; use :func:`sigma_min` / :func:`sigma_max`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from invertnet.operators import ConvOperator
+    >>> op = ConvOperator(torch.randn(6, 2, 3, 3, dtype=torch.float64), (7, 7), padding=1)
+    >>> dense_singular_values(op).shape
+    torch.Size([98])
+    """
+    values: torch.Tensor = torch.linalg.svdvals(op.placed_matrix(torch.float64, max_entries=max_entries))
+    return values
 
 
 def _gram_eigenvalue(
@@ -92,11 +119,32 @@ def sigma_max(op: LinearOperator, *, tol: float = 1e-10, maxiter: int | None = N
     return math.sqrt(max(value, 0.0))
 
 
-def sigma_min(op: LinearOperator, *, tol: float = 1e-8, maxiter: int | None = None) -> tuple[float, bool]:
+def sigma_min(
+    op: LinearOperator,
+    *,
+    tol: float = 1e-8,
+    maxiter: int | None = None,
+    largest: float | None = None,
+    injective: bool = False,
+) -> tuple[float, bool]:
     r"""Smallest singular value :math:`\sqrt{\lambda_{\min}(A^T A)}` by Lanczos, and whether it converged.
 
     Zero when the operator has fewer responses than unknowns. ``maxiter`` caps ARPACK's restarts
     (default ``max(1000, n)``); without convergence the best estimate so far comes with ``False``.
+
+    Parameters
+    ----------
+    op : LinearOperator
+    tol : float, default 1e-8
+        ARPACK's relative tolerance on :math:`\lambda_{\min}`.
+    maxiter : int, optional
+    largest : float, optional
+        :math:`\sigma_{\max}` when the caller has it (from :func:`sigma_max`): saves a Lanczos run.
+    injective : bool, default False
+        The caller has proved the operator injective (e.g. a window certificate, see
+        :func:`invertnet.pinv.lsqr.injectivity_certificate`): it has no null space to miss, so Lanczos runs on
+        :math:`A^T A` (smallest eigenvalue, to ``tol``); otherwise on :math:`c I - A^T A` (largest, to
+        ``tol * 1e-3``), which keeps a null space. One run either way, besides :math:`\sigma_{\max}`.
 
     Examples
     --------
@@ -111,13 +159,14 @@ def sigma_min(op: LinearOperator, *, tol: float = 1e-8, maxiter: int | None = No
         return 0.0, True
     if isinstance(op, ConvOperator) and bool((op.coverage() == 0).any()):
         return 0.0, True  # pixels no receptive field reads: zero columns of A
+    if injective:
+        direct, converged = _gram_eigenvalue(op, "SA", tol, maxiter)
+        return math.sqrt(max(direct, 0.0)), converged
     # Lanczos on A^T A alone can miss a null space (a null vector is orthogonal to the range of A^T A, so
     # only the start vector carries it and restarts filter it out). On c I - A^T A, c >= lambda_max, the
-    # null space is the largest eigenvalue and every iterate keeps it. Both Ritz values bound lambda_min
-    # from above: take the smaller.
-    direct, converged = _gram_eigenvalue(op, "SA", tol, maxiter)
-    top, top_converged = _gram_eigenvalue(op, "LA", tol, maxiter)
+    # null space is the largest eigenvalue and every iterate keeps it; its Ritz value bounds lambda_min
+    # from above, to ARPACK's tolerance times c (one run: it converges in as many steps as the run on A^T A).
+    top, top_converged = (largest**2, True) if largest is not None else _gram_eigenvalue(op, "LA", tol, maxiter)
     shift = top * (1 + 1e-8)
     flipped, flipped_converged = _gram_eigenvalue(op, "LA", tol * 1e-3, maxiter, shift=shift)
-    value = min(direct, shift - flipped)
-    return math.sqrt(max(value, 0.0)), converged and top_converged and flipped_converged
+    return math.sqrt(max(shift - flipped, 0.0)), top_converged and flipped_converged

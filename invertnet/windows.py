@@ -26,20 +26,65 @@ it converges to :math:`A^+ y`: :func:`invertnet.pinv.conv_pinv` does that by def
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from invertnet.operators import ConvOperator
+from invertnet.operators import ConvOperator, LinearOperator
+from invertnet.spectrum import sigma_max
 
-__all__ = ["WINDOW_MAX_ENTRIES", "WindowInverse", "window_block"]
+__all__ = ["QR_MAX_CONDITION", "WINDOW_MAX_ENTRIES", "WindowInverse", "window_block"]
 
-#: Largest window matrix :math:`A_w` (entries) :func:`window_block` considers: 80 MB in float64, seconds of SVD.
+#: Largest window matrix :math:`A_w` (entries) :func:`window_block` considers: 80 MB in float64, about a second of QR.
 WINDOW_MAX_ENTRIES = 10_000_000
+
+#: :class:`WindowInverse` keeps the QR factorisation of :math:`A_w` when its condition number is below this;
+#: above it (or with fewer equations than unknowns) an SVD decides the rank and gives the pseudo-inverse.
+QR_MAX_CONDITION = 1e8
 
 
 def _window_operator(op: ConvOperator, block: tuple[int, int]) -> ConvOperator:
     """The layer restricted to one block of outputs: the same filters, no padding, on the block's window."""
     rows, cols = (op.stride[i] * (block[i] - 1) + op.dilation[i] * (op.kernel_size[i] - 1) + 1 for i in range(2))
     return ConvOperator(op.weight, (rows, cols), op.stride, 0, op.dilation, op.groups)
+
+
+class _TriangularInverse(LinearOperator):
+    """:math:`R^{-1}` of an upper-triangular :math:`R` by triangular solves (for Lanczos on its norm)."""
+
+    def __init__(self, r: torch.Tensor) -> None:
+        self.r = r
+        self.in_shape = self.out_shape = (r.shape[0],)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        solved: torch.Tensor = torch.linalg.solve_triangular(self.r, x.T, upper=True)
+        return solved.T
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        solved: torch.Tensor = torch.linalg.solve_triangular(self.r.T, y.T, upper=False)
+        return solved.T
+
+
+def _qr_factors(
+    matrix: torch.Tensor, window: ConvOperator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float] | None:
+    r"""Householder QR of a tall ``matrix`` (:math:`A_w` on the pixels read) and its condition number.
+
+    ``None`` when the condition number reaches :data:`QR_MAX_CONDITION` (the caller then uses the SVD).
+    :math:`\sigma_{\max}` comes from Lanczos on the window's convolution, :math:`\sigma_{\min} =
+    1 / \|R^{-1}\|_2` from Lanczos on :math:`R^{-T} R^{-1}` (two triangular solves a step).
+    """
+    householder, tau = torch.geqrf(matrix)
+    r = householder[: matrix.shape[1]].triu()
+    diagonal = r.diagonal().abs()
+    if float(diagonal.min()) * QR_MAX_CONDITION <= float(diagonal.max()):  # cond >= max|r_ii| / min|r_ii|
+        return None
+    largest = sigma_max(window)
+    smallest = 1.0 / sigma_max(_TriangularInverse(r.cpu()))
+    condition = largest / smallest
+    if not math.isfinite(condition) or condition >= QR_MAX_CONDITION:
+        return None
+    return householder, tau, r, condition
 
 
 def window_block(op: ConvOperator, max_entries: int = WINDOW_MAX_ENTRIES) -> tuple[int, int] | None:
@@ -80,8 +125,8 @@ class WindowInverse:
     block : (int, int)
         Outputs per block, e.g. from :func:`window_block`.
     like : torch.Tensor
-        Dtype and device of the responses it will invert; :math:`A_w^+` is computed in float64
-        (by SVD, on ``like``'s device) and stored in ``like``'s dtype.
+        Dtype and device of the responses it will invert; the factorisation is computed in float64
+        on ``like``'s device and stored in ``like``'s dtype.
 
     Attributes
     ----------
@@ -94,6 +139,25 @@ class WindowInverse:
         above ``max(m, n) * eps * sigma_max``); only then is the tiled estimate exact on the range of :math:`A`.
     condition : float
         :math:`\sigma_{max} / \sigma_{min}` of :math:`A_w` on the pixels the block reads.
+    factorization : {"qr", "svd"}
+        How :math:`A_w^+` is applied (see Notes).
+
+    Notes
+    -----
+    With at least as many equations as unknowns, :math:`A_w` (restricted to the pixels it reads) is
+    factored :math:`A_w = Q R` by Householder QR (``geqrf``, :math:`2 m n^2 - 2 n^3 / 3` flops, about a
+    tenth of the time of an SVD of the same matrix). :math:`\sigma_{\max}` comes from Lanczos on the
+    window's convolution and :math:`\sigma_{\min} = 1 / \|R^{-1}\|_2` from Lanczos on
+    :math:`R^{-T} R^{-1}` (two triangular solves a step; both to ARPACK's tolerance 1e-10). When the
+    condition number :math:`\kappa` is below :data:`QR_MAX_CONDITION`, :math:`A_w` has full column rank and
+    :math:`A_w^+ = R^{-1} Q^T` is applied as ``ormqr`` then a triangular solve. Accuracy: Householder
+    QR is backward stable (:math:`R` is the exact factor of :math:`A_w + E`, :math:`\|E\| \approx c\, m n\,
+    \varepsilon \|A_w\|`), so the solution's relative error is of order :math:`\kappa \varepsilon`, as
+    with the SVD; normal equations (Cholesky of :math:`A_w^T A_w`) would give :math:`\kappa^2 \varepsilon`.
+    And :math:`\kappa < 10^8` lies far inside the SVD's rank cut (:math:`\sigma_{\min} >
+    \max(m, n)\, \varepsilon\, \sigma_{\max}`, i.e. :math:`\kappa \lesssim 10^{12}`), so the rank
+    verdict is the SVD's. Otherwise (fewer equations than unknowns, or :math:`\kappa \ge`
+    :data:`QR_MAX_CONDITION`) an SVD gives the rank (that cut) and the explicit pseudo-inverse.
 
     Examples
     --------
@@ -113,16 +177,25 @@ class WindowInverse:
         self.block = block
         window = _window_operator(op, block)
         self.window = window.input_size
-        matrix = window.to_dense(torch.float64, like.device, max_entries=WINDOW_MAX_ENTRIES)
+        matrix = window.placed_matrix(torch.float64, like.device, WINDOW_MAX_ENTRIES)
         read = matrix.abs().sum(0) > 0
-        u, singular, vh = torch.linalg.svd(matrix[:, read], full_matrices=False)
-        cut = max(matrix.shape) * torch.finfo(torch.float64).eps * float(singular[0])
-        self.injective = bool(read.sum() <= matrix.shape[0]) and float(singular[-1]) > cut
-        self.condition = float(singular[0] / singular[-1]) if float(singular[-1]) > 0 else float("inf")
-        kept = singular > cut
-        pinv = torch.zeros(matrix.shape[1], matrix.shape[0], dtype=torch.float64, device=like.device)
-        pinv[read] = (vh[kept].T / singular[kept]) @ u[:, kept].T
-        self._pinv = pinv.to(like.dtype)
+        self._read = read
+        unknowns = int(read.sum())
+        self._factors: tuple[torch.Tensor, ...]  # QR: Householder vectors, tau, R; SVD: the pseudo-inverse
+        factors = _qr_factors(matrix[:, read], window) if unknowns <= matrix.shape[0] else None
+        if factors is not None:
+            householder, tau, r, self.condition = factors
+            self.factorization = "qr"
+            self.injective = True
+            self._factors = (householder.to(like.dtype), tau.to(like.dtype), r.to(like.dtype))
+        else:
+            u, singular, vh = torch.linalg.svd(matrix[:, read], full_matrices=False)
+            cut = max(matrix.shape) * torch.finfo(torch.float64).eps * float(singular[0])
+            self.factorization = "svd"
+            self.injective = unknowns <= matrix.shape[0] and float(singular[-1]) > cut
+            self.condition = float(singular[0] / singular[-1]) if float(singular[-1]) > 0 else float("inf")
+            kept = singular > cut
+            self._factors = (((vh[kept].T / singular[kept]) @ u[:, kept].T).to(like.dtype),)
 
         (hp, wp), (_, ho, wo) = op.pad.output_size, op.out_shape
         rows, cols = _starts(block[0], ho), _starts(block[1], wo)
@@ -151,9 +224,18 @@ class WindowInverse:
         pixels it does not read.
         """
         n, c_in = y.shape[0], self.op.in_shape[0]
-        pinv = self._pinv.to(device=y.device, dtype=y.dtype)
-        responses = y.flatten(2)[:, :, self._outputs].transpose(1, 2).reshape(n, self.blocks, -1)
-        windows = (responses @ pinv.T).reshape(n, self.blocks, c_in, -1).transpose(1, 2).reshape(n, c_in, -1)
+        responses = y.flatten(2)[:, :, self._outputs].transpose(1, 2).reshape(n * self.blocks, -1)
+        factors = [t.to(device=y.device, dtype=y.dtype) for t in self._factors]
+        if self.factorization == "qr":  # A_w^+ = R^{-1} Q^T
+            householder, tau, r = factors
+            rotated = torch.ormqr(householder, tau, responses.T, left=True, transpose=True)[: r.shape[0]]
+            solved = torch.linalg.solve_triangular(r, rotated, upper=True).T
+        else:
+            solved = responses @ factors[0].T
+        read = self._read.to(y.device)
+        windows = y.new_zeros(n * self.blocks, read.numel())
+        windows[:, read] = solved
+        windows = windows.reshape(n, self.blocks, c_in, -1).transpose(1, 2).reshape(n, c_in, -1)
         hp, wp = self.op.pad.output_size
         padded = torch.zeros(n, c_in, hp * wp, dtype=y.dtype, device=y.device)
         padded.index_add_(2, self._pixels, windows)

@@ -35,6 +35,8 @@ def test_conv_operator_battery(cfg: ConvConfig):
     assert_close(op.adjoint(y), _autograd_adjoint(op, y))
     dense = op.to_dense()
     assert_close(op.adjoint(y).flatten(1), y.flatten(1) @ dense)
+    # the matrix placed from the patch rows (through every padding mode) is the one built by columns
+    assert_close(op.placed_matrix(), dense)
     # A = P S
     columns = op.apply_patch_matrices(op.patches(x), op.patch_matrices(x))
     assert_close(columns.reshape(2, *op.out_shape), op.forward(x))
@@ -104,6 +106,8 @@ def test_to_dense_refuses_large_sizes():
     op = ConvOperator(torch.randn(96, 3, 11, 11), (224, 224), stride=4)
     with pytest.raises(TooLargeError, match=r"279936 x 150528 \(314\.0 GiB in torch.float64\)"):
         op.to_dense()
+    with pytest.raises(TooLargeError, match=r"placed_matrix: the matrix would be 279936 x 150528"):
+        op.placed_matrix()
 
 
 def test_construction_errors():

@@ -1,5 +1,6 @@
 """Whole-operator pseudo-inverses (fft, lsqr, dense) against the dense matrix, and spectra against the dense SVD."""
 
+import re
 import warnings
 from dataclasses import replace
 
@@ -10,12 +11,12 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from strategies import ConvConfig, conv_configs
 
-from invertnet import ConvOperator, CReLU, RouteError, SolveOptions, conv_pinv
+from invertnet import ConvOperator, CReLU, RouteError, SolveOptions, conv_pinv, injectivity
 from invertnet.injectivity import injectivity_report
 from invertnet.pinv import choose_method
 from invertnet.solvers import ConvergenceWarning, lsqr
-from invertnet.spectral import circulant_reason
-from invertnet.spectrum import conv_singular_values, sigma_max, sigma_min
+from invertnet.spectral import CirculantFactorization, circulant_reason, circulant_singular_values
+from invertnet.spectrum import conv_singular_values, dense_singular_values, sigma_max, sigma_min
 
 
 @settings(max_examples=60, deadline=None)
@@ -85,6 +86,28 @@ def test_fft_matches_dense_pinv_and_svd(cfg: ConvConfig):
     assert_close(x_fft, dense_pinv_solution(op, z), cond=condition(dense))
 
 
+@settings(max_examples=80, deadline=None)
+@given(conv_configs())
+def test_circulant_singular_values_are_the_factorisation_s(cfg: ConvConfig):
+    """svdvals on half the frequencies, mirrored (or once for a constant symbol) = the per-frequency SVDs."""
+    op = cfg.operator()
+    h, w = op.in_shape[1:]
+    assume(h % op.stride[0] == 0 and w % op.stride[1] == 0)
+    like = torch.zeros((), dtype=torch.float64)
+    expected = CirculantFactorization(op, like).singular_values()
+    actual = circulant_singular_values(op, like)
+    assert actual.shape == expected.shape
+    # the same matrices by two LAPACK drivers: measured up to 8e-16 relative to the largest (200 draws)
+    assert float((actual - expected).abs().max()) <= 1e-13 * float(expected[0])
+
+
+def test_dense_singular_values_are_the_dense_matrix_s():
+    op = ConvOperator(torch.randn(5, 2, 3, 3, dtype=torch.float64), (7, 6), padding=1, padding_mode="replicate")
+    expected = torch.linalg.svdvals(op.to_dense())
+    # the same matrix (placed_matrix == to_dense is tested in test_operators): equal up to rounding, measured 0
+    assert_close(dense_singular_values(op), expected)
+
+
 def test_dense_route_satisfies_penrose_conditions():
     conv = torch.nn.Conv2d(2, 3, 3, stride=2, padding=1).double()
     op = ConvOperator.from_conv(conv, (6, 6))
@@ -116,9 +139,14 @@ def test_krylov_extreme_singular_values_match_dense(make_conv, size):
     singular = torch.linalg.svdvals(op.to_dense())
     smallest, converged = sigma_min(op)
     assert converged
-    # iterative (Lanczos): measured relative errors up to 8.8e-16 (largest) and 4.8e-14 (smallest)
+    # iterative (Lanczos): measured relative errors up to 8.8e-16 (largest) and 1.4e-13 (smallest)
     assert abs(sigma_max(op) - float(singular[0])) <= 1e-13 * float(singular[0])
     assert abs(smallest - float(singular[-1])) <= 5e-12 * float(singular[-1])
+    # with sigma_max handed over (no second run for the shift), and with the null-space guard skipped
+    for options in ({"largest": sigma_max(op)}, {"largest": sigma_max(op), "injective": True}):
+        smallest, converged = sigma_min(op, **options)
+        assert converged
+        assert abs(smallest - float(singular[-1])) <= 5e-12 * float(singular[-1])  # measured up to 1.4e-13
 
 
 def test_sigma_min_sees_pixels_no_filter_reads():
@@ -154,12 +182,36 @@ def test_injectivity_report_verdicts():
         assert relative_gap(x_hat, x) < 2e-13
 
 
+def test_injectivity_report_methods(monkeypatch):
+    """Each way the report computes singular values, against the dense SVD."""
+    torch.manual_seed(0)
+    circular = torch.nn.Conv2d(3, 3, 3, padding=1, padding_mode="circular")
+    zeros = torch.nn.Conv2d(3, 32, 5, stride=2)  # a 2x3 block of outputs determines its window
+    net = torch.nn.Sequential(circular, zeros).double()
+    lines: list[str] = []
+    report = injectivity_report(net, (23, 23), progress=lines.append)
+    assert [(r.method, r.exact) for r in report] == [("dft", True), ("dense", True)]
+    assert lines[0] == "0: Conv2d on (3, 23, 23)"
+    assert re.fullmatch(r"0: dft, \d+\.\d s", lines[1])
+    assert re.fullmatch(r"1: dense, \d+\.\d s", lines[3])
+    for r, conv, size in zip(report, net, [(23, 23), (23, 23)], strict=True):
+        singular = torch.linalg.svdvals(ConvOperator.from_conv(conv, size).to_dense())
+        assert r.singular_values is not None
+        assert float((r.singular_values - singular).abs().max()) <= 1e-13 * float(singular[0])  # measured 7.7e-15
+    monkeypatch.setattr(injectivity, "DENSE_SPECTRUM_ENTRIES", 0)  # as if the layer were large: Lanczos
+    lanczos = injectivity_report(net, (23, 23))[1]
+    assert (lanczos.method, lanczos.exact, lanczos.verdict) == ("lanczos, certified", False, "injective")
+    singular = report[1].singular_values
+    assert abs(lanczos.sigma_min - float(singular[-1])) <= 5e-12 * float(singular[-1])  # measured 1.4e-14
+    assert abs(lanczos.sigma_max - float(singular[0])) <= 1e-13 * float(singular[0])  # measured 4.4e-16
+
+
 def test_numerically_singular_layer_is_flagged():
     conv = torch.nn.Conv2d(2, 8, 3, padding=1, bias=False).double()
     with torch.no_grad():
         conv.weight[:, 1] = conv.weight[:, 0]  # two input channels seen identically: x0 - x1 is invisible
     report = injectivity_report(torch.nn.Sequential(conv), (6, 6))
-    assert report[0].verdict == "numerically singular"
+    assert (report[0].method, report[0].verdict) == ("dense", "numerically singular")
 
 
 def test_auto_picks_the_cheapest_provable_route():

@@ -23,6 +23,16 @@ __all__ = ["DENSE_MAX_ENTRIES", "LinearOperator", "dottest"]
 DENSE_MAX_ENTRIES = 2**27
 
 
+def check_dense_size(m: int, n: int, dtype: torch.dtype, max_entries: int, fn: str) -> None:
+    """Raise :class:`TooLargeError` when an ``m x n`` dense matrix has more than ``max_entries`` entries."""
+    if m * n > max_entries:
+        gib = m * n * torch.finfo(dtype).bits / 8 / 2**30
+        raise TooLargeError(
+            f"{fn}: the matrix would be {m} x {n} ({gib:.1f} GiB in {dtype}), over the limit of "
+            f"{max_entries} entries; use a smaller input size or a matrix-free method"
+        )
+
+
 class LinearOperator(ABC):
     r"""A linear map between batched tensors, :math:`A: \mathbb{R}^{n} \to \mathbb{R}^{m}`.
 
@@ -80,12 +90,7 @@ class LinearOperator(ABC):
             would need.
         """
         m, n = self.out_dim, self.in_dim
-        if m * n > max_entries:
-            gib = m * n * torch.finfo(dtype).bits / 8 / 2**30
-            raise TooLargeError(
-                f"to_dense: the matrix would be {m} x {n} ({gib:.1f} GiB in {dtype}), over the limit of "
-                f"{max_entries} entries; use a smaller input size or a matrix-free method"
-            )
+        check_dense_size(m, n, dtype, max_entries, "to_dense")
         eye = torch.eye(n, dtype=dtype, device=device)
         columns = [self.forward(chunk.reshape(-1, *self.in_shape)).reshape(-1, m) for chunk in torch.split(eye, 4096)]
         return torch.cat(columns).T.contiguous()

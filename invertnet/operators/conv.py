@@ -29,7 +29,7 @@ from torch import nn
 
 from invertnet._checks import pair
 from invertnet.errors import ArgumentTypeError, OptionError, ShapeError
-from invertnet.operators.base import LinearOperator
+from invertnet.operators.base import DENSE_MAX_ENTRIES, LinearOperator, check_dense_size
 from invertnet.operators.padding import PADDING_MODES, Padding
 
 __all__ = ["ConvOperator"]
@@ -222,6 +222,40 @@ class ConvOperator(LinearOperator):
     def patches_adjoint(self, p: torch.Tensor) -> torch.Tensor:
         """:math:`S^T p`: add every column back where it was taken from (col2im, then the padding's adjoint)."""
         return self.pad.adjoint(F.fold(p, self.pad.output_size, self.kernel_size, self.dilation, 0, self.stride))
+
+    def placed_matrix(
+        self,
+        dtype: torch.dtype = torch.float64,
+        device: torch.device | str | None = None,
+        max_entries: int = DENSE_MAX_ENTRIES,
+    ) -> torch.Tensor:
+        r"""The matrix of the operator, ``(out_dim, in_dim)``, placed from the patch matrices (:math:`P S` by entries).
+
+        Row :math:`(o, l)` (output channel, output position) holds the patch row :math:`P_o` at the input
+        pixels receptive field :math:`l` reads: :math:`S` of an image of pixel numbers gives them, through
+        any padding (a zero-padded entry reads nothing; a reflected or wrapped one reads its source, and
+        entries that read the same pixel add up). The same matrix as :meth:`to_dense` without one
+        convolution per column: a scatter of ``out_dim * kh * kw * C_in / g`` entries.
+
+        Examples
+        --------
+        >>> import torch
+        >>> op = ConvOperator(torch.randn(4, 2, 3, 3, dtype=torch.float64), (6, 5), padding=1, padding_mode="reflect")
+        >>> bool(torch.allclose(op.placed_matrix(), op.to_dense()))
+        True
+        """
+        m, n = self.out_dim, self.in_dim
+        check_dense_size(m, n, dtype, max_entries, "placed_matrix")
+        numbers = torch.arange(1, n + 1, dtype=torch.float64, device=device).reshape(1, *self.in_shape)
+        sources = self.patches(numbers)[0].round().long()  # (C_in*kh*kw, L): pixel number, 0 for a zero pad
+        patches = self.patch_matrices(torch.zeros((), dtype=dtype, device=device))  # (groups, C_out/g, entries)
+        groups, per_group, entries = patches.shape
+        length = sources.shape[1]
+        sources = sources.reshape(groups, entries, length).transpose(1, 2)
+        shape = (groups, per_group, length, entries)
+        matrix = torch.zeros(groups, per_group, length, n + 1, dtype=dtype, device=device)  # column 0: zero pads
+        matrix.scatter_add_(3, sources.unsqueeze(1).expand(shape), patches.unsqueeze(2).expand(shape))
+        return matrix[..., 1:].reshape(m, n)
 
     def coverage(self, device: torch.device | str | None = None, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """How many receptive fields read each input pixel, shape ``(H, W)`` (the diagonal of :math:`S^T S`)."""
