@@ -319,6 +319,7 @@ def process_group(device: torch.device | str = "cpu", threads: int | None = None
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
         yield Process(dist.get_rank(), world, device)
+        dist.barrier()  # no rank tears the group down while another is still in a collective
     finally:
         dist.destroy_process_group()
 

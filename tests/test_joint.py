@@ -91,7 +91,8 @@ def test_reconstruct_takes_a_batch_and_gives_each_image_its_single_run():
     for i in range(2):
         single = reconstruct(net, x[i : i + 1], "2")
         assert [s.route for s in single.steps] == [s.route for s in batch.steps]
-        assert torch.allclose(batch.image[i], single.image[0], rtol=1e-12, atol=1e-12 * float(x[i].abs().max()))
+        # the same iterations; a batch sums in another order: measured up to 1e-12 relative, 1e-9 allowed
+        assert torch.allclose(batch.image[i], single.image[0], rtol=1e-9, atol=1e-9 * float(x[i].abs().max()))
         assert float(batch.psnr[i]) == pytest.approx(float(single.psnr[0]), rel=1e-9)
 
 
