@@ -387,3 +387,17 @@ def test_cuda_follows_the_constraints():
     assert result.x.device.type == "cuda"
     assert result.exact.tolist() == [True, True]
     assert relative_gap(result.x, x) <= 1e-10
+
+
+def test_newton_options_are_checked():
+    with pytest.raises(OptionError, match=r"expected newton_steps >= 1, got 0"):
+        ActiveSetOptions(newton_steps=0)
+
+
+def test_auto_certificate_says_undecided_above_the_lanczos_limit():
+    """Past the count, without a patch certificate, and too big for Lanczos: undecided, never a guess."""
+    op = ConvOperator(torch.randn(12, 3, 3, 3, dtype=torch.float64), (150, 150), padding=1)
+    known = torch.ones(1, *op.out_shape, dtype=torch.bool)
+    (certificate,) = certify(op, known)
+    assert certificate.determined is None
+    assert "exceed Lanczos's limit (65536); pass certificate='lanczos'" in certificate.reason

@@ -188,6 +188,8 @@ def test_unknown_method_or_layer_is_refused_before_any_work(model, images, tmp_p
         _run(model, images, out, layers=["1", "1"])
     with pytest.raises(LayerNotFoundError, match="conv9"):
         _run(model, images, out, layers=["conv9"])
+    with pytest.raises(OptionError, match=r"expected relu in \('active_set', 'identity'\), got 'clip'"):
+        _run(model, images, out, relu="clip")
     assert not out.exists()
 
 

@@ -87,3 +87,9 @@ def test_information_command(tmp_path):
     assert out.stat().st_size > 0
     refused, _ = run(args, tmp_path)  # the figure exists now: refused without --force
     _one_line_error(refused, "exists")
+
+
+def test_a_relu_with_no_convolution_below_is_refused():
+    net = nn.Sequential(nn.AvgPool2d(2), nn.ReLU()).double().eval()
+    with pytest.raises(UnsupportedLayerError, match=r"expected a Conv2d or Linear below '1' \(through BatchNorm2d\)"):
+        layer_information(net, torch.rand(1, 1, 8, 8, dtype=torch.float64), ["1"])
