@@ -334,15 +334,17 @@ def test_torchrun_two_processes_match_one(model, images, tmp_path):
     written = read_rows(out)
     assert written[:5] == single[:5]
     # the ranks run 1 thread each, the single process torch's default: LSQR's sums round differently, so the
-    # metrics agree to rounding (1e-9 relative) and everything else exactly
+    # metrics agree to rounding and everything else exactly
     metrics = ("psnr", "ssim", "relative_error", "feature_residual")
     ranked, alone = (sorted(rows, key=lambda r: r.key) for rows in (written, single))
     for a, b in zip(ranked, alone, strict=True):
         assert dataclasses.replace(a, seconds=0.0, **{m: 0.0 for m in metrics}) == dataclasses.replace(
             b, seconds=0.0, **{m: 0.0 for m in metrics}
         )
-        for m in metrics:
-            assert getattr(a, m) == pytest.approx(getattr(b, m), rel=1e-9, abs=1e-12)
+        for m in ("ssim", "relative_error", "feature_residual"):
+            assert getattr(a, m) == pytest.approx(getattr(b, m), rel=1e-6, abs=1e-12)
+        # an exact row's PSNR measures rounding (above 200 dB) and differs with it
+        assert a.psnr == pytest.approx(b.psnr, rel=1e-6) or min(a.psnr, b.psnr) > 200
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
