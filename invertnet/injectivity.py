@@ -27,7 +27,14 @@ from invertnet.operators import ConvOperator
 from invertnet.pinv import ConvLayer
 from invertnet.pinv.lsqr import injectivity_certificate
 from invertnet.spectral import circulant_reason, circulant_singular_values
-from invertnet.spectrum import DENSE_SPECTRUM_ENTRIES, dense_singular_values, sigma_max, sigma_min
+from invertnet.spectrum import (
+    DENSE_SPECTRUM_ENTRIES,
+    cholesky_pays,
+    dense_singular_values,
+    sigma_max,
+    sigma_min,
+    sigma_min_cholesky,
+)
 from invertnet.trace import LayerRecord, require_module, trace
 
 __all__ = ["VERDICTS", "LayerSpectrum", "injectivity_report", "ruled_out_by_count", "unknowns"]
@@ -71,7 +78,10 @@ class LayerSpectrum:
         :math:`\sigma_{\max}`, one on :math:`c I - A^T A` for :math:`\sigma_{\min}`, which keeps a null space;
         :func:`invertnet.spectrum.sigma_min`), ``"lanczos, certified"`` (a window or patch certificate proves
         the layer injective, so the second run is on :math:`A^T A`), ``"lanczos max"`` (:math:`\sigma_{\min}
-        = 0` by counting or unread pixels; Lanczos for :math:`\sigma_{\max}` only) or ``"none"`` (max-pooling).
+        = 0` by counting or unread pixels; Lanczos for :math:`\sigma_{\max}` only), ``"cholesky"`` (Lanczos for
+        :math:`\sigma_{\max}`, then on :math:`(A^T A)^{-1}` through the Cholesky factor of the Gram matrix for
+        :math:`\sigma_{\min}`, where :func:`invertnet.spectrum.cholesky_pays`; a singular Gram matrix falls back
+        to ``"lanczos"``) or ``"none"`` (max-pooling).
     """
 
     name: str
@@ -161,6 +171,8 @@ def _layer_spectrum(record: LayerRecord, previous: LayerRecord | None, rtol: flo
         s_max = sigma_max(op)
         if out_dim < in_dim or unread:
             method, s_min = "lanczos max", 0.0
+        elif (by_cholesky := sigma_min_cholesky(op) if cholesky_pays(op) else None) is not None:
+            method, s_min = "cholesky", by_cholesky
         else:
             certified = injectivity_certificate(ConvLayer(op, (h, w)), like) is not None
             method = "lanczos, certified" if certified else "lanczos"

@@ -37,6 +37,12 @@ def test_conv_operator_battery(cfg: ConvConfig):
     assert_close(op.adjoint(y).flatten(1), y.flatten(1) @ dense)
     # the matrix placed from the patch rows (through every padding mode) is the one built by columns
     assert_close(op.placed_matrix(), dense)
+    # the Gram matrix summed from the filters' products is A^T A (zero padding; other modes are refused)
+    if op.pad.mode == "zeros":
+        assert_close(op.gram_matrix(), dense.T @ dense)
+    else:
+        with pytest.raises(OptionError, match=r"gram_matrix: expected zero padding, got padding_mode="):
+            op.gram_matrix()
     # A = P S
     columns = op.apply_patch_matrices(op.patches(x), op.patch_matrices(x))
     assert_close(columns.reshape(2, *op.out_shape), op.forward(x))

@@ -16,7 +16,13 @@ from invertnet.injectivity import injectivity_report
 from invertnet.pinv import choose_method
 from invertnet.solvers import ConvergenceWarning, lsqr
 from invertnet.spectral import CirculantFactorization, circulant_reason, circulant_singular_values
-from invertnet.spectrum import conv_singular_values, dense_singular_values, sigma_max, sigma_min
+from invertnet.spectrum import (
+    conv_singular_values,
+    dense_singular_values,
+    sigma_max,
+    sigma_min,
+    sigma_min_cholesky,
+)
 
 
 @settings(max_examples=60, deadline=None)
@@ -147,6 +153,19 @@ def test_krylov_extreme_singular_values_match_dense(make_conv, size):
         smallest, converged = sigma_min(op, **options)
         assert converged
         assert abs(smallest - float(singular[-1])) <= 5e-12 * float(singular[-1])  # measured up to 1.4e-13
+    if op.pad.mode == "zeros":  # through the Cholesky factor of the Gram matrix: measured up to 1.2e-15
+        assert abs(sigma_min_cholesky(op) - float(singular[-1])) <= 1e-13 * float(singular[-1])
+
+
+def test_sigma_min_cholesky_on_a_singular_layer():
+    """x0 - x1 is invisible: the Gram matrix is singular, so no factor (None) or a value at rounding level."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(2, 8, 3, padding=1, bias=False).double()
+    with torch.no_grad():
+        conv.weight[:, 1] = conv.weight[:, 0]
+    op = ConvOperator.from_conv(conv, (9, 9))
+    value = sigma_min_cholesky(op)
+    assert value is None or value <= 1e-6 * sigma_max(op)
 
 
 def test_sigma_min_sees_pixels_no_filter_reads():
@@ -198,10 +217,14 @@ def test_injectivity_report_methods(monkeypatch):
         singular = torch.linalg.svdvals(ConvOperator.from_conv(conv, size).to_dense())
         assert r.singular_values is not None
         assert float((r.singular_values - singular).abs().max()) <= 1e-13 * float(singular[0])  # measured 7.7e-15
-    monkeypatch.setattr(injectivity, "DENSE_SPECTRUM_ENTRIES", 0)  # as if the layer were large: Lanczos
+    monkeypatch.setattr(injectivity, "DENSE_SPECTRUM_ENTRIES", 0)  # as if the layer were large
+    cholesky = injectivity_report(net, (23, 23))[1]  # 1,587 unknowns, 32 filters: factoring pays
+    assert (cholesky.method, cholesky.exact, cholesky.verdict) == ("cholesky", False, "injective")
+    singular = report[1].singular_values
+    assert abs(cholesky.sigma_min - float(singular[-1])) <= 1e-13 * float(singular[-1])  # measured 3.8e-15
+    monkeypatch.setattr(injectivity, "cholesky_pays", lambda op: False)  # Lanczos
     lanczos = injectivity_report(net, (23, 23))[1]
     assert (lanczos.method, lanczos.exact, lanczos.verdict) == ("lanczos, certified", False, "injective")
-    singular = report[1].singular_values
     assert abs(lanczos.sigma_min - float(singular[-1])) <= 5e-12 * float(singular[-1])  # measured 1.4e-14
     assert abs(lanczos.sigma_max - float(singular[0])) <= 1e-13 * float(singular[0])  # measured 4.4e-16
 

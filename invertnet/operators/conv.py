@@ -257,6 +257,63 @@ class ConvOperator(LinearOperator):
         matrix.scatter_add_(3, sources.unsqueeze(1).expand(shape), patches.unsqueeze(2).expand(shape))
         return matrix[..., 1:].reshape(m, n)
 
+    def gram_matrix(
+        self,
+        dtype: torch.dtype = torch.float64,
+        device: torch.device | str | None = None,
+        max_entries: int = DENSE_MAX_ENTRIES,
+    ) -> torch.Tensor:
+        r"""The Gram matrix :math:`A^T A`, ``(in_dim, in_dim)``, from the filters' products (zero padding only).
+
+        :math:`A^T A = \sum_l S_l^T K S_l` with :math:`K = W^T W` the products of the filter taps (per group)
+        and :math:`S_l` the pixels receptive field :math:`l` reads: one slice addition of :math:`K` per
+        output position, ``out_h * out_w * (C_in * kh * kw)**2`` additions, against ``in_dim`` applications
+        of :math:`A^T A` column by column.
+
+        Raises
+        ------
+        OptionError
+            For padding other than zeros (a reflected or wrapped tap reads a pixel twice); use
+            ``placed_matrix`` and its product.
+        TooLargeError
+            Above ``max_entries`` entries.
+
+        Examples
+        --------
+        >>> import torch
+        >>> op = ConvOperator(torch.randn(4, 2, 3, 3, dtype=torch.float64), (6, 5), stride=2, padding=1)
+        >>> a = op.placed_matrix()
+        >>> bool(torch.allclose(op.gram_matrix(), a.T @ a))
+        True
+        """
+        if self.pad.mode != "zeros":
+            raise OptionError(
+                f"gram_matrix: expected zero padding, got padding_mode={self.pad.mode!r}; "
+                "use placed_matrix() and its product A^T A"
+            )
+        n = self.in_dim
+        check_dense_size(n, n, dtype, max_entries, "gram_matrix")
+        c, h, w = self.in_shape
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        left, _, top, _ = self.pad.pads
+        per_group = c // self.groups
+        # K in pixel-major layout (a_r, a_c, a'_r, a'_c, c, c'): the channel blocks of different groups are 0
+        products = torch.zeros(kh, kw, kh, kw, c, c, dtype=dtype, device=device)
+        for g, patch in enumerate(self.patch_matrices(torch.zeros((), dtype=dtype, device=device))):
+            taps = patch.reshape(-1, per_group, kh, kw).permute(2, 3, 1, 0).reshape(kh, kw, per_group, -1)
+            block = torch.einsum("abio,deko->abdeik", taps, taps)
+            products[..., g * per_group : (g + 1) * per_group, g * per_group : (g + 1) * per_group] = block
+        gram = torch.zeros(h, w, h, w, c, c, dtype=dtype, device=device)
+        for i in range(self.out_shape[1]):
+            rows = _taps_inside(i * sh - top, dh, kh, h)
+            for j in range(self.out_shape[2]):
+                cols = _taps_inside(j * sw - left, dw, kw, w)
+                if rows is None or cols is None:
+                    continue
+                (ra, rb, pixel_rows), (ca, cb, pixel_cols) = rows, cols
+                gram[pixel_rows, pixel_cols, pixel_rows, pixel_cols] += products[ra:rb, ca:cb, ra:rb, ca:cb]
+        return gram.permute(4, 0, 1, 5, 2, 3).reshape(n, n)
+
     def coverage(self, device: torch.device | str | None = None, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """How many receptive fields read each input pixel, shape ``(H, W)`` (the diagonal of :math:`S^T S`)."""
         one = ConvOperator(
@@ -282,3 +339,15 @@ class ConvOperator(LinearOperator):
         n, _, length = p.shape
         g, m, k = matrices.shape
         return torch.matmul(matrices.unsqueeze(0), p.reshape(n, g, k, length)).reshape(n, g * m, length)
+
+
+def _taps_inside(start: int, dilation: int, taps: int, size: int) -> tuple[int, int, slice] | None:
+    """Taps ``[a, b)`` of a receptive field starting at pixel ``start`` that read pixels inside ``[0, size)``.
+
+    Tap ``t`` reads pixel ``start + t * dilation``; returns the taps and the pixels they read, or ``None``.
+    """
+    first = max(0, -(start // dilation))  # ceil(-start / dilation)
+    last = min(taps, (size - 1 - start) // dilation + 1)
+    if last <= first:
+        return None
+    return first, last, slice(start + first * dilation, start + (last - 1) * dilation + 1, dilation)
