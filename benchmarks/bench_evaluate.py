@@ -1,9 +1,10 @@
 """``evaluate`` on each device: the same images, layers and methods on CPU and, when torch sees one, on CUDA.
 
 Writes ``--count`` crops of the bundled photographs (``make_photographs.py``) to a temporary folder and runs
-:func:`invertnet.evaluate.evaluate` on them once per device (All-CNN-B CReLU, float64 by default), then prints,
-per device, layer and method, the mean seconds and PSNR of the rows, and the ratio of the devices' total
-times. Without a CUDA device only the CPU runs (``--devices cuda`` then says so and stops).
+:func:`invertnet.evaluate.evaluate` on them once per device (All-CNN-B CReLU, float64 by default; ``joint`` with
+the settings of ``invertnet evaluate``: TV 0.01, the [0, 1] box, 500 L-BFGS evaluations, 5 Gauss-Newton
+steps), then prints, per device, layer and method, the mean seconds and PSNR of the rows, and the ratio of the
+devices' total times. Without a CUDA device only the CPU runs (``--devices cuda`` then says so and stops).
 
 Run: ``python benchmarks/bench_evaluate.py [--devices cpu,cuda] [--count 8] [--size 64]
 [--layers conv1,conv2] [--methods auto,joint] [--dtype float64] [--threads 1]``.
@@ -22,6 +23,7 @@ import torch
 from make_photographs import crops
 from skimage import io, util
 
+from invertnet.cli import JOINT_TV, _joint_options
 from invertnet.evaluate import evaluate
 from invertnet.models import build_model
 
@@ -58,7 +60,7 @@ def main() -> None:
             if device == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            rows = evaluate(model, folder, layers, methods, size=args.size)
+            rows = evaluate(model, folder, layers, methods, size=args.size, joint=_joint_options(JOINT_TV))
             if device == "cuda":
                 torch.cuda.synchronize()
             totals[device] = time.perf_counter() - start
