@@ -1,7 +1,9 @@
 """Whole-operator solvers: LSQR on All-CNN-B conv1, LSQR against scipy on a sparse matrix, the FFT pseudo-inverse.
 
 ``--only conv1`` runs the conv1 part alone; ``--only window`` the window factorisation of conv1 (QR against the
-SVD it replaced, in units of one forward + adjoint of conv1 at 224x224).
+SVD it replaced, in units of one forward + adjoint of conv1 at 224x224); ``--only offrange`` the iterations and
+units to reach 1e-6 of ``A^+ z`` for a response off conv1's range, LSQR against CGLS preconditioned by
+:class:`invertnet.preconditioners.BorderPreconditioner` (``--size`` sets the input size, default 224).
 
 Run: ``python benchmarks/bench_solvers.py`` (a few minutes on 2 cores). One run; compare the ratios.
 """
@@ -10,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +25,8 @@ from _timing import median_seconds
 from invertnet import ConvOperator, conv_pinv, windows
 from invertnet.io import load_image
 from invertnet.models import build_model
+from invertnet.preconditioners import BorderPreconditioner
+from invertnet.solvers import LsqrResult, lsqr, pcgls
 from invertnet.spectral import CirculantFactorization
 from invertnet.windows import WindowInverse, _window_operator, window_block
 
@@ -92,6 +98,79 @@ def conv1_lsqr(size: int, atol: float) -> None:
     solve(noisy, "lsqr from zero + coverage scaling", reference, warm_start=False, precondition=True)
     solve(noisy, "lsqr from the window estimate", reference, precondition=False)
     solve(noisy, "lsqr from the window + coverage (default)", reference)
+
+
+def offrange(size: int, target: float = 1e-6) -> None:
+    """Iterations and units to reach ``target`` relative error of ``A^+ z`` (pixels read), z = A x + 1% noise.
+
+    Iterations are the fewest that reach ``target`` (bisection on the cap: the error of CG-type iterates falls
+    monotonically). Units, as issue 13 counts them: one per iteration (a forward and an adjoint of conv1),
+    plus every preconditioner application, window estimate and setup converted by its median time alone in
+    this run (``counted``); ``measured`` is the wall time of the whole solve at that cap over the unit, vector
+    updates included (noisier: other processes share the machine). Setup is built once per layer and input
+    size and cached, like the window factorisation.
+    """
+    conv, x, op, y = conv1_problem(size)
+    z = y - conv.bias.detach().reshape(1, -1, 1, 1)
+    noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(0), dtype=z.dtype)
+    z = z + 0.01 * z.norm() / noise.norm() * noise
+    covered = op.coverage() > 0
+    reference = lsqr(op, z, atol=1e-14, btol=1e-14, maxiter=20_000).x
+    unit = median_seconds(lambda: op.adjoint(op.forward(x)))
+    start = time.perf_counter()
+    window = WindowInverse(op, window_block(op) or (1, 1), z)
+    window_setup = (time.perf_counter() - start) / unit
+    x0 = window.apply(z)
+    window_apply = median_seconds(lambda: window.apply(z), repeat=3) / unit
+    print(
+        f"\nconv1 at {size}x{size}, response + 1% noise (off the range), float64, {torch.get_num_threads()} "
+        f"thread(s); 1 unit = forward + adjoint = {unit * 1e3:.1f} ms; target: relative error {target:g} of A^+ z "
+        f"on the pixels read; window factorisation {window_setup:.0f} units, window estimate {window_apply:.1f} units"
+    )
+    print(f"  {'solver':<44} {'iterations':>10} {'setup':>6} {'per it.':>7} {'counted':>8} {'measured':>8}  error")
+    cover = op.coverage()
+    scale = torch.where(covered, (cover[covered].mean() / cover.clamp(min=1)).sqrt(), 1.0)
+
+    def row(label: str, run: Callable[[int], LsqrResult], setup: float, per_iteration: float, warm: bool) -> None:
+        def error(k: int) -> float:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                result = run(k)
+            return float((result.x - reference)[..., covered].norm() / reference[..., covered].norm())
+
+        low, high = 0, 16
+        while error(high) > target:
+            low, high = high, 2 * high
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (low, middle) if error(middle) <= target else (middle, high)
+        begin = time.perf_counter()
+        final = error(high)
+        start_units = window_apply if warm else 0.0
+        measured = (time.perf_counter() - begin) / unit + start_units + setup
+        counted = high * per_iteration + start_units + setup
+        columns = f"{high:>10d} {setup:>6.1f} {per_iteration:>7.2f} {counted:>8.1f} {measured:>8.1f}"
+        print(f"  {label:<44} {columns}  {final:.1e}")
+
+    row(
+        "LSQR, window start + coverage (the default)",
+        lambda k: lsqr(op, z, atol=1e-14, btol=1e-14, maxiter=k, x0=x0, preconditioner=lambda v: v * scale),
+        0.0,
+        1.0,
+        True,
+    )
+    for depth, corner in ((4, 4), (4, 6)):
+        setup = median_seconds(lambda d=depth, c=corner: BorderPreconditioner(op, z, d, c), repeat=3) / unit
+        border = BorderPreconditioner(op, z, depth, corner)
+        apply = median_seconds(lambda m=border: m(z.new_ones(1, *op.in_shape))) / unit
+        for warm in (False, True):
+            row(
+                f"PCGLS border {depth}/{corner}, {'window' if warm else 'zero'} start",
+                lambda k, m=border, w=warm: pcgls(op, z, m, tol=0.0, maxiter=k, x0=x0 if w else None),
+                setup,
+                1.0 + apply,
+                warm,
+            )
 
 
 def _svd_window_pinv(op: ConvOperator, block: tuple[int, int]) -> tuple[torch.Tensor, float]:
@@ -198,8 +277,10 @@ def fft_apply() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=["fft", "scipy", "conv1", "window"], help="run one part")
-    only = parser.parse_args().only
+    parser.add_argument("--only", choices=["fft", "scipy", "conv1", "window", "offrange"], help="run one part")
+    parser.add_argument("--size", type=int, default=224, help="input size of the offrange part (default 224)")
+    arguments = parser.parse_args()
+    only = arguments.only
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     if only in (None, "fft"):
         fft_apply()
@@ -209,6 +290,8 @@ def main() -> None:
         window_factorisation(224)
     if only in (None, "conv1"):
         conv1_lsqr(224, 1e-10)
+    if only in (None, "offrange"):
+        offrange(arguments.size)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ LAYERS = {
     "operators": 1,
     "spectral": 2,
     "solvers": 2,
+    "preconditioners": 2,
     "windows": 2,
     "activeset": 2,
     "pinv": 2,

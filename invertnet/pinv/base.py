@@ -20,7 +20,7 @@ import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import ClassVar, TypeVar
+from typing import ClassVar, Literal, TypeVar
 
 import torch
 from torch import nn
@@ -59,10 +59,14 @@ class SolveOptions:
     maxiter : int or None, default 1000
         ``"lsqr"``: iteration cap (``None``: :func:`invertnet.solvers.lsqr`'s own, up to 20,000). A layer that
         stops unconverged says so (``SolveInfo.converged``, and the step's note in a reconstruction).
-    precondition : bool, optional
-        ``"lsqr"``: scale each pixel by :math:`\sqrt{\bar c / c}` (:math:`c` its coverage); the result is then
-        *a* least-squares solution, the minimum-norm one only when the layer is injective on the pixels it
+    precondition : bool or "border", optional
+        ``"lsqr"``: True scales each pixel by :math:`\sqrt{\bar c / c}` (:math:`c` its coverage); the result is
+        then *a* least-squares solution, the minimum-norm one only when the layer is injective on the pixels it
         reads. Default (None): on exactly when the window start applies, which proves that injectivity.
+        ``"border"``: conjugate gradients on the normal equations preconditioned by
+        :class:`invertnet.preconditioners.BorderPreconditioner` (strided convolutions without padding whose
+        stride divides the input; :func:`~invertnet.preconditioners.border_reason` says why not), for responses
+        off the layer's range: All-CNN-B conv1 at 224x224 needs 33 iterations instead of 278 (default atol).
     warm_start : bool, default True
         ``"lsqr"``: start from the ``"window"`` estimate when a block of outputs determines its window.
     warn : bool, default True
@@ -76,7 +80,7 @@ class SolveOptions:
     rtol: float | None = None
     atol: float = 1e-10
     maxiter: int | None = 1000
-    precondition: bool | None = None
+    precondition: bool | Literal["border"] | None = None
     warm_start: bool = True
     warn: bool = True
     max_entries: int = DENSE_MAX_ENTRIES
@@ -87,6 +91,10 @@ class SolveOptions:
             raise OptionError(f"SolveOptions: expected rtol in [0, 1) or None, got {self.rtol}; try None (default)")
         if not self.atol > 0:
             raise OptionError(f"SolveOptions: expected a positive atol, got {self.atol}; try 1e-10")
+        if not (self.precondition is None or isinstance(self.precondition, bool) or self.precondition == "border"):
+            raise OptionError(
+                f"SolveOptions: expected precondition True, False, None or 'border', got {self.precondition!r}"
+            )
         if self.maxiter is not None and self.maxiter < 0:
             raise OptionError(f"SolveOptions: expected maxiter >= 0 or None, got {self.maxiter}")
 

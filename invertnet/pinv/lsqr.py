@@ -7,16 +7,26 @@ estimate is zero elsewhere (so it lies in the row space), and on responses in th
 already exact, which leaves LSQR nothing to do. With that start, pixels are also scaled by
 :math:`\sqrt{\bar c / c}` (:math:`c` their coverage), which about halves the iterations on strided layers
 and keeps the limit minimum-norm because the layer is injective on what it reads.
+
+Off the range (a response from a deeper layer's reconstruction) that LSQR still needs hundreds of
+iterations on a strided layer, because the pixels near the border are read by few outputs. With
+``precondition="border"`` the route runs conjugate gradients on the normal equations preconditioned by
+:class:`~invertnet.preconditioners.BorderPreconditioner` instead (:func:`invertnet.solvers.pcgls`, to
+:math:`\langle s, M s \rangle^{1/2} \le a_{tol} \langle A^T z, M A^T z \rangle^{1/2}`, :math:`s = A^T r`),
+from the same start: the preconditioner is built once per layer and input size (cached) and is positive
+definite on the pixels the layer reads, so on an injective layer the limit is :math:`A^+ z` as well.
 """
 
 from __future__ import annotations
 
 import torch
 
+from invertnet.errors import RouteError
 from invertnet.pinv.base import ConvLayer, Cost, Route, RouteResult, SolveOptions
 from invertnet.pinv.patch import full_column_rank
 from invertnet.pinv.window import window_inverse
-from invertnet.solvers import lsqr
+from invertnet.preconditioners import BorderPreconditioner, border_reason
+from invertnet.solvers import LsqrResult, lsqr, pcgls
 
 __all__ = ["LSQRRoute", "injectivity_certificate"]
 
@@ -57,8 +67,11 @@ class LSQRRoute(Route):
     def solve(self, layer: ConvLayer, z: torch.Tensor, options: SolveOptions) -> RouteResult:
         op = layer.op
         window = window_inverse(layer, z) if options.warm_start else None
+        if options.precondition == "border":
+            x0 = None if window is None else window.apply(z)
+            return self._finish(layer, z, self._border(layer, z, options, x0), "zero" if window is None else "window")
         scale = None
-        if options.precondition or (options.precondition is None and window is not None):
+        if options.precondition is True or (options.precondition is None and window is not None):
             coverage = layer.coverage().to(device=z.device, dtype=z.dtype)
             covered = coverage > 0
             scale = torch.where(covered, (coverage[covered].mean() / coverage.clamp(min=1)).sqrt(), 1.0)
@@ -72,6 +85,20 @@ class LSQRRoute(Route):
             x0=None if window is None else window.apply(z),
             warn=options.warn,
         )
+        return self._finish(layer, z, result, "zero" if window is None else "window")
+
+    @staticmethod
+    def _border(layer: ConvLayer, z: torch.Tensor, options: SolveOptions, x0: torch.Tensor | None) -> LsqrResult:
+        """CGLS preconditioned by the layer's (cached) :class:`BorderPreconditioner`, from ``x0`` or zero."""
+        reason = border_reason(layer.op)
+        if reason is not None:
+            raise RouteError(f"lsqr: precondition='border' does not apply: {reason}; use precondition=None")
+        key = ("border", layer.op.in_shape, z.dtype, z.device)
+        border = layer.cached(key, lambda: BorderPreconditioner(layer.op, z))
+        return pcgls(layer.op, z, border, tol=options.atol, maxiter=options.maxiter, x0=x0, warn=options.warn)
+
+    @staticmethod
+    def _finish(layer: ConvLayer, z: torch.Tensor, result: LsqrResult, start: str) -> RouteResult:
         converged = bool(result.converged.all())
         certificate = injectivity_certificate(layer, z) if converged else None
         note = f"injective: {certificate}" if certificate else ""
@@ -80,6 +107,6 @@ class LSQRRoute(Route):
             certificate is not None,
             result.iterations,
             converged,
-            "zero" if window is None else "window",
+            start,
             note,
         )

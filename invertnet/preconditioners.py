@@ -1,0 +1,263 @@
+r"""A preconditioner for the normal equations of a strided convolution without padding.
+
+A convolution with stride :math:`s` whose stride divides the input, after a space-to-depth
+(:func:`invertnet.spectral.space_to_depth`: :math:`q = C_{in} s_h s_w` channels on an
+:math:`n_h \times n_w = H/s_h \times W/s_w` grid of blocks), is a *valid* cross-correlation of
+:math:`t_h \times t_w` matrices :math:`W_k` (:math:`C_{out} \times q`, :math:`t = \lceil k / s \rceil`):
+:math:`y_o = \sum_k W_k \tilde x_{o + k}` for the outputs :math:`o \in [0, n_h - t_h] \times [0, n_w - t_w]`.
+Its Gram matrix :math:`G = A^T A` couples blocks :math:`b, b'` by
+
+.. math::
+
+    G_{b b'} = \sum_{o \text{ valid}} W_{b - o}^T W_{b' - o},
+
+a :math:`(2t - 1) \times (2t - 1)` stencil of :math:`q \times q` matrices that is translation invariant
+except within :math:`t - 1` blocks of the border, where fewer outputs read a block. Those border blocks carry
+the smallest eigenvalues of :math:`G` (All-CNN-B conv1 at 128x128: the circulant symbol of :math:`G` has
+condition number 45, yet CGLS needs 382 iterations to 1e-6, and the error it leaves lies in the outermost two
+blocks).
+
+:class:`BorderPreconditioner` approximates :math:`G^{-1}` additively (additive Schwarz):
+
+- the whole grid: the circulant with the interior stencil, :math:`\hat G(\theta) = \sum_d G_d e^{i \theta \cdot d}`,
+  one Hermitian :math:`q \times q` matrix per frequency (2-D DFT);
+- each of the four edge strips, :math:`w` blocks deep and the grid long: the strip's exact Gram across its depth
+  (with the border's missing outputs), made circulant along the edge (1-D DFT, one :math:`w q \times w q`
+  matrix per frequency);
+- each of the four corners, :math:`c \times c` blocks: the exact Gram restricted to the corner (Cholesky).
+
+Every piece is a symmetric positive definite matrix restricted to its pixels, so their sum :math:`M` is
+symmetric positive definite on the pixels the layer reads (pixels it never reads are masked out), and
+preconditioned conjugate gradients on the normal equations (:func:`invertnet.solvers.pcgls`) converge to the
+least-squares solution, which is :math:`A^+ z` when the layer is injective on the pixels it reads.
+The pieces are built from the :math:`t_h^2 t_w^2` products :math:`W_k^T W_{k'}` (no probing, no dense
+operator matrix).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+import torch.nn.functional as F
+
+from invertnet.errors import RouteError, ShapeError
+from invertnet.operators import ConvOperator
+from invertnet.spectral import depth_to_space, space_to_depth
+
+__all__ = ["BorderPreconditioner", "border_reason"]
+
+
+def border_reason(op: ConvOperator) -> str | None:
+    """Why :class:`BorderPreconditioner` does not apply to ``op``, or ``None`` when it does."""
+    (h, w), (sh, sw) = op.in_shape[1:], op.stride
+    if op.groups != 1 or op.dilation != (1, 1):
+        return f"groups={op.groups}, dilation={op.dilation}: only groups=1 and dilation 1 are supported"
+    if any(op.pad.pads):
+        return f"padding {op.pad.pads}: only convolutions without padding are supported"
+    if h % sh or w % sw:
+        return f"the stride {op.stride} does not divide the input size {(h, w)}"
+    taps = [math.ceil(op.kernel_size[i] / op.stride[i]) for i in range(2)]
+    grid = (h // sh, w // sw)
+    if op.out_shape[1:] != (grid[0] - taps[0] + 1, grid[1] - taps[1] + 1):
+        return f"the output grid {op.out_shape[1:]} is not the valid grid of the polyphase kernel"
+    if min(grid[i] - 4 * taps[i] for i in range(2)) < 0:
+        return f"the block grid {grid} is too small for the border pieces (at least {4 * max(taps)} blocks a side)"
+    return None
+
+
+def _complex(dtype: torch.dtype) -> torch.dtype:
+    return torch.complex128 if dtype == torch.float64 else torch.complex64
+
+
+def _spd_inverse(matrix: torch.Tensor, what: str) -> torch.Tensor:
+    """The inverse of (a batch of) Hermitian positive definite matrices by Cholesky; refuses singular ones."""
+    factor, info = torch.linalg.cholesky_ex(matrix)
+    if bool((info != 0).any()):
+        raise RouteError(
+            f"BorderPreconditioner: {what} is not positive definite, so the layer is not injective on the pixels "
+            "it reads; use the lsqr route without precondition='border'"
+        )
+    return torch.cholesky_inverse(factor)
+
+
+class BorderPreconditioner:
+    r"""Additive Schwarz approximation of :math:`(A^T A)^{-1}` for a strided convolution without padding.
+
+    See the module docstring for the maths.
+
+    Parameters
+    ----------
+    op : ConvOperator
+        A convolution for which :func:`border_reason` is ``None``.
+    like : torch.Tensor
+        Dtype and device.
+    depth : int, optional
+        Blocks across each edge strip; default :math:`\max(4, t_h + 1, t_w + 1)` (4 for All-CNN-B conv1, 16 pixels).
+    corner : int, optional
+        Blocks per side of each corner square; default the same as ``depth``.
+
+    Raises
+    ------
+    ShapeError
+        When :func:`border_reason` says the layer does not fit.
+    RouteError
+        When a piece is not positive definite (the layer is not injective on the pixels it reads).
+
+    Notes
+    -----
+    Measured on All-CNN-B conv1 (96 filters of 3x11x11, stride 4, :math:`q = 48`, 56x56 blocks at 224x224),
+    response + 1% noise, to 1e-6 of :math:`A^+ z`: 25 iterations (18 with ``corner=6``), against 168 for LSQR
+    from the window estimate with coverage scaling (to relative 1e-9: 33 against 278); an application costs
+    about two forward + adjoint pairs (``benchmarks/bench_solvers.py --only offrange``).
+    Deeper strips and larger corners cut iterations but cost more to build and apply: a corner is a dense
+    :math:`c^2 q \times c^2 q` inverse, a strip :math:`n/2 + 1` dense :math:`w q \times w q` ones.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from invertnet.operators import ConvOperator
+    >>> op = ConvOperator(torch.randn(24, 2, 5, 5, dtype=torch.float64), (48, 48), stride=2)
+    >>> m = BorderPreconditioner(op, torch.zeros((), dtype=torch.float64))
+    >>> u, v = torch.randn(2, 1, *op.in_shape, dtype=torch.float64)
+    >>> bool(torch.isclose((u * m(v)).sum(), (m(u) * v).sum()))
+    True
+    """
+
+    def __init__(
+        self,
+        op: ConvOperator,
+        like: torch.Tensor,
+        depth: int | None = None,
+        corner: int | None = None,
+    ) -> None:
+        reason = border_reason(op)
+        if reason is not None:
+            raise ShapeError(f"BorderPreconditioner: {reason}; use the lsqr route without it")
+        self.op = op
+        dtype, device = like.dtype, like.device
+        self.stride = op.stride
+        self.taps = tuple(math.ceil(op.kernel_size[i] / op.stride[i]) for i in range(2))
+        self.grid = (op.in_shape[1] // op.stride[0], op.in_shape[2] // op.stride[1])
+        (th, tw), (sh, sw) = self.taps, self.stride
+        self.depth = depth if depth is not None else max(4, th + 1, tw + 1)
+        self.corner = corner if corner is not None else self.depth
+        if not 0 < self.depth <= min(self.grid) // 2 or not 0 < self.corner <= min(self.grid) // 2:
+            raise ShapeError(
+                f"BorderPreconditioner: expected depth and corner in [1, {min(self.grid) // 2}] blocks (half the "
+                f"{self.grid} grid), got {self.depth} and {self.corner}"
+            )
+        weight = op.weight.to(device=device, dtype=dtype)
+        c_out, c_in, kh, kw = weight.shape
+        weight = F.pad(weight, (0, tw * sw - kw, 0, th * sh - kh))
+        taps = weight.reshape(c_out, c_in, th, sh, tw, sw).permute(2, 4, 0, 1, 3, 5).reshape(th, tw, c_out, -1)
+        self.q = taps.shape[-1]
+        # P[a, b, a', b'] = W_ab^T W_a'b'
+        self._products = torch.einsum("abop,cdoq->abcdpq", taps, taps)
+        coverage = op.coverage(device=device, dtype=dtype) > 0
+        self.read = space_to_depth(coverage.expand(1, c_in, -1, -1).to(dtype), self.stride)[0] > 0  # (q, nh, nw)
+        self._mask = coverage.to(dtype)
+        self._circulant = self._circulant_factor()
+        self._strips = [self._strip_factor(side) for side in ("top", "bottom", "left", "right")]
+        self._corners = [self._corner_factor(rows, cols) for rows, cols in self._corner_slices()]
+
+    # --- the Gram matrix on rectangles of blocks ----------------------------------------
+    def rectangle_gram(self, rows: slice, cols: slice) -> torch.Tensor:
+        r""":math:`G` on a rectangle of blocks, ``(n q, n q)``: blocks row-major, then the :math:`q` channels.
+
+        Scatters :math:`W_k^T W_{k'}` onto blocks :math:`(o + k, o + k')` for every valid output :math:`o` whose
+        two blocks lie in the rectangle: :math:`t_h^2 t_w^2` scatters, no operator application.
+        """
+        (th, tw), (nh, nw), q = self.taps, self.grid, self.q
+        r0, r1, c0, c1 = rows.start, rows.stop, cols.start, cols.stop
+        hr, wr = r1 - r0, c1 - c0
+        out = self._products.new_zeros(hr * wr, hr * wr, q, q)
+        device = out.device
+        for a, b, a2, b2 in itertools.product(range(th), range(tw), range(th), range(tw)):
+            oi = torch.arange(max(0, r0 - min(a, a2)), min(nh - th, r1 - 1 - max(a, a2)) + 1, device=device)
+            oj = torch.arange(max(0, c0 - min(b, b2)), min(nw - tw, c1 - 1 - max(b, b2)) + 1, device=device)
+            first = ((oi[:, None] + a - r0) * wr + oj[None] + b - c0).reshape(-1)
+            second = ((oi[:, None] + a2 - r0) * wr + oj[None] + b2 - c0).reshape(-1)
+            out.index_put_((first, second), self._products[a, b, a2, b2].expand(len(first), q, q), accumulate=True)
+        return out.permute(0, 2, 1, 3).reshape(hr * wr * q, hr * wr * q)
+
+    def _blocks(self, rows: slice, cols: slice) -> torch.Tensor:
+        """The Gram of a rectangle as ``(hr, wr, q, hr, wr, q)``, with ones on the diagonal at pixels never read."""
+        hr, wr, q = rows.stop - rows.start, cols.stop - cols.start, self.q
+        unread = (~self.read[:, rows, cols]).permute(1, 2, 0).reshape(-1).to(self._products.dtype)
+        return (self.rectangle_gram(rows, cols) + torch.diag(unread)).reshape(hr, wr, q, hr, wr, q)
+
+    # --- the three kinds of piece -------------------------------------------------------
+    def _circulant_factor(self) -> torch.Tensor:
+        (th, tw), (nh, nw), q = self.taps, self.grid, self.q
+        rows, cols = slice(2 * th - (th - 1), 2 * th + th), slice(2 * tw - (tw - 1), 2 * tw + tw)  # around (2t, 2t)
+        gram = self.rectangle_gram(rows, cols).reshape(2 * th - 1, 2 * tw - 1, q, 2 * th - 1, 2 * tw - 1, q)
+        stencil = self._products.new_zeros(q, q, nh, nw)
+        for dh, dw in itertools.product(range(-(th - 1), th), range(-(tw - 1), tw)):
+            stencil[:, :, -dh % nh, -dw % nw] = gram[th - 1, tw - 1, :, th - 1 + dh, tw - 1 + dw, :]
+        symbol = torch.fft.rfft2(stencil).permute(2, 3, 0, 1)  # sum_d G_d e^{i theta . d}
+        return _spd_inverse(symbol, "the circulant symbol")
+
+    def _strip_slices(self, side: str) -> tuple[slice, slice]:
+        (nh, nw), w = self.grid, self.depth
+        return {
+            "top": (slice(0, w), slice(0, nw)),
+            "bottom": (slice(nh - w, nh), slice(0, nw)),
+            "left": (slice(0, nh), slice(0, w)),
+            "right": (slice(0, nh), slice(nw - w, nw)),
+        }[side]
+
+    def _strip_factor(self, side: str) -> torch.Tensor:
+        across, q = side in ("top", "bottom"), self.q
+        length = self.grid[1] if across else self.grid[0]
+        reach = self.taps[1] if across else self.taps[0]
+        centre = slice(length // 2 - (reach - 1), length // 2 + reach)  # the strip's middle, 2 t - 1 blocks long
+        rows, cols = self._strip_slices(side)
+        gram = self._blocks(rows, centre) if across else self._blocks(centre, cols)
+        if not across:  # put the along-the-edge axis second, as for top and bottom
+            gram = gram.permute(1, 0, 2, 4, 3, 5)
+        n = self.depth * q
+        theta = torch.arange(length // 2 + 1, device=gram.device, dtype=gram.dtype) * (2 * math.pi / length)
+        symbol = torch.zeros(len(theta), n, n, dtype=_complex(gram.dtype), device=gram.device)
+        for d in range(-(reach - 1), reach):
+            stencil = gram[:, reach - 1, :, :, reach - 1 + d, :].reshape(n, n)  # T_d, with the ones in T_0
+            symbol = symbol + torch.polar(torch.ones_like(theta), theta * d)[:, None, None] * stencil
+        return _spd_inverse(symbol, "an edge strip's symbol")
+
+    def _corner_slices(self) -> list[tuple[slice, slice]]:
+        (nh, nw), c = self.grid, self.corner
+        return [(rows, cols) for rows in (slice(0, c), slice(nh - c, nh)) for cols in (slice(0, c), slice(nw - c, nw))]
+
+    def _corner_factor(self, rows: slice, cols: slice) -> torch.Tensor:
+        gram = self._blocks(rows, cols)
+        n = gram.shape[0] * gram.shape[1] * self.q
+        return _spd_inverse(gram.reshape(n, n), "a corner's Gram")
+
+    # --- application ----------------------------------------------------------------------
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        """:math:`M v` for input-shaped ``v`` ``(N, C_in, H, W)``."""
+        n, q, w = v.shape[0], self.q, self.depth
+        x = space_to_depth(v * self._mask, self.stride)  # (N, q, nh, nw)
+        nh, nw = self.grid
+        spectrum = torch.fft.rfft2(x).permute(2, 3, 1, 0).contiguous()  # (nh, nw//2+1, q, N)
+        out = torch.fft.irfft2((self._circulant @ spectrum).permute(3, 2, 0, 1), s=(nh, nw))
+        for side, factor in zip(("top", "bottom", "left", "right"), self._strips, strict=True):
+            along = slice(0, w) if side in ("top", "left") else slice(-w, None)
+            if side in ("top", "bottom"):
+                strip = x[:, :, along, :].permute(0, 3, 2, 1).reshape(n, nw, w * q)  # (N, along, depth*q)
+            else:
+                strip = x[:, :, :, along].permute(0, 2, 3, 1).reshape(n, nh, w * q)
+            length = strip.shape[1]
+            spectrum = torch.fft.rfft(strip, dim=1).permute(1, 2, 0).contiguous()  # (freq, depth*q, N)
+            solved = torch.fft.irfft((factor @ spectrum).permute(2, 0, 1), n=length, dim=1)
+            solved = solved.reshape(n, length, w, q)
+            if side in ("top", "bottom"):
+                out[:, :, along, :] += solved.permute(0, 3, 2, 1)
+            else:
+                out[:, :, :, along] += solved.permute(0, 3, 1, 2)
+        for (rows, cols), factor in zip(self._corner_slices(), self._corners, strict=True):
+            local = x[:, :, rows, cols].permute(0, 2, 3, 1).reshape(n, -1).T
+            solved = (factor @ local).T.reshape(n, rows.stop - rows.start, cols.stop - cols.start, q)
+            out[:, :, rows, cols] += solved.permute(0, 3, 1, 2)
+        return depth_to_space(out, self.stride) * self._mask
