@@ -15,6 +15,7 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import scipy.sparse
@@ -22,7 +23,7 @@ import scipy.sparse.linalg
 import torch
 from _timing import median_seconds
 
-from invertnet import ConvOperator, conv_pinv, windows
+from invertnet import ConvOperator, SolveOptions, conv_pinv, windows
 from invertnet.io import load_image
 from invertnet.models import build_model
 from invertnet.preconditioners import BorderPreconditioner
@@ -73,10 +74,12 @@ def conv1_lsqr(size: int, atol: float) -> None:
         conv_pinv(conv, y, (size, size), "window")
     print(f"  window factorisation (once per layer, cached): {time.perf_counter() - start:.2f} s")
 
-    def solve(target: torch.Tensor, label: str, reference: torch.Tensor, **options: object) -> torch.Tensor:
+    def solve(target: torch.Tensor, label: str, reference: torch.Tensor, **options: Any) -> torch.Tensor:
         start = time.perf_counter()
         with torch.no_grad():
-            x_hat, info = conv_pinv(conv, target, (size, size), "lsqr", atol=atol, return_info=True, **options)
+            x_hat, info = conv_pinv(
+                conv, target, (size, size), "lsqr", options=SolveOptions(atol=atol, **options), return_info=True
+            )
         seconds = time.perf_counter() - start
         error = float((x_hat - reference)[..., covered].norm() / reference[..., covered].norm())
         print(
@@ -92,12 +95,14 @@ def conv1_lsqr(size: int, atol: float) -> None:
     noise = torch.randn(y.shape, generator=torch.Generator().manual_seed(0), dtype=y.dtype)
     noisy = y + 0.01 * (y - conv.bias.reshape(1, -1, 1, 1)).norm() / noise.norm() * noise
     with torch.no_grad():
-        reference = conv_pinv(conv, noisy, (size, size), "lsqr", atol=1e-14, warm_start=False, precondition=False)
+        exact = SolveOptions(atol=1e-14, warm_start=False, precondition=False)
+        reference = conv_pinv(conv, noisy, (size, size), "lsqr", options=exact)
     print("  response + 1% Gaussian noise, error against A^+ (y - b) (LSQR from zero at atol 1e-14):")
     solve(noisy, "lsqr from zero", reference, warm_start=False, precondition=False)
     solve(noisy, "lsqr from zero + coverage scaling", reference, warm_start=False, precondition=True)
     solve(noisy, "lsqr from the window estimate", reference, precondition=False)
-    solve(noisy, "lsqr from the window + coverage (default)", reference)
+    solve(noisy, "lsqr from the window + coverage", reference, precondition=True)
+    solve(noisy, "cgls from the window + border (default)", reference)
 
 
 def offrange(size: int, target: float = 1e-6) -> None:
@@ -234,11 +239,12 @@ def against_scipy(size: int, atol: float) -> None:
     scipy_seconds = time.perf_counter() - start
     start = time.perf_counter()
     with torch.no_grad():
-        ours, info = conv_pinv(conv, y, (size, size), "lsqr", atol=atol, warm_start=False, return_info=True)
+        cold = SolveOptions(atol=atol, warm_start=False)
+        ours, info = conv_pinv(conv, y, (size, size), "lsqr", options=cold, return_info=True)
     our_seconds = time.perf_counter() - start
     start = time.perf_counter()
     with torch.no_grad():
-        _, warm = conv_pinv(conv, y, (size, size), "lsqr", atol=atol, return_info=True)
+        _, warm = conv_pinv(conv, y, (size, size), "lsqr", options=SolveOptions(atol=atol), return_info=True)
     warm_seconds = time.perf_counter() - start
     gap = np.linalg.norm(ours.flatten().numpy() - reference[0]) / np.linalg.norm(reference[0])
     print(

@@ -1,5 +1,7 @@
 """The border preconditioner and preconditioned CGLS against the dense matrix of small strided convolutions."""
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -84,6 +86,33 @@ def test_lsqr_route_with_border_preconditioning_returns_the_pseudo_inverse_solut
     # on the layer's range the window start is already the solution: no iteration
     _, info = conv_pinv(conv, y, (24, 24), "lsqr", options=SolveOptions(precondition="border"), return_info=True)
     assert info.start == "window"
+    assert info.iterations == 0
+
+
+def test_default_preconditions_off_the_range_only(monkeypatch):
+    """precondition=None: border CGLS when the window start leaves a residual, plain LSQR (no work) when not."""
+    lsqr_route = importlib.import_module("invertnet.pinv.lsqr")
+    calls: list[int] = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return pcgls(*args, **kwargs)
+
+    monkeypatch.setattr(lsqr_route, "pcgls", counted)
+    conv = strided_conv()
+    torch.manual_seed(3)
+    with torch.no_grad():
+        y = conv(torch.rand(2, 2, 24, 24, dtype=torch.float64))
+    noisy = y.clone()
+    noisy[1] += 0.05 * torch.randn_like(y[1])  # one sample off the range is enough
+    op = ConvOperator.from_conv(conv, (24, 24))
+    reference = dense_lstsq(op, noisy - conv.bias.detach().reshape(1, -1, 1, 1))
+    x_hat, info = conv_pinv(conv, noisy, (24, 24), "lsqr", options=SolveOptions(atol=1e-13), return_info=True)
+    assert calls == [1]
+    assert info.converged
+    assert relative_gap(x_hat, reference) < 1e-10  # iterative, to 1e-13 of the zero start's normal residual
+    _, info = conv_pinv(conv, y, (24, 24), "lsqr", return_info=True)
+    assert calls == [1]  # in the range: the window estimate is the solution, no preconditioner is built
     assert info.iterations == 0
 
 

@@ -128,8 +128,10 @@ def dottest(
     batch : int, default 2
         Batch size of the random vectors.
     rtol : float, optional
-        Allowed relative difference ``|lhs - rhs| / max(|lhs|, |rhs|)``: 1e-12 in float64,
-        1e-4 in float32 by default.
+        Allowed difference relative to the Cauchy-Schwarz bound of both sides,
+        ``|lhs - rhs| / max(||A x|| ||y||, ||x|| ||A^T y||)``: 1e-12 in float64, 1e-4 in float32 by default.
+        (Rounding scales with that bound; ``|<A x, y>|`` itself can cancel to far below it, and a wrong
+        adjoint errs by a share of the bound.)
     generator : torch.Generator, optional
         Source of the random vectors (a CPU generator; the vectors are moved to ``device``).
 
@@ -159,9 +161,10 @@ def dottest(
         rtol = 1e-12 if dtype == torch.float64 else 1e-4
     x = torch.randn(batch, *op.in_shape, dtype=dtype, generator=generator).to(device)
     y = torch.randn(batch, *op.out_shape, dtype=dtype, generator=generator).to(device)
-    lhs = float(torch.vdot(op.forward(x).flatten(), y.flatten()))
-    rhs = float(torch.vdot(x.flatten(), op.adjoint(y).flatten()))
-    scale = max(abs(lhs), abs(rhs), torch.finfo(dtype).tiny)
+    ax, aty = op.forward(x).flatten(), op.adjoint(y).flatten()
+    lhs, rhs = float(torch.vdot(ax, y.flatten())), float(torch.vdot(x.flatten(), aty))
+    bound = max(float(ax.norm() * y.norm()), float(x.norm() * aty.norm()))
+    scale = max(bound, torch.finfo(dtype).tiny)
     if abs(lhs - rhs) > rtol * scale:
         raise AdjointMismatchError(
             f"dottest: expected <A x, y> == <x, A^T y> to relative {rtol:g}, got {lhs!r} and {rhs!r} "

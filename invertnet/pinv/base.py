@@ -62,11 +62,12 @@ class SolveOptions:
     precondition : bool or "border", optional
         ``"lsqr"``: True scales each pixel by :math:`\sqrt{\bar c / c}` (:math:`c` its coverage); the result is
         then *a* least-squares solution, the minimum-norm one only when the layer is injective on the pixels it
-        reads. Default (None): on exactly when the window start applies, which proves that injectivity.
-        ``"border"``: conjugate gradients on the normal equations preconditioned by
+        reads. ``"border"``: conjugate gradients on the normal equations preconditioned by
         :class:`invertnet.preconditioners.BorderPreconditioner` (strided convolutions without padding whose
         stride divides the input; :func:`~invertnet.preconditioners.border_reason` says why not), for responses
         off the layer's range: All-CNN-B conv1 at 224x224 needs 33 iterations instead of 278 (default atol).
+        Default (None): where the window start applies (which proves the injectivity), ``"border"`` when the
+        response is off the range and the preconditioner fits the layer, else the coverage scaling.
     warm_start : bool, default True
         ``"lsqr"``: start from the ``"window"`` estimate when a block of outputs determines its window.
     warn : bool, default True

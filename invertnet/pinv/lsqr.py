@@ -9,8 +9,9 @@ already exact, which leaves LSQR nothing to do. With that start, pixels are also
 and keeps the limit minimum-norm because the layer is injective on what it reads.
 
 Off the range (a response from a deeper layer's reconstruction) that LSQR still needs hundreds of
-iterations on a strided layer, because the pixels near the border are read by few outputs. With
-``precondition="border"`` the route runs conjugate gradients on the normal equations preconditioned by
+iterations on a strided layer, because the pixels near the border are read by few outputs. There, by
+default (when the window estimate leaves a residual and the preconditioner fits the layer), or always with
+``precondition="border"``, the route runs conjugate gradients on the normal equations preconditioned by
 :class:`~invertnet.preconditioners.BorderPreconditioner` instead (:func:`invertnet.solvers.pcgls`, to
 :math:`\langle s, M s \rangle^{1/2} \le a_{tol} \langle A^T z, M A^T z \rangle^{1/2}`, :math:`s = A^T r`),
 from the same start: the preconditioner is built once per layer and input size (cached) and is positive
@@ -22,6 +23,7 @@ from __future__ import annotations
 import torch
 
 from invertnet.errors import RouteError
+from invertnet.operators import ConvOperator
 from invertnet.pinv.base import ConvLayer, Cost, Route, RouteResult, SolveOptions
 from invertnet.pinv.patch import full_column_rank
 from invertnet.pinv.window import window_inverse
@@ -67,8 +69,10 @@ class LSQRRoute(Route):
     def solve(self, layer: ConvLayer, z: torch.Tensor, options: SolveOptions) -> RouteResult:
         op = layer.op
         window = window_inverse(layer, z) if options.warm_start else None
-        if options.precondition == "border":
-            x0 = None if window is None else window.apply(z)
+        x0 = None if window is None else window.apply(z)
+        if options.precondition == "border" or (
+            options.precondition is None and x0 is not None and border_reason(op) is None and _off_range(op, z, x0)
+        ):
             return self._finish(layer, z, self._border(layer, z, options, x0), "zero" if window is None else "window")
         scale = None
         if options.precondition is True or (options.precondition is None and window is not None):
@@ -82,7 +86,7 @@ class LSQRRoute(Route):
             btol=options.atol,
             maxiter=options.maxiter,
             preconditioner=None if scale is None else (lambda v: v * scale),
-            x0=None if window is None else window.apply(z),
+            x0=x0,
             warn=options.warn,
         )
         return self._finish(layer, z, result, "zero" if window is None else "window")
@@ -110,3 +114,13 @@ class LSQRRoute(Route):
             start,
             note,
         )
+
+
+def _off_range(op: ConvOperator, z: torch.Tensor, x0: torch.Tensor) -> bool:
+    r"""Whether the window estimate leaves a residual: some sample of ``z`` is off the layer's range.
+
+    The window estimate is exact on the range, so a response in it is reproduced to rounding; one off it
+    leaves :math:`\|z - A x_0\| > \sqrt{\epsilon} \|z\|`, and LSQR would have work to do.
+    """
+    residual = (z - op.forward(x0)).flatten(1).norm(dim=1)
+    return bool((residual > torch.finfo(z.dtype).eps ** 0.5 * z.flatten(1).norm(dim=1)).any())
