@@ -9,7 +9,7 @@ from conftest import relative_gap
 
 from invertnet import ConvOperator, OptionError, RouteError, SolveOptions, conv_pinv
 from invertnet.errors import ShapeError
-from invertnet.preconditioners import BorderPreconditioner, border_reason
+from invertnet.preconditioners import BorderPreconditioner, border_bytes, border_reason
 from invertnet.solvers import lsqr, pcgls
 from invertnet.spectral import space_to_depth
 
@@ -114,6 +114,10 @@ def test_default_preconditions_off_the_range_only(monkeypatch):
     _, info = conv_pinv(conv, y, (24, 24), "lsqr", return_info=True)
     assert calls == [1]  # in the range: the window estimate is the solution, no preconditioner is built
     assert info.iterations == 0
+    tight = SolveOptions(atol=1e-13, max_memory=border_bytes(op) - 1)  # building it would peak above the limit
+    x_hat = conv_pinv(conv, noisy, (24, 24), "lsqr", options=tight)
+    assert calls == [1]  # LSQR with the coverage scaling instead, to the same solution
+    assert relative_gap(x_hat, reference) < 1e-10
 
 
 def test_border_preconditioning_refuses_layers_it_does_not_fit():

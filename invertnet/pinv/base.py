@@ -67,7 +67,8 @@ class SolveOptions:
         stride divides the input; :func:`~invertnet.preconditioners.border_reason` says why not), for responses
         off the layer's range: All-CNN-B conv1 at 224x224 needs 33 iterations instead of 278 (default atol).
         Default (None): where the window start applies (which proves the injectivity), ``"border"`` when the
-        response is off the range and the preconditioner fits the layer, else the coverage scaling.
+        response is off the range, the preconditioner fits the layer and building it stays within
+        ``max_memory`` (:func:`~invertnet.preconditioners.border_bytes`), else the coverage scaling.
     warm_start : bool, default True
         ``"lsqr"``: start from the ``"window"`` estimate when a block of outputs determines its window.
     warn : bool, default True
@@ -75,7 +76,8 @@ class SolveOptions:
     max_entries : int
         ``"dense"``: size limit of the matrix.
     max_memory : int, default 2 GiB
-        ``"auto"`` passes over closed forms whose factorisation would keep more bytes than this.
+        ``"auto"`` passes over closed forms whose factorisation would keep more bytes than this, and
+        ``"lsqr"`` over the default border preconditioner when building it would peak above this.
     """
 
     rtol: float | None = None

@@ -10,7 +10,8 @@ and keeps the limit minimum-norm because the layer is injective on what it reads
 
 Off the range (a response from a deeper layer's reconstruction) that LSQR still needs hundreds of
 iterations on a strided layer, because the pixels near the border are read by few outputs. There, by
-default (when the window estimate leaves a residual and the preconditioner fits the layer), or always with
+default (when the window estimate leaves a residual, the preconditioner fits the layer and building it
+stays within ``SolveOptions.max_memory``: :func:`~invertnet.preconditioners.border_bytes`), or always with
 ``precondition="border"``, the route runs conjugate gradients on the normal equations preconditioned by
 :class:`~invertnet.preconditioners.BorderPreconditioner` instead (:func:`invertnet.solvers.pcgls`, to
 :math:`\langle s, M s \rangle^{1/2} \le a_{tol} \langle A^T z, M A^T z \rangle^{1/2}`, :math:`s = A^T r`),
@@ -27,7 +28,7 @@ from invertnet.operators import ConvOperator
 from invertnet.pinv.base import ConvLayer, Cost, Route, RouteResult, SolveOptions
 from invertnet.pinv.patch import full_column_rank
 from invertnet.pinv.window import window_inverse
-from invertnet.preconditioners import BorderPreconditioner, border_reason
+from invertnet.preconditioners import BorderPreconditioner, border_bytes, border_reason
 from invertnet.solvers import LsqrResult, lsqr, pcgls
 
 __all__ = ["LSQRRoute", "injectivity_certificate"]
@@ -71,7 +72,11 @@ class LSQRRoute(Route):
         window = window_inverse(layer, z) if options.warm_start else None
         x0 = None if window is None else window.apply(z)
         if options.precondition == "border" or (
-            options.precondition is None and x0 is not None and border_reason(op) is None and _off_range(op, z, x0)
+            options.precondition is None
+            and x0 is not None
+            and border_reason(op) is None
+            and border_bytes(op, z.dtype) <= options.max_memory
+            and _off_range(op, z, x0)
         ):
             return self._finish(layer, z, self._border(layer, z, options, x0), "zero" if window is None else "window")
         scale = None
