@@ -20,7 +20,7 @@ The house, in layers (imports point down only):
      when a block determines its window (LSQR's start).
    - :mod:`invertnet.pinv` -- the inversion routes, one a file (``patch``, ``window``, ``fft``,
      ``dense``, ``lsqr``), ``conv_pinv`` and ``"auto"`` (the cheapest provable route), ``patch_pinv``.
-   - :mod:`invertnet.spectrum` -- ``sigma_min``/``sigma_max`` (Lanczos), exact spectra.
+   - :mod:`invertnet.spectrum` -- ``sigma_min``/``sigma_max`` (Lanczos; Cholesky of the Gram matrix), exact spectra.
    - :mod:`invertnet.joint` -- matching features (L-BFGS, then pattern-fixed Gauss-Newton).
 3. Walking a model, measuring
    - :mod:`invertnet.trace` -- run a model once up to a layer, record the chain of modules, refuse
