@@ -158,7 +158,7 @@ def offrange(size: int, target: float = 1e-6) -> None:
         print(f"  {label:<44} {columns}  {final:.1e}")
 
     row(
-        "LSQR, window start + coverage (the default)",
+        "LSQR, window start + coverage (default before)",
         lambda k: lsqr(op, z, atol=1e-14, btol=1e-14, maxiter=k, x0=x0, preconditioner=lambda v: v * scale),
         0.0,
         1.0,
@@ -170,7 +170,8 @@ def offrange(size: int, target: float = 1e-6) -> None:
         apply = median_seconds(lambda m=border: m(z.new_ones(1, *op.in_shape))) / unit
         for warm in (False, True):
             row(
-                f"PCGLS border {depth}/{corner}, {'window' if warm else 'zero'} start",
+                f"PCGLS border {depth}/{corner}, {'window' if warm else 'zero'} start"
+                + (" (the default)" if (depth, corner, warm) == (4, 4, True) else ""),
                 lambda k, m=border, w=warm: pcgls(op, z, m, tol=0.0, maxiter=k, x0=x0 if w else None),
                 setup,
                 1.0 + apply,
