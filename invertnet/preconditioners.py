@@ -53,6 +53,13 @@ __all__ = ["BORDER_PEAK_FACTOR", "BorderPreconditioner", "border_bytes", "border
 BORDER_PEAK_FACTOR = 2.5
 
 
+def _blocks_of(op: ConvOperator) -> tuple[tuple[int, int], tuple[int, int], int]:
+    """The polyphase kernel's taps, the grid of stride-sized blocks, and the default strip depth (blocks)."""
+    (h, w), (sh, sw) = op.in_shape[1:], op.stride
+    taps = (math.ceil(op.kernel_size[0] / sh), math.ceil(op.kernel_size[1] / sw))
+    return taps, (h // sh, w // sw), max(4, taps[0] + 1, taps[1] + 1)
+
+
 def border_reason(op: ConvOperator) -> str | None:
     """Why :class:`BorderPreconditioner` does not apply to ``op``, or ``None`` when it does."""
     (h, w), (sh, sw) = op.in_shape[1:], op.stride
@@ -62,8 +69,7 @@ def border_reason(op: ConvOperator) -> str | None:
         return f"padding {op.pad.pads}: only convolutions without padding are supported"
     if h % sh or w % sw:
         return f"the stride {op.stride} does not divide the input size {(h, w)}"
-    taps = [math.ceil(op.kernel_size[i] / op.stride[i]) for i in range(2)]
-    grid = (h // sh, w // sw)
+    taps, grid, _ = _blocks_of(op)
     if op.out_shape[1:] != (grid[0] - taps[0] + 1, grid[1] - taps[1] + 1):
         return f"the output grid {op.out_shape[1:]} is not the valid grid of the polyphase kernel"
     if min(grid[i] - 4 * taps[i] for i in range(2)) < 0:
@@ -87,10 +93,8 @@ def border_bytes(op: ConvOperator, dtype: torch.dtype = torch.float64) -> int:
     >>> round(border_bytes(op) / 2**30, 1)  # GiB
     2.8
     """
-    (h, w), (sh, sw) = op.in_shape[1:], op.stride
-    taps = [math.ceil(op.kernel_size[i] / op.stride[i]) for i in range(2)]
-    nh, nw, q = h // sh, w // sw, op.in_shape[0] * sh * sw
-    depth = max(4, taps[0] + 1, taps[1] + 1)
+    _, (nh, nw), depth = _blocks_of(op)
+    q = op.in_shape[0] * op.stride[0] * op.stride[1]
     real = torch.finfo(dtype).bits // 8
     kept = 2 * real * (nh * (nw // 2 + 1) * q**2 + 2 * (nw // 2 + 1 + nh // 2 + 1) * (depth * q) ** 2)
     kept += 4 * real * (depth**2 * q) ** 2
@@ -168,10 +172,9 @@ class BorderPreconditioner:
         self.op = op
         dtype, device = like.dtype, like.device
         self.stride = op.stride
-        self.taps = tuple(math.ceil(op.kernel_size[i] / op.stride[i]) for i in range(2))
-        self.grid = (op.in_shape[1] // op.stride[0], op.in_shape[2] // op.stride[1])
+        self.taps, self.grid, default_depth = _blocks_of(op)
         (th, tw), (sh, sw) = self.taps, self.stride
-        self.depth = depth if depth is not None else max(4, th + 1, tw + 1)
+        self.depth = depth if depth is not None else default_depth
         self.corner = corner if corner is not None else self.depth
         if not 0 < self.depth <= min(self.grid) // 2 or not 0 < self.corner <= min(self.grid) // 2:
             raise ShapeError(

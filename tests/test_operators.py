@@ -114,6 +114,8 @@ def test_to_dense_refuses_large_sizes():
         op.to_dense()
     with pytest.raises(TooLargeError, match=r"placed_matrix: the matrix would be 279936 x 150528"):
         op.placed_matrix()
+    with pytest.raises(TooLargeError, match=r"gram_matrix: the matrix would be 150528 x 150528"):
+        op.gram_matrix()
 
 
 def test_construction_errors():
