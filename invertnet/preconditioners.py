@@ -116,6 +116,28 @@ def _spd_inverse(matrix: torch.Tensor, what: str) -> torch.Tensor:
     return torch.cholesky_inverse(factor)
 
 
+#: Elements of the product's temporary per chunk in :func:`_batched_matvec` (2 MiB in complex64: cache-sized).
+_MATVEC_CHUNK = 2**18
+
+
+def _batched_matvec(matrices: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+    """``matrices @ vectors`` for ``(B, n, n)`` and ``(B, n, N)``; one column on CPU by cache-sized products.
+
+    ``bmm`` on one column per matrix runs at a third of the speed of an elementwise product summed along the
+    rows, chunk by chunk (complex64 on one thread: 2.2 against 5.4 ms for 1,624 matrices of 48x48, 0.5 against
+    1.7 ms for 29 of 192x192). Several columns, or another device, go to ``matmul``.
+    """
+    if vectors.shape[-1] != 1 or vectors.device.type != "cpu":
+        return matrices @ vectors
+    batch, n, _ = matrices.shape
+    step = max(1, _MATVEC_CHUNK // (n * n))
+    columns = vectors[..., 0]
+    out = columns.new_empty(batch, n)
+    for i in range(0, batch, step):
+        torch.sum(matrices[i : i + step] * columns[i : i + step, None, :], dim=-1, out=out[i : i + step])
+    return out[..., None]
+
+
 class BorderPreconditioner:
     r"""Additive Schwarz approximation of :math:`(A^T A)^{-1}` for a strided convolution without padding.
 
@@ -131,6 +153,11 @@ class BorderPreconditioner:
         Blocks across each edge strip; default :math:`\max(4, t_h + 1, t_w + 1)` (4 for All-CNN-B conv1, 16 pixels).
     corner : int, optional
         Blocks per side of each corner square; default the same as ``depth``.
+    single : bool, default True
+        Keep and apply the pieces in single precision (float32, complex64) after building them in the working
+        dtype: an application streams half the bytes. A preconditioner only steers the search directions;
+        :func:`invertnet.solvers.pcgls` keeps its iterates and residuals in the working dtype and converges to
+        the same solution (float64, measured: the same iteration counts, errors down to 1e-12).
 
     Raises
     ------
@@ -165,6 +192,7 @@ class BorderPreconditioner:
         like: torch.Tensor,
         depth: int | None = None,
         corner: int | None = None,
+        single: bool = True,
     ) -> None:
         reason = border_reason(op)
         if reason is not None:
@@ -191,9 +219,11 @@ class BorderPreconditioner:
         coverage = op.coverage(device=device, dtype=dtype) > 0
         self.read = space_to_depth(coverage.expand(1, c_in, -1, -1).to(dtype), self.stride)[0] > 0  # (q, nh, nw)
         self._mask = coverage.to(dtype)
-        self._circulant = self._circulant_factor()
-        self._strips = [self._strip_factor(side) for side in ("top", "bottom", "left", "right")]
-        self._corners = [self._corner_factor(rows, cols) for rows, cols in self._corner_slices()]
+        kept = torch.float32 if single else dtype
+        self._circulant = self._circulant_factor().to(_complex(kept)).reshape(-1, self.q, self.q).contiguous()
+        self._strips = [self._strip_factor(side).to(_complex(kept)) for side in ("top", "bottom", "left", "right")]
+        self._corners = [self._corner_factor(rows, cols).to(kept) for rows, cols in self._corner_slices()]
+        self._kept = kept
 
     # --- the Gram matrix on rectangles of blocks ----------------------------------------
     def rectangle_gram(self, rows: slice, cols: slice) -> torch.Tensor:
@@ -271,10 +301,11 @@ class BorderPreconditioner:
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
         """:math:`M v` for input-shaped ``v`` ``(N, C_in, H, W)``."""
         n, q, w = v.shape[0], self.q, self.depth
-        x = space_to_depth(v * self._mask, self.stride)  # (N, q, nh, nw)
+        x = space_to_depth((v * self._mask).to(self._kept), self.stride)  # (N, q, nh, nw)
         nh, nw = self.grid
-        spectrum = torch.fft.rfft2(x).permute(2, 3, 1, 0).contiguous()  # (nh, nw//2+1, q, N)
-        out = torch.fft.irfft2((self._circulant @ spectrum).permute(3, 2, 0, 1), s=(nh, nw))
+        spectrum = torch.fft.rfft2(x).permute(2, 3, 1, 0).reshape(-1, q, n)  # (nh * (nw//2+1), q, N)
+        solved = _batched_matvec(self._circulant, spectrum).reshape(nh, -1, q, n)
+        out = torch.fft.irfft2(solved.permute(3, 2, 0, 1), s=(nh, nw))
         for side, factor in zip(("top", "bottom", "left", "right"), self._strips, strict=True):
             along = slice(0, w) if side in ("top", "left") else slice(-w, None)
             if side in ("top", "bottom"):
@@ -283,7 +314,7 @@ class BorderPreconditioner:
                 strip = x[:, :, :, along].permute(0, 2, 3, 1).reshape(n, nh, w * q)
             length = strip.shape[1]
             spectrum = torch.fft.rfft(strip, dim=1).permute(1, 2, 0).contiguous()  # (freq, depth*q, N)
-            solved = torch.fft.irfft((factor @ spectrum).permute(2, 0, 1), n=length, dim=1)
+            solved = torch.fft.irfft(_batched_matvec(factor, spectrum).permute(2, 0, 1), n=length, dim=1)
             solved = solved.reshape(n, length, w, q)
             if side in ("top", "bottom"):
                 out[:, :, along, :] += solved.permute(0, 3, 2, 1)
@@ -293,4 +324,4 @@ class BorderPreconditioner:
             local = x[:, :, rows, cols].permute(0, 2, 3, 1).reshape(n, -1).T
             solved = (factor @ local).T.reshape(n, rows.stop - rows.start, cols.stop - cols.start, q)
             out[:, :, rows, cols] += solved.permute(0, 3, 1, 2)
-        return depth_to_space(out, self.stride) * self._mask
+        return depth_to_space(out, self.stride).to(v.dtype) * self._mask

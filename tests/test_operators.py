@@ -40,6 +40,8 @@ def test_conv_operator_battery(cfg: ConvConfig):
     # the Gram matrix summed from the filters' products is A^T A (zero padding; other modes are refused)
     if op.pad.mode == "zeros":
         assert_close(op.gram_matrix(), dense.T @ dense)
+        last = torch.arange(op.in_dim).reshape(op.in_shape).permute(1, 2, 0).reshape(-1)  # (H, W, C) order
+        assert_close(op.gram_matrix(channels_last=True), (dense.T @ dense)[last][:, last])
     else:
         with pytest.raises(OptionError, match=r"gram_matrix: expected zero padding, got padding_mode="):
             op.gram_matrix()
@@ -116,6 +118,12 @@ def test_to_dense_refuses_large_sizes():
         op.placed_matrix()
     with pytest.raises(TooLargeError, match=r"gram_matrix: the matrix would be 150528 x 150528"):
         op.gram_matrix()
+    tall = ConvOperator(torch.randn(2, 4, 10, 1, dtype=torch.float64), (2, 8), padding=(4, 0))  # kernel > input
+    dense = tall.to_dense()
+    assert torch.allclose(tall.gram_matrix(), dense.T @ dense, rtol=0, atol=1e-12 * float(dense.abs().max()) ** 2)
+    # the matrix has 4,096 entries, the column sums 10 x 10 x (8 x 4)^2 = 102,400
+    with pytest.raises(TooLargeError, match=r"gram_matrix's column sums: the matrix would be 100 x 1024"):
+        tall.gram_matrix(max_entries=50_000)
 
 
 def test_construction_errors():

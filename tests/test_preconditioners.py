@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import relative_gap
 
-from invertnet import ConvOperator, OptionError, RouteError, SolveOptions, conv_pinv
+from invertnet import ConvOperator, OptionError, RouteError, SolveOptions, conv_pinv, preconditioners
 from invertnet.errors import ShapeError
 from invertnet.preconditioners import BorderPreconditioner, border_bytes, border_reason
 from invertnet.solvers import lsqr, pcgls
@@ -41,28 +41,38 @@ def test_rectangle_gram_matches_the_dense_gram_near_and_far_from_the_border():
         assert torch.allclose(m.rectangle_gram(rows, cols), gram[order][:, order], rtol=0, atol=1e-12)
 
 
-def test_border_preconditioner_is_symmetric_positive_definite_on_the_pixels_read():
+@pytest.mark.parametrize(("single", "tolerance"), [(False, 1e-12), (True, 1e-6)])  # float64 / float32 pieces
+def test_border_preconditioner_is_symmetric_positive_definite_on_the_pixels_read(single, tolerance):
     op = ConvOperator.from_conv(strided_conv(), (24, 24))
-    m = BorderPreconditioner(op, FLOAT64)
-    columns = m(torch.eye(op.in_dim, dtype=torch.float64).reshape(-1, *op.in_shape)).reshape(op.in_dim, -1)
+    m = BorderPreconditioner(op, FLOAT64, single=single)
+    eye = torch.eye(op.in_dim, dtype=torch.float64).reshape(-1, *op.in_shape)
+    columns = torch.cat([m(e[None]) for e in eye]).reshape(op.in_dim, -1)  # one column at a time, as in pcgls
+    assert torch.allclose(m(eye).reshape(op.in_dim, -1), columns, rtol=0, atol=tolerance * float(columns.abs().max()))
     read = (op.coverage() > 0).expand(op.in_shape).reshape(-1)
     assert not bool(read.all())  # the last pixel row and column are never read
-    assert torch.allclose(columns, columns.T, rtol=0, atol=1e-12 * float(columns.abs().max()))
+    assert torch.allclose(columns, columns.T, rtol=0, atol=tolerance * float(columns.abs().max()))
     assert float(columns[~read].abs().max()) == 0.0
     assert float(torch.linalg.eigvalsh(columns[read][:, read])[0]) > 0
 
 
-def test_pcgls_with_the_border_preconditioner_reaches_the_dense_least_squares_solution_off_the_range():
+@pytest.mark.parametrize("single", [False, True])
+@pytest.mark.parametrize("samples", [1, 2])  # one column: the chunked product of _batched_matvec; two: matmul
+def test_pcgls_with_the_border_preconditioner_reaches_the_dense_least_squares_solution_off_the_range(
+    single, samples, monkeypatch
+):
+    monkeypatch.setattr(preconditioners, "_MATVEC_CHUNK", 200)  # several chunks even on this small grid
     op = ConvOperator.from_conv(strided_conv(), (24, 24))
     torch.manual_seed(1)
     x = torch.rand(2, *op.in_shape, dtype=torch.float64)
     z = op.forward(x) + 0.1 * torch.randn(2, *op.out_shape, dtype=torch.float64)  # off the range: tall operator
+    z = z[:samples]
     reference = dense_lstsq(op, z)
     assert relative_gap(op.forward(reference), z) > 1e-3  # the response really is off the range
-    result = pcgls(op, z, BorderPreconditioner(op, FLOAT64), tol=1e-13)
+    result = pcgls(op, z, BorderPreconditioner(op, FLOAT64, single=single), tol=1e-13)
     plain = lsqr(op, z, atol=1e-14, btol=1e-14)
     assert bool(result.converged.all())
-    # iterative, stopped at 1e-13 / 1e-14: measured gaps 4.8e-13 (border, 46 iterations), 1.2e-12 (LSQR, 526)
+    # iterative, stopped at 1e-13 / 1e-14, float64 iterates with float64 or float32 preconditioner pieces:
+    # measured gaps 4.8e-13 (border, 46 iterations), 1.2e-12 (LSQR, 526)
     assert relative_gap(result.x, reference) < 1e-10
     assert relative_gap(plain.x, reference) < 1e-10
     assert result.iterations < plain.iterations

@@ -21,6 +21,7 @@ length ``C_in * kh * kw`` (channel-major, as :func:`torch.nn.functional.unfold`)
 
 from __future__ import annotations
 
+import itertools
 from typing import cast
 
 import torch
@@ -262,13 +263,31 @@ class ConvOperator(LinearOperator):
         dtype: torch.dtype = torch.float64,
         device: torch.device | str | None = None,
         max_entries: int = DENSE_MAX_ENTRIES,
+        channels_last: bool = False,
     ) -> torch.Tensor:
         r"""The Gram matrix :math:`A^T A`, ``(in_dim, in_dim)``, from the filters' products (zero padding only).
 
-        :math:`A^T A = \sum_l S_l^T K S_l` with :math:`K = W^T W` the products of the filter taps (per group)
-        and :math:`S_l` the pixels receptive field :math:`l` reads: one slice addition of :math:`K` per
-        output position, ``out_h * out_w * (C_in * kh * kw)**2`` additions, against ``in_dim`` applications
-        of :math:`A^T A` column by column.
+        With :math:`K_{(a, b), (a', b')} = W_{ab}^T W_{a'b'}` the products of the filter taps (per group) and
+        :math:`R_{a a'}(r, r')` the number of output rows :math:`i` whose taps :math:`a, a'` read pixel rows
+        :math:`r, r'` (:math:`r = i s_h - p_h + a d_h`), :math:`C_{b b'}(s, s')` the same for columns,
+
+        .. math::
+
+            (A^T A)_{(r, s), (r', s')} = \sum_{a, a'} R_{a a'}(r, r') \sum_{b, b'} C_{b b'}(s, s')
+            K_{(a, b), (a', b')},
+
+        summed one axis at a time: :math:`O(k_w^2 w)` then :math:`O(k_h^2 h)` block additions of
+        :math:`k_h^2 (w C)^2` and :math:`(w C)^2` entries, instead of one addition of all of :math:`K` per
+        output position.
+
+        Parameters
+        ----------
+        dtype, device
+        max_entries : int
+            Refuse above this many entries, for the matrix or the intermediate of the column sums.
+        channels_last : bool, default False
+            Order the unknowns ``(H, W, C)``: :math:`P A^T A P^T` for that permutation :math:`P`, with the same
+            eigenvalues, and without a strided copy of the whole matrix (the summation's natural layout).
 
         Raises
         ------
@@ -292,27 +311,32 @@ class ConvOperator(LinearOperator):
                 "use placed_matrix() and its product A^T A"
             )
         n = self.in_dim
-        check_dense_size(n, n, dtype, max_entries, "gram_matrix")
         c, h, w = self.in_shape
         (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
         left, _, top, _ = self.pad.pads
+        check_dense_size(n, n, dtype, max_entries, "gram_matrix")
+        check_dense_size(kh * kh, (w * c) ** 2, dtype, max_entries, "gram_matrix's column sums")
         per_group = c // self.groups
-        # K in pixel-major layout (a_r, a_c, a'_r, a'_c, c, c'): the channel blocks of different groups are 0
-        products = torch.zeros(kh, kw, kh, kw, c, c, dtype=dtype, device=device)
+        # K as (b, b', a, a', c, c'); the channel blocks of different groups are 0
+        products = torch.zeros(kh, kw, c, kh, kw, c, dtype=dtype, device=device)
         for g, patch in enumerate(self.patch_matrices(torch.zeros((), dtype=dtype, device=device))):
-            taps = patch.reshape(-1, per_group, kh, kw).permute(2, 3, 1, 0).reshape(kh, kw, per_group, -1)
-            block = torch.einsum("abio,deko->abdeik", taps, taps)
-            products[..., g * per_group : (g + 1) * per_group, g * per_group : (g + 1) * per_group] = block
-        gram = torch.zeros(h, w, h, w, c, c, dtype=dtype, device=device)
-        for i in range(self.out_shape[1]):
-            rows = _taps_inside(i * sh - top, dh, kh, h)
-            for j in range(self.out_shape[2]):
-                cols = _taps_inside(j * sw - left, dw, kw, w)
-                if rows is None or cols is None:
-                    continue
-                (ra, rb, pixel_rows), (ca, cb, pixel_cols) = rows, cols
-                gram[pixel_rows, pixel_cols, pixel_rows, pixel_cols] += products[ra:rb, ca:cb, ra:rb, ca:cb]
-        return gram.permute(4, 0, 1, 5, 2, 3).reshape(n, n)
+            taps = patch.reshape(-1, per_group, kh, kw).permute(2, 3, 1, 0).reshape(kh * kw * per_group, -1)
+            group = slice(g * per_group, (g + 1) * per_group)
+            block = (taps @ taps.T).reshape(kh, kw, per_group, kh, kw, per_group)
+            products[:, :, group, :, :, group] = block
+        products = products.permute(1, 4, 0, 3, 2, 5).contiguous()
+        rows = _tap_pairs(h, kh, sh, dh, top, self.out_shape[1])
+        cols = _tap_pairs(w, kw, sw, dw, left, self.out_shape[2])
+        column_sums = products.new_zeros(kh, kh, w, c, w, c)  # sum over b, b' for every column pair (s, s')
+        for (b, b2, s, s2), count in cols.items():
+            column_sums[:, :, s, :, s2, :] += count * products[b, b2]
+        column_sums = column_sums.reshape(kh, kh, w * c, w * c)
+        gram = products.new_zeros(h, w * c, h, w * c)
+        for (a, a2, r, r2), count in rows.items():
+            gram[r, :, r2, :] += count * column_sums[a, a2]
+        if channels_last:
+            return gram.reshape(n, n)
+        return gram.reshape(h, w, c, h, w, c).permute(2, 0, 1, 5, 3, 4).reshape(n, n)
 
     def coverage(self, device: torch.device | str | None = None, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """How many receptive fields read each input pixel, shape ``(H, W)`` (the diagonal of :math:`S^T S`)."""
@@ -341,13 +365,15 @@ class ConvOperator(LinearOperator):
         return torch.matmul(matrices.unsqueeze(0), p.reshape(n, g, k, length)).reshape(n, g * m, length)
 
 
-def _taps_inside(start: int, dilation: int, taps: int, size: int) -> tuple[int, int, slice] | None:
-    """Taps ``[a, b)`` of a receptive field starting at pixel ``start`` that read pixels inside ``[0, size)``.
+def _tap_pairs(size: int, taps: int, stride: int, dilation: int, pad: int, outputs: int) -> dict[tuple[int, ...], int]:
+    """Along one axis: how many outputs read pixels ``(r, r')`` with taps ``(a, a')``, keyed ``(a, a', r, r')``.
 
-    Tap ``t`` reads pixel ``start + t * dilation``; returns the taps and the pixels they read, or ``None``.
+    Output ``i``'s tap ``a`` reads pixel ``i * stride - pad + a * dilation``; taps in the padding are left out.
     """
-    first = max(0, -(start // dilation))  # ceil(-start / dilation)
-    last = min(taps, (size - 1 - start) // dilation + 1)
-    if last <= first:
-        return None
-    return first, last, slice(start + first * dilation, start + (last - 1) * dilation + 1, dilation)
+    counts: dict[tuple[int, ...], int] = {}
+    for i in range(outputs):
+        read = [(a, i * stride - pad + a * dilation) for a in range(taps)]
+        inside = [(a, r) for a, r in read if 0 <= r < size]
+        for (a, r), (a2, r2) in itertools.product(inside, inside):
+            counts[a, a2, r, r2] = counts.get((a, a2, r, r2), 0) + 1
+    return counts
