@@ -46,11 +46,11 @@ from invertnet.errors import RouteError, ShapeError
 from invertnet.operators import ConvOperator
 from invertnet.spectral import depth_to_space, space_to_depth
 
-__all__ = ["BORDER_PEAK_FACTOR", "BorderPreconditioner", "border_bytes", "border_reason"]
+__all__ = ["CIRCULANT_CHUNK", "BorderPreconditioner", "border_bytes", "border_reason"]
 
-#: Peak memory of building a :class:`BorderPreconditioner` over what it keeps (the inversions' temporaries):
-#: 2.4 measured on All-CNN-B conv1 at 896x896 (1.2 GB kept, 2.9 GB at the peak).
-BORDER_PEAK_FACTOR = 2.5
+#: Frequencies of the circulant piece built at once (their symbols, Cholesky factors and inverses in the
+#: working dtype are the construction's temporaries; what is kept is converted chunk by chunk).
+CIRCULANT_CHUNK = 512
 
 
 def _blocks_of(op: ConvOperator) -> tuple[tuple[int, int], tuple[int, int], int]:
@@ -77,28 +77,39 @@ def border_reason(op: ConvOperator) -> str | None:
     return None
 
 
-def border_bytes(op: ConvOperator, dtype: torch.dtype = torch.float64) -> int:
+def border_bytes(op: ConvOperator, dtype: torch.dtype = torch.float64, single: bool = True) -> int:
     r"""Peak bytes of building the default :class:`BorderPreconditioner` of ``op`` in ``dtype`` (an estimate).
 
     It keeps one :math:`q \times q` complex inverse per frequency of the block grid (``rfft2``), one
-    :math:`w q \times w q` per frequency along each edge strip and four :math:`c^2 q \times c^2 q` corners;
-    building them peaks at about :data:`BORDER_PEAK_FACTOR` times that. The lsqr route's default passes over
-    the preconditioner when this exceeds ``SolveOptions.max_memory``.
+    :math:`w q \times w q` per frequency along each edge strip and four :math:`c^2 q \times c^2 q` corners, in
+    single precision when ``single``. Building them adds, at the peak, four times the largest piece under
+    construction in ``dtype`` (a symbol, a term of its sum, its factor and its inverse): a chunk of
+    :data:`CIRCULANT_CHUNK` circulant frequencies, a strip or a corner. Measured on All-CNN-B conv1 at 224 /
+    448 / 896 px: 0.12 / 0.30 / 0.85 GiB above the process, estimated 0.14 / 0.31 / 0.82. The lsqr route's
+    default passes over the preconditioner when this exceeds ``SolveOptions.max_memory``.
 
     Examples
     --------
     >>> import torch
     >>> from invertnet.operators import ConvOperator
     >>> op = ConvOperator(torch.randn(96, 3, 11, 11), (896, 896), stride=4)  # All-CNN-B conv1 at 896 px
-    >>> round(border_bytes(op) / 2**30, 1)  # GiB
-    2.8
+    >>> round(border_bytes(op) / 2**30, 2)  # GiB
+    0.82
     """
     _, (nh, nw), depth = _blocks_of(op)
     q = op.in_shape[0] * op.stride[0] * op.stride[1]
     real = torch.finfo(dtype).bits // 8
-    kept = 2 * real * (nh * (nw // 2 + 1) * q**2 + 2 * (nw // 2 + 1 + nh // 2 + 1) * (depth * q) ** 2)
-    kept += 4 * real * (depth**2 * q) ** 2
-    return int(BORDER_PEAK_FACTOR * kept)
+    kept_real = 4 if single else real
+    circulant = nh * (nw // 2 + 1) * q**2
+    strips = 2 * (nw // 2 + 1 + nh // 2 + 1) * (depth * q) ** 2
+    corners = 4 * (depth**2 * q) ** 2
+    kept = 2 * kept_real * (circulant + strips) + kept_real * corners
+    chunk = max(
+        2 * real * min(circulant, CIRCULANT_CHUNK * q**2),
+        2 * real * (max(nh, nw) // 2 + 1) * (depth * q) ** 2,
+        real * corners // 4,
+    )
+    return int(kept + 4 * chunk)
 
 
 def _complex(dtype: torch.dtype) -> torch.dtype:
@@ -171,7 +182,8 @@ class BorderPreconditioner:
     Measured on All-CNN-B conv1 (96 filters of 3x11x11, stride 4, :math:`q = 48`, 56x56 blocks at 224x224),
     response + 1% noise, to 1e-6 of :math:`A^+ z`: 25 iterations (18 with ``corner=6``), against 168 for LSQR
     from the window estimate with coverage scaling (to relative 1e-9: 33 against 278); an application costs
-    about two forward + adjoint pairs (``benchmarks/bench_solvers.py --only offrange``).
+    0.63 forward + adjoint pairs with ``single`` (1.24 without), the setup about 60 once per layer and size
+    (``benchmarks/bench_solvers.py --only offrange``).
     Deeper strips and larger corners cut iterations but cost more to build and apply: a corner is a dense
     :math:`c^2 q \times c^2 q` inverse, a strip :math:`n/2 + 1` dense :math:`w q \times w q` ones.
 
@@ -220,7 +232,7 @@ class BorderPreconditioner:
         self.read = space_to_depth(coverage.expand(1, c_in, -1, -1).to(dtype), self.stride)[0] > 0  # (q, nh, nw)
         self._mask = coverage.to(dtype)
         kept = torch.float32 if single else dtype
-        self._circulant = self._circulant_factor().to(_complex(kept)).reshape(-1, self.q, self.q).contiguous()
+        self._circulant = self._circulant_factor(kept)
         self._strips = [self._strip_factor(side).to(_complex(kept)) for side in ("top", "bottom", "left", "right")]
         self._corners = [self._corner_factor(rows, cols).to(kept) for rows, cols in self._corner_slices()]
         self._kept = kept
@@ -252,15 +264,32 @@ class BorderPreconditioner:
         return (self.rectangle_gram(rows, cols) + torch.diag(unread)).reshape(hr, wr, q, hr, wr, q)
 
     # --- the three kinds of piece -------------------------------------------------------
-    def _circulant_factor(self) -> torch.Tensor:
+    def _circulant_factor(self, kept: torch.dtype) -> torch.Tensor:
+        r"""The inverses of the symbol at the ``rfft2`` frequencies, ``(nh * (nw // 2 + 1), q, q)`` in ``kept``.
+
+        :math:`\hat G(\theta) = \sum_d G_d e^{i \theta \cdot d}` summed over the :math:`(2t - 1)^2` stencil
+        offsets, :data:`CIRCULANT_CHUNK` frequencies at a time.
+        """
         (th, tw), (nh, nw), q = self.taps, self.grid, self.q
         rows, cols = slice(2 * th - (th - 1), 2 * th + th), slice(2 * tw - (tw - 1), 2 * tw + tw)  # around (2t, 2t)
         gram = self.rectangle_gram(rows, cols).reshape(2 * th - 1, 2 * tw - 1, q, 2 * th - 1, 2 * tw - 1, q)
-        stencil = self._products.new_zeros(q, q, nh, nw)
-        for dh, dw in itertools.product(range(-(th - 1), th), range(-(tw - 1), tw)):
-            stencil[:, :, -dh % nh, -dw % nw] = gram[th - 1, tw - 1, :, th - 1 + dh, tw - 1 + dw, :]
-        symbol = torch.fft.rfft2(stencil).permute(2, 3, 0, 1)  # sum_d G_d e^{i theta . d}
-        return _spd_inverse(symbol, "the circulant symbol")
+        offsets = list(itertools.product(range(-(th - 1), th), range(-(tw - 1), tw)))
+        stencil = torch.stack([gram[th - 1, tw - 1, :, th - 1 + dh, tw - 1 + dw, :] for dh, dw in offsets])
+        stencil = stencil.to(_complex(stencil.dtype))
+        real = stencil.real.dtype
+        device = stencil.device
+        theta_h = torch.arange(nh, device=device, dtype=real) * (2 * math.pi / nh)
+        theta_w = torch.arange(nw // 2 + 1, device=device, dtype=real) * (2 * math.pi / nw)
+        theta = torch.stack(torch.meshgrid(theta_h, theta_w, indexing="ij"), -1).reshape(-1, 2)  # rfft2 order
+        shifts = torch.tensor(offsets, device=device, dtype=real)  # (offsets, 2)
+        out = torch.empty(len(theta), q, q, dtype=_complex(kept), device=device)
+        for start in range(0, len(theta), CIRCULANT_CHUNK):
+            phases = torch.polar(
+                torch.ones((), dtype=real, device=device), theta[start : start + CIRCULANT_CHUNK] @ shifts.T
+            )
+            symbol = torch.einsum("fd,dpq->fpq", phases, stencil)
+            out[start : start + CIRCULANT_CHUNK] = _spd_inverse(symbol, "the circulant symbol")
+        return out
 
     def _strip_slices(self, side: str) -> tuple[slice, slice]:
         (nh, nw), w = self.grid, self.depth
@@ -285,7 +314,7 @@ class BorderPreconditioner:
         symbol = torch.zeros(len(theta), n, n, dtype=_complex(gram.dtype), device=gram.device)
         for d in range(-(reach - 1), reach):
             stencil = gram[:, reach - 1, :, :, reach - 1 + d, :].reshape(n, n)  # T_d, with the ones in T_0
-            symbol = symbol + torch.polar(torch.ones_like(theta), theta * d)[:, None, None] * stencil
+            symbol += torch.polar(torch.ones_like(theta), theta * d)[:, None, None] * stencil
         return _spd_inverse(symbol, "an edge strip's symbol")
 
     def _corner_slices(self) -> list[tuple[slice, slice]]:
