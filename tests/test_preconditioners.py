@@ -1,6 +1,7 @@
 """The border preconditioner and preconditioned CGLS against the dense matrix of small strided convolutions."""
 
 import importlib
+import itertools
 
 import numpy as np
 import pytest
@@ -39,6 +40,31 @@ def test_rectangle_gram_matches_the_dense_gram_near_and_far_from_the_border():
     for rows, cols in [(slice(0, 4), slice(0, 4)), (slice(3, 8), slice(5, 9)), (slice(8, 12), slice(0, 12))]:
         order = pixels[:, rows, cols].permute(1, 2, 0).reshape(-1)  # blocks row-major, then channels
         assert torch.allclose(m.rectangle_gram(rows, cols), gram[order][:, order], rtol=0, atol=1e-12)
+
+
+def test_circulant_piece_solves_the_periodic_interior_stencil(monkeypatch):
+    monkeypatch.setattr(preconditioners, "CIRCULANT_CHUNK", 10)  # 84 frequencies: nine chunks
+    op = ConvOperator.from_conv(strided_conv(), (24, 24))
+    m = BorderPreconditioner(op, FLOAT64, single=False)
+    (th, tw), (nh, nw), q = m.taps, m.grid, m.q
+    # the interior stencil G_d = G[b, b + d] read off the dense Gram at the centre block, wrapped around the grid
+    dense = op.to_dense()
+    gram = dense.T @ dense
+    index = torch.arange(op.in_dim, dtype=torch.float64).reshape(1, *op.in_shape)
+    pixels = space_to_depth(index, (2, 2))[0].long()  # (q, nh, nw)
+    ch, cw = nh // 2, nw // 2
+    periodic = torch.zeros(nh, nw, q, nh, nw, q, dtype=torch.float64)
+    for dh, dw in itertools.product(range(-(th - 1), th), range(-(tw - 1), tw)):
+        block = gram[pixels[:, ch, cw]][:, pixels[:, ch + dh, cw + dw]]
+        for i, j in itertools.product(range(nh), range(nw)):
+            periodic[i, j, :, (i + dh) % nh, (j + dw) % nw, :] = block
+    x = torch.randn(1, q, nh, nw, dtype=torch.float64)
+    expected = torch.linalg.solve(periodic.reshape(nh * nw * q, -1), x[0].permute(1, 2, 0).reshape(-1))
+    # the circulant piece as the preconditioner applies it: rfft2, one inverse per frequency, irfft2
+    spectrum = torch.fft.rfft2(x).permute(2, 3, 1, 0).reshape(-1, q, 1)
+    solved = preconditioners._batched_matvec(m._circulant, spectrum).reshape(nh, -1, q, 1)
+    applied = torch.fft.irfft2(solved.permute(3, 2, 0, 1), s=(nh, nw))[0].permute(1, 2, 0).reshape(-1)
+    assert relative_gap(applied, expected) < 1e-12
 
 
 @pytest.mark.parametrize(("single", "tolerance"), [(False, 1e-12), (True, 1e-6)])  # float64 / float32 pieces
