@@ -3,7 +3,8 @@
 ``--only conv1`` runs the conv1 part alone; ``--only window`` the window factorisation of conv1 (QR against the
 SVD it replaced, in units of one forward + adjoint of conv1 at 224x224); ``--only offrange`` the iterations and
 units to reach 1e-6 of ``A^+ z`` for a response off conv1's range, LSQR against CGLS preconditioned by
-:class:`invertnet.preconditioners.BorderPreconditioner` (``--size`` sets the input size, default 224).
+:class:`invertnet.preconditioners.BorderPreconditioner` (``--size`` sets the input size, default 224);
+``--only padded`` the same for a zero-padded 3x3 stride-2 layer.
 
 Run: ``python benchmarks/bench_solvers.py [--threads 1]`` (a few minutes; one thread by default). One run;
 compare the ratios.
@@ -106,8 +107,11 @@ def conv1_lsqr(size: int, atol: float) -> None:
     solve(noisy, "cgls from the window + border (default)", reference)
 
 
-def offrange(size: int, target: float = 1e-6) -> None:
+def offrange(size: int, layer: str = "conv1", target: float = 1e-6) -> None:
     """Iterations and units to reach ``target`` relative error of ``A^+ z`` (pixels read), z = A x + 1% noise.
+
+    ``layer``: All-CNN-B conv1 on the astronaut (no padding), or ``"padded"``: a 3x3 stride-2 convolution with
+    zero padding 1, 16 -> 96 channels (seeded Gaussian filters, as ``nn.Conv2d`` draws them), on uniform noise.
 
     Iterations are the fewest that reach ``target`` (bisection on the cap: the error of CG-type iterates falls
     monotonically). Units, as issue 13 counts them: one per iteration (a forward and an adjoint of conv1),
@@ -117,8 +121,17 @@ def offrange(size: int, target: float = 1e-6) -> None:
     Both leave out the preconditioner's setup, which is built once per layer, input size and dtype and cached,
     like the window factorisation (what every image after the first costs); ``first`` adds it to ``measured``.
     """
-    conv, x, op, y = conv1_problem(size)
-    z = y - conv.bias.detach().reshape(1, -1, 1, 1)
+    if layer == "conv1":
+        conv, x, op, y = conv1_problem(size)
+        z = y - conv.bias.detach().reshape(1, -1, 1, 1)
+        title = f"conv1 at {size}x{size}"
+    else:
+        torch.manual_seed(0)
+        padded = torch.nn.Conv2d(16, 96, 3, stride=2, padding=1).double()
+        op = ConvOperator.from_conv(padded, (size, size))
+        x = torch.rand(1, 16, size, size, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        z = op.forward(x)
+        title = f"3x3 stride-2 conv, zero padding 1, 16 -> 96 channels, at {size}x{size}"
     noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(0), dtype=z.dtype)
     z = z + 0.01 * z.norm() / noise.norm() * noise
     covered = op.coverage() > 0
@@ -130,7 +143,7 @@ def offrange(size: int, target: float = 1e-6) -> None:
     x0 = window.apply(z)
     window_apply = median_seconds(lambda: window.apply(z), repeat=3) / unit
     print(
-        f"\nconv1 at {size}x{size}, response + 1% noise (off the range), float64, {torch.get_num_threads()} "
+        f"\n{title}, response + 1% noise (off the range), float64, {torch.get_num_threads()} "
         f"thread(s); 1 unit = forward + adjoint = {unit * 1e3:.1f} ms; target: relative error {target:g} of A^+ z "
         f"on the pixels read; window factorisation {window_setup:.0f} units, window estimate {window_apply:.1f} units"
     )
@@ -292,7 +305,7 @@ def fft_apply() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=["fft", "scipy", "conv1", "window", "offrange"], help="run one part")
+    parser.add_argument("--only", choices=["fft", "scipy", "conv1", "window", "offrange", "padded"], help="one part")
     parser.add_argument("--size", type=int, default=224, help="input size of the offrange part (default 224)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     arguments = parser.parse_args()
@@ -309,6 +322,8 @@ def main() -> None:
         conv1_lsqr(224, 1e-10)
     if only in (None, "offrange"):
         offrange(arguments.size)
+    if only in (None, "padded"):
+        offrange(arguments.size, "padded")
 
 
 if __name__ == "__main__":

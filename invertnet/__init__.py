@@ -15,7 +15,7 @@ The house, in layers (imports point down only):
    - :mod:`invertnet.spectral` -- the DFT of circular convolutions: exact spectra and ``A^+``.
    - :mod:`invertnet.solvers` -- batched matrix-free LSQR, and CGLS with a preconditioner.
    - :mod:`invertnet.preconditioners` -- an additive Schwarz preconditioner for strided convolutions
-     without padding: circulant interior, exact border strips and corners.
+     with zero padding or none: circulant interior, exact border strips and corners.
    - :mod:`invertnet.windows` -- pseudo-inverses of blocks of outputs: exact on a layer's range
      when a block determines its window (LSQR's start).
    - :mod:`invertnet.pinv` -- the inversion routes, one a file (``patch``, ``window``, ``fft``,

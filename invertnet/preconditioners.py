@@ -1,4 +1,4 @@
-r"""A preconditioner for the normal equations of a strided convolution without padding.
+r"""A preconditioner for the normal equations of a strided convolution with zero padding or none.
 
 A convolution with stride :math:`s` whose stride divides the input, after a space-to-depth
 (:func:`invertnet.spectral.space_to_depth`: :math:`q = C_{in} s_h s_w` channels on an
@@ -32,6 +32,12 @@ preconditioned conjugate gradients on the normal equations (:func:`invertnet.sol
 least-squares solution, which is :math:`A^+ z` when the layer is injective on the pixels it reads.
 The pieces are built from the :math:`t_h^2 t_w^2` products :math:`W_k^T W_{k'}` (no probing, no dense
 operator matrix).
+
+Zero padding: the layer is the valid convolution of the zero-padded input, :math:`A = A_{\text{valid}} E` with
+:math:`E` the embedding of the image in the padded grid, so :math:`A^T A = E^T G_{\text{valid}} E` is
+:math:`G_{\text{valid}}` on the image's pixels. The pieces are built on the padded grid with the padding
+pixels decoupled (identity rows and columns, as for pixels no output reads); an application pads its input
+with zeros and crops its output. The stride must divide the padded size.
 """
 
 from __future__ import annotations
@@ -53,22 +59,34 @@ __all__ = ["CIRCULANT_CHUNK", "BorderPreconditioner", "border_bytes", "border_re
 CIRCULANT_CHUNK = 512
 
 
+def _valid_of(op: ConvOperator) -> ConvOperator:
+    """The same convolution without padding on the zero-padded input grid (``op`` itself when unpadded)."""
+    left, right, top, bottom = op.pad.pads
+    if not any(op.pad.pads):
+        return op
+    h, w = op.input_size
+    return ConvOperator(op.weight, (h + top + bottom, w + left + right), op.stride, 0, op.dilation, op.groups)
+
+
 def _blocks_of(op: ConvOperator) -> tuple[tuple[int, int], tuple[int, int], int]:
-    """The polyphase kernel's taps, the grid of stride-sized blocks, and the default strip depth (blocks)."""
-    (h, w), (sh, sw) = op.in_shape[1:], op.stride
+    """The polyphase kernel's taps, the grid of stride-sized blocks (of the padded input), the default depth."""
+    (h, w), (sh, sw) = _valid_of(op).in_shape[1:], op.stride
     taps = (math.ceil(op.kernel_size[0] / sh), math.ceil(op.kernel_size[1] / sw))
     return taps, (h // sh, w // sw), max(4, taps[0] + 1, taps[1] + 1)
 
 
 def border_reason(op: ConvOperator) -> str | None:
     """Why :class:`BorderPreconditioner` does not apply to ``op``, or ``None`` when it does."""
-    (h, w), (sh, sw) = op.in_shape[1:], op.stride
     if op.groups != 1 or op.dilation != (1, 1):
         return f"groups={op.groups}, dilation={op.dilation}: only groups=1 and dilation 1 are supported"
-    if any(op.pad.pads):
-        return f"padding {op.pad.pads}: only convolutions without padding are supported"
+    if any(op.pad.pads) and op.pad.mode != "zeros":
+        return f"padding_mode={op.pad.mode!r}: only zero padding (or none) is supported"
+    (kh, kw), (left, right, top, bottom) = op.kernel_size, op.pad.pads
+    if max(top, bottom) >= kh or max(left, right) >= kw:
+        return f"padding {op.pad.pads} as wide as the kernel {op.kernel_size}: some outputs read padding only"
+    (h, w), (sh, sw) = _valid_of(op).in_shape[1:], op.stride
     if h % sh or w % sw:
-        return f"the stride {op.stride} does not divide the input size {(h, w)}"
+        return f"the stride {op.stride} does not divide the padded input size {(h, w)}"
     taps, grid, _ = _blocks_of(op)
     if op.out_shape[1:] != (grid[0] - taps[0] + 1, grid[1] - taps[1] + 1):
         return f"the output grid {op.out_shape[1:]} is not the valid grid of the polyphase kernel"
@@ -150,7 +168,7 @@ def _batched_matvec(matrices: torch.Tensor, vectors: torch.Tensor) -> torch.Tens
 
 
 class BorderPreconditioner:
-    r"""Additive Schwarz approximation of :math:`(A^T A)^{-1}` for a strided convolution without padding.
+    r"""Additive Schwarz approximation of :math:`(A^T A)^{-1}` for a strided convolution, zero padding or none.
 
     See the module docstring for the maths.
 
@@ -221,6 +239,7 @@ class BorderPreconditioner:
                 f"BorderPreconditioner: expected depth and corner in [1, {min(self.grid) // 2}] blocks (half the "
                 f"{self.grid} grid), got {self.depth} and {self.corner}"
             )
+        self.pads = op.pad.pads
         weight = op.weight.to(device=device, dtype=dtype)
         c_out, c_in, kh, kw = weight.shape
         weight = F.pad(weight, (0, tw * sw - kw, 0, th * sh - kh))
@@ -228,9 +247,14 @@ class BorderPreconditioner:
         self.q = taps.shape[-1]
         # P[a, b, a', b'] = W_ab^T W_a'b'
         self._products = torch.einsum("abop,cdoq->abcdpq", taps, taps)
-        coverage = op.coverage(device=device, dtype=dtype) > 0
-        self.read = space_to_depth(coverage.expand(1, c_in, -1, -1).to(dtype), self.stride)[0] > 0  # (q, nh, nw)
-        self._mask = coverage.to(dtype)
+        # the pixels that are unknowns: read by some output, and not padding
+        read = _valid_of(op).coverage(device=device, dtype=dtype) > 0
+        left, right, top, bottom = self.pads
+        real = torch.zeros_like(read)
+        real[top : read.shape[0] - bottom, left : read.shape[1] - right] = True
+        read &= real
+        self.read = space_to_depth(read.expand(1, c_in, -1, -1).to(dtype), self.stride)[0] > 0  # (q, nh, nw)
+        self._mask = read.to(dtype)
         kept = torch.float32 if single else dtype
         self._circulant = self._circulant_factor(kept)
         self._strips = [self._strip_factor(side).to(_complex(kept)) for side in ("top", "bottom", "left", "right")]
@@ -258,10 +282,11 @@ class BorderPreconditioner:
         return out.permute(0, 2, 1, 3).reshape(hr * wr * q, hr * wr * q)
 
     def _blocks(self, rows: slice, cols: slice) -> torch.Tensor:
-        """The Gram of a rectangle as ``(hr, wr, q, hr, wr, q)``, with ones on the diagonal at pixels never read."""
+        """The Gram of a rectangle as ``(hr, wr, q, hr, wr, q)`` on the unknowns; identity at padding, unread pixels."""
         hr, wr, q = rows.stop - rows.start, cols.stop - cols.start, self.q
-        unread = (~self.read[:, rows, cols]).permute(1, 2, 0).reshape(-1).to(self._products.dtype)
-        return (self.rectangle_gram(rows, cols) + torch.diag(unread)).reshape(hr, wr, q, hr, wr, q)
+        read = self.read[:, rows, cols].permute(1, 2, 0).reshape(-1).to(self._products.dtype)
+        gram = self.rectangle_gram(rows, cols) * read[:, None] * read[None, :] + torch.diag(1 - read)
+        return gram.reshape(hr, wr, q, hr, wr, q)
 
     # --- the three kinds of piece -------------------------------------------------------
     def _circulant_factor(self, kept: torch.dtype) -> torch.Tensor:
@@ -330,7 +355,9 @@ class BorderPreconditioner:
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
         """:math:`M v` for input-shaped ``v`` ``(N, C_in, H, W)``."""
         n, q, w = v.shape[0], self.q, self.depth
-        x = space_to_depth((v * self._mask).to(self._kept), self.stride)  # (N, q, nh, nw)
+        left, right, top, bottom = self.pads
+        padded = F.pad(v, self.pads) if any(self.pads) else v
+        x = space_to_depth((padded * self._mask).to(self._kept), self.stride)  # (N, q, nh, nw)
         nh, nw = self.grid
         spectrum = torch.fft.rfft2(x).permute(2, 3, 1, 0).reshape(-1, q, n)  # (nh * (nw//2+1), q, N)
         solved = _batched_matvec(self._circulant, spectrum).reshape(nh, -1, q, n)
@@ -353,4 +380,5 @@ class BorderPreconditioner:
             local = x[:, :, rows, cols].permute(0, 2, 3, 1).reshape(n, -1).T
             solved = (factor @ local).T.reshape(n, rows.stop - rows.start, cols.stop - cols.start, q)
             out[:, :, rows, cols] += solved.permute(0, 3, 1, 2)
-        return depth_to_space(out, self.stride).to(v.dtype) * self._mask
+        out = depth_to_space(out, self.stride).to(v.dtype) * self._mask
+        return out[..., top : out.shape[-2] - bottom, left : out.shape[-1] - right]

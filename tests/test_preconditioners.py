@@ -17,10 +17,10 @@ from invertnet.spectral import space_to_depth
 FLOAT64 = torch.zeros((), dtype=torch.float64)
 
 
-def strided_conv(c_out: int = 16, seed: int = 0) -> torch.nn.Conv2d:
-    """2 -> c_out channels, 5x5, stride 2, no padding: 3x3 polyphase taps of 8 channels; last pixel row unread."""
+def strided_conv(c_out: int = 16, seed: int = 0, padding: int | tuple[int, int] = 0) -> torch.nn.Conv2d:
+    """2 -> c_out channels, 5x5, stride 2: 3x3 polyphase taps of 8 channels; without padding, last row unread."""
     torch.manual_seed(seed)
-    return torch.nn.Conv2d(2, c_out, 5, stride=2).double()
+    return torch.nn.Conv2d(2, c_out, 5, stride=2, padding=padding).double()
 
 
 def dense_lstsq(op: ConvOperator, z: torch.Tensor) -> torch.Tensor:
@@ -68,14 +68,15 @@ def test_circulant_piece_solves_the_periodic_interior_stencil(monkeypatch):
 
 
 @pytest.mark.parametrize(("single", "tolerance"), [(False, 1e-12), (True, 1e-6)])  # float64 / float32 pieces
-def test_border_preconditioner_is_symmetric_positive_definite_on_the_pixels_read(single, tolerance):
-    op = ConvOperator.from_conv(strided_conv(), (24, 24))
+@pytest.mark.parametrize("padding", [0, (0, 1)])  # with padding: identity at the padding pixels, then cropped
+def test_border_preconditioner_is_symmetric_positive_definite_on_the_pixels_read(single, tolerance, padding):
+    op = ConvOperator.from_conv(strided_conv(padding=padding), (24, 24))
     m = BorderPreconditioner(op, FLOAT64, single=single)
     eye = torch.eye(op.in_dim, dtype=torch.float64).reshape(-1, *op.in_shape)
     columns = torch.cat([m(e[None]) for e in eye]).reshape(op.in_dim, -1)  # one column at a time, as in pcgls
     assert torch.allclose(m(eye).reshape(op.in_dim, -1), columns, rtol=0, atol=tolerance * float(columns.abs().max()))
     read = (op.coverage() > 0).expand(op.in_shape).reshape(-1)
-    assert not bool(read.all())  # the last pixel row and column are never read
+    assert not bool(read.all())  # the last pixel row (and without padding the last column) is never read
     assert torch.allclose(columns, columns.T, rtol=0, atol=tolerance * float(columns.abs().max()))
     assert float(columns[~read].abs().max()) == 0.0
     assert float(torch.linalg.eigvalsh(columns[read][:, read])[0]) > 0
@@ -83,11 +84,12 @@ def test_border_preconditioner_is_symmetric_positive_definite_on_the_pixels_read
 
 @pytest.mark.parametrize("single", [False, True])
 @pytest.mark.parametrize("samples", [1, 2])  # one column: the chunked product of _batched_matvec; two: matmul
+@pytest.mark.parametrize("padding", [0, 1, 2, (2, 1)])  # zero padding: the valid convolution of the padded input
 def test_pcgls_with_the_border_preconditioner_reaches_the_dense_least_squares_solution_off_the_range(
-    single, samples, monkeypatch
+    single, samples, padding, monkeypatch
 ):
     monkeypatch.setattr(preconditioners, "_MATVEC_CHUNK", 200)  # several chunks even on this small grid
-    op = ConvOperator.from_conv(strided_conv(), (24, 24))
+    op = ConvOperator.from_conv(strided_conv(padding=padding), (24, 24))
     torch.manual_seed(1)
     x = torch.rand(2, *op.in_shape, dtype=torch.float64)
     z = op.forward(x) + 0.1 * torch.randn(2, *op.out_shape, dtype=torch.float64)  # off the range: tall operator
@@ -98,7 +100,8 @@ def test_pcgls_with_the_border_preconditioner_reaches_the_dense_least_squares_so
     plain = lsqr(op, z, atol=1e-14, btol=1e-14)
     assert bool(result.converged.all())
     # iterative, stopped at 1e-13 / 1e-14, float64 iterates with float64 or float32 preconditioner pieces:
-    # measured gaps 4.8e-13 (border, 46 iterations), 1.2e-12 (LSQR, 526)
+    # measured gaps 4.8e-13 (border, 46 iterations), 1.2e-12 (LSQR, 526) without padding; padded, up to 3.6e-13
+    # (border, 38-49 iterations) and 6.0e-13 (LSQR, 148-333)
     assert relative_gap(result.x, reference) < 1e-10
     assert relative_gap(plain.x, reference) < 1e-10
     assert result.iterations < plain.iterations
@@ -125,7 +128,8 @@ def test_lsqr_route_with_border_preconditioning_returns_the_pseudo_inverse_solut
     assert info.iterations == 0
 
 
-def test_default_preconditions_off_the_range_only(monkeypatch):
+@pytest.mark.parametrize("padding", [0, 1])
+def test_default_preconditions_off_the_range_only(monkeypatch, padding):
     """precondition=None: border CGLS when the window start leaves a residual, plain LSQR (no work) when not."""
     lsqr_route = importlib.import_module("invertnet.pinv.lsqr")
     calls: list[int] = []
@@ -135,7 +139,7 @@ def test_default_preconditions_off_the_range_only(monkeypatch):
         return pcgls(*args, **kwargs)
 
     monkeypatch.setattr(lsqr_route, "pcgls", counted)
-    conv = strided_conv()
+    conv = strided_conv(padding=padding)
     torch.manual_seed(3)
     with torch.no_grad():
         y = conv(torch.rand(2, 2, 24, 24, dtype=torch.float64))
@@ -157,11 +161,17 @@ def test_default_preconditions_off_the_range_only(monkeypatch):
 
 
 def test_border_preconditioning_refuses_layers_it_does_not_fit():
-    padded = torch.nn.Conv2d(2, 16, 5, stride=2, padding=1).double()
-    assert border_reason(ConvOperator.from_conv(padded, (24, 24))) is not None
+    wrapped = torch.nn.Conv2d(2, 16, 5, stride=2, padding=1, padding_mode="circular").double()
     z = torch.zeros(1, 16, 11, 11, dtype=torch.float64)
-    with pytest.raises(RouteError, match=r"precondition='border' does not apply: padding \(1, 1, 1, 1\): only"):
-        conv_pinv(padded, z, (24, 24), "lsqr", options=SolveOptions(precondition="border"))
+    with pytest.raises(RouteError, match=r"precondition='border' does not apply: padding_mode='circular': only zero"):
+        conv_pinv(wrapped, z, (24, 24), "lsqr", options=SolveOptions(precondition="border"))
+    wide = ConvOperator(torch.randn(16, 2, 3, 3, dtype=torch.float64), (24, 24), stride=2, padding=3)
+    assert border_reason(wide) == "padding (3, 3, 3, 3) as wide as the kernel (3, 3): some outputs read padding only"
+    odd = ConvOperator.from_conv(strided_conv(padding=(1, 2)), (24, 24))  # 26 x 28 padded: fits; 25 x 24 does not
+    assert border_reason(odd) is None
+    assert "does not divide the padded input size (25, 24)" in str(
+        border_reason(ConvOperator.from_conv(strided_conv(), (25, 24)))
+    )
     with pytest.raises(OptionError, match=r"expected precondition True, False, None or 'border', got 'edges'"):
         SolveOptions(precondition="edges")  # type: ignore[arg-type]
     op = ConvOperator.from_conv(strided_conv(), (24, 24))
