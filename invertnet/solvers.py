@@ -62,8 +62,9 @@ def _norm(t: torch.Tensor) -> torch.Tensor:
     return norm
 
 
-def _scale(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    return t * s.reshape(-1, *([1] * (t.ndim - 1)))
+def _column(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Per-sample values ``(N,)`` shaped to broadcast against ``t`` ``(N, ...)``."""
+    return s.reshape(-1, *([1] * (t.ndim - 1)))
 
 
 def lsqr(
@@ -127,10 +128,10 @@ def lsqr(
     bnorm = _norm(b)
     u = b.clone() if x0 is None else b - op.forward(x0)
     beta = _norm(u)
-    u = _scale(u, 1 / beta.clamp(min=tiny))
+    u = u / _column(beta.clamp(min=tiny), u)
     v = m(op.adjoint(u))
     alpha = _norm(v)
-    v = _scale(v, 1 / alpha.clamp(min=tiny))
+    v = v / _column(alpha.clamp(min=tiny), v)
     w = v.clone()
     y = torch.zeros_like(v)
     phibar, rhobar = beta.clone(), alpha.clone()
@@ -145,13 +146,14 @@ def lsqr(
     sample_iterations = torch.zeros(n, dtype=torch.long, device=b.device)
     while not bool(done.all()) and iterations < maxiter:
         iterations += 1
-        u = op.forward(m(v)) - _scale(u, alpha)
+        # fused updates (one pass over each vector; fresh tensors for u, v, in place on y, w, ours alone)
+        u = torch.addcmul(op.forward(m(v)), u, _column(-alpha, u))
         beta = _norm(u)
-        u = _scale(u, 1 / beta.clamp(min=tiny))
+        u.mul_(_column(1 / beta.clamp(min=tiny), u))
         anorm2 = anorm2 + alpha**2 + beta**2
-        v = m(op.adjoint(u)) - _scale(v, beta)
+        v = torch.addcmul(m(op.adjoint(u)), v, _column(-beta, v))
         alpha = _norm(v)
-        v = _scale(v, 1 / alpha.clamp(min=tiny))
+        v.mul_(_column(1 / alpha.clamp(min=tiny), v))
         rho = torch.sqrt(rhobar**2 + beta**2).clamp(min=tiny)
         c, s = rhobar / rho, beta / rho
         theta = s * alpha
@@ -160,8 +162,8 @@ def lsqr(
         phibar = s * phibar
         active = ~done
         sample_iterations = sample_iterations + active.long()
-        y = torch.where(active.reshape(-1, *([1] * (y.ndim - 1))), y + _scale(w, phi / rho), y)
-        w = v - _scale(w, theta / rho)
+        y.addcmul_(w, _column(torch.where(active, phi / rho, 0.0), y))  # finished samples stay put
+        w.mul_(_column(-theta / rho, w)).add_(v)
         anorm = anorm2.sqrt()
         ynorm = _norm(y) + x0norm
         rnorm = phibar.abs()
@@ -264,12 +266,12 @@ def pcgls(
         active = ~done
         q = op.forward(p)
         alpha = torch.where(active, gamma / _norm(q).square().clamp(min=tiny), 0.0)
-        x = x + _scale(p, alpha)
-        r = r - _scale(q, alpha)
+        x.addcmul_(p, _column(alpha, x))  # x and r are ours alone: updated in place
+        r.addcmul_(q, _column(-alpha, r))
         s = op.adjoint(r)
         z = preconditioner(s)
         gamma_next = (s * z).flatten(1).sum(1)
-        p = z + _scale(p, gamma_next / gamma.clamp(min=tiny))
+        p = torch.addcmul(z, p, _column(gamma_next / gamma.clamp(min=tiny), p))
         gamma = torch.where(active, gamma_next, gamma)
         sample_iterations = sample_iterations + active.long()
         done = done | (gamma <= tol**2 * gamma0)
