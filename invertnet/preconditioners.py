@@ -255,11 +255,18 @@ class BorderPreconditioner:
         read &= real
         self.read = space_to_depth(read.expand(1, c_in, -1, -1).to(dtype), self.stride)[0] > 0  # (q, nh, nw)
         self._mask = read.to(dtype)
-        kept = torch.float32 if single else dtype
+        # the pieces are kept times the Gram's scale and applied to inputs divided by their largest entry, so
+        # float32 neither overflows nor underflows whatever the scale of the weights and of the inputs
+        kept = self._kept = torch.float32 if single else dtype
+        self._gram_scale = float(self._products.abs().max()) or 1.0
         self._circulant = self._circulant_factor(kept)
-        self._strips = [self._strip_factor(side).to(_complex(kept)) for side in ("top", "bottom", "left", "right")]
-        self._corners = [self._corner_factor(rows, cols).to(kept) for rows, cols in self._corner_slices()]
-        self._kept = kept
+        self._strips = [
+            (self._strip_factor(side) * self._gram_scale).to(_complex(kept))
+            for side in ("top", "bottom", "left", "right")
+        ]
+        self._corners = [
+            (self._corner_factor(rows, cols) * self._gram_scale).to(kept) for rows, cols in self._corner_slices()
+        ]
 
     # --- the Gram matrix on rectangles of blocks ----------------------------------------
     def rectangle_gram(self, rows: slice, cols: slice) -> torch.Tensor:
@@ -313,7 +320,7 @@ class BorderPreconditioner:
                 torch.ones((), dtype=real, device=device), theta[start : start + CIRCULANT_CHUNK] @ shifts.T
             )
             symbol = torch.einsum("fd,dpq->fpq", phases, stencil)
-            out[start : start + CIRCULANT_CHUNK] = _spd_inverse(symbol, "the circulant symbol")
+            out[start : start + CIRCULANT_CHUNK] = _spd_inverse(symbol, "the circulant symbol") * self._gram_scale
         return out
 
     def _strip_slices(self, side: str) -> tuple[slice, slice]:
@@ -356,8 +363,9 @@ class BorderPreconditioner:
         """:math:`M v` for input-shaped ``v`` ``(N, C_in, H, W)``."""
         n, q, w = v.shape[0], self.q, self.depth
         left, right, top, bottom = self.pads
-        padded = F.pad(v, self.pads) if any(self.pads) else v
-        x = space_to_depth((padded * self._mask).to(self._kept), self.stride)  # (N, q, nh, nw)
+        padded = (F.pad(v, self.pads) if any(self.pads) else v) * self._mask
+        size = padded.abs().flatten(1).amax(1).clamp(min=torch.finfo(v.dtype).tiny).reshape(-1, 1, 1, 1)
+        x = space_to_depth((padded / size).to(self._kept), self.stride)  # (N, q, nh, nw), entries in [-1, 1]
         nh, nw = self.grid
         spectrum = torch.fft.rfft2(x).permute(2, 3, 1, 0).reshape(-1, q, n)  # (nh * (nw//2+1), q, N)
         solved = _batched_matvec(self._circulant, spectrum).reshape(nh, -1, q, n)
@@ -380,5 +388,5 @@ class BorderPreconditioner:
             local = x[:, :, rows, cols].permute(0, 2, 3, 1).reshape(n, -1).T
             solved = (factor @ local).T.reshape(n, rows.stop - rows.start, cols.stop - cols.start, q)
             out[:, :, rows, cols] += solved.permute(0, 3, 1, 2)
-        out = depth_to_space(out, self.stride).to(v.dtype) * self._mask
+        out = depth_to_space(out, self.stride).to(v.dtype) * (self._mask * (size / self._gram_scale))
         return out[..., top : out.shape[-2] - bottom, left : out.shape[-1] - right]

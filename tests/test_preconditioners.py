@@ -64,7 +64,20 @@ def test_circulant_piece_solves_the_periodic_interior_stencil(monkeypatch):
     spectrum = torch.fft.rfft2(x).permute(2, 3, 1, 0).reshape(-1, q, 1)
     solved = preconditioners._batched_matvec(m._circulant, spectrum).reshape(nh, -1, q, 1)
     applied = torch.fft.irfft2(solved.permute(3, 2, 0, 1), s=(nh, nw))[0].permute(1, 2, 0).reshape(-1)
+    applied = applied / m._gram_scale  # the pieces are kept times the Gram's scale
     assert relative_gap(applied, expected) < 1e-12
+
+
+def test_float32_pieces_follow_the_scale_of_the_weights_and_of_the_input():
+    """Weights 1e-20 times smaller (Gram 1e-40, inverses 1e40) and inputs 1e30 times larger: no overflow."""
+    conv = strided_conv()
+    op = ConvOperator.from_conv(conv, (24, 24))
+    tiny = ConvOperator(conv.weight.detach() * 1e-20, (24, 24), stride=2)
+    v = torch.randn(2, *op.in_shape, dtype=torch.float64)
+    reference = BorderPreconditioner(op, FLOAT64, single=False)(v)
+    scaled = BorderPreconditioner(tiny, FLOAT64)(v * 1e30) / 1e70  # M scales as 1 / weight^2
+    assert bool(torch.isfinite(scaled).all())
+    assert relative_gap(scaled, reference) < 1e-6  # float32 pieces against float64 ones
 
 
 @pytest.mark.parametrize(("single", "tolerance"), [(False, 1e-12), (True, 1e-6)])  # float64 / float32 pieces
