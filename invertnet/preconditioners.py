@@ -134,8 +134,17 @@ def _complex(dtype: torch.dtype) -> torch.dtype:
     return torch.complex128 if dtype == torch.float64 else torch.complex64
 
 
-def _spd_inverse(matrix: torch.Tensor, what: str) -> torch.Tensor:
-    """The inverse of (a batch of) Hermitian positive definite matrices by Cholesky; refuses singular ones."""
+def _spd_inverse(matrix: torch.Tensor, what: str, kept: torch.dtype) -> torch.Tensor:
+    """The inverse of (a batch of) Hermitian positive definite matrices by Cholesky; refuses singular ones.
+
+    Factored in the precision ``kept`` (real) first when it is lower than the matrix's, which is all a
+    preconditioner keeps; where that factorisation fails, in the matrix's own precision.
+    """
+    if torch.finfo(kept).bits < torch.finfo(matrix.real.dtype).bits:
+        low = matrix.to(_complex(kept) if matrix.is_complex() else kept)
+        factor, info = torch.linalg.cholesky_ex(low)
+        if not bool((info != 0).any()):
+            return torch.cholesky_inverse(factor)
     factor, info = torch.linalg.cholesky_ex(matrix)
     if bool((info != 0).any()):
         raise RouteError(
@@ -183,10 +192,11 @@ class BorderPreconditioner:
     corner : int, optional
         Blocks per side of each corner square; default the same as ``depth``.
     single : bool, default True
-        Keep and apply the pieces in single precision (float32, complex64) after building them in the working
-        dtype: an application streams half the bytes. A preconditioner only steers the search directions;
-        :func:`invertnet.solvers.pcgls` keeps its iterates and residuals in the working dtype and converges to
-        the same solution (float64, measured: the same iteration counts, errors down to 1e-12).
+        Factor, keep and apply the pieces in single precision (float32, complex64; a piece whose factorisation
+        fails there is factored in the working dtype): half the bytes per application, half the setup. A
+        preconditioner only steers the search directions; :func:`invertnet.solvers.pcgls` keeps its iterates
+        and residuals in the working dtype and converges to the same solution (float64, measured: the same
+        iteration counts, errors down to 1e-12).
 
     Raises
     ------
@@ -255,18 +265,13 @@ class BorderPreconditioner:
         read &= real
         self.read = space_to_depth(read.expand(1, c_in, -1, -1).to(dtype), self.stride)[0] > 0  # (q, nh, nw)
         self._mask = read.to(dtype)
-        # the pieces are kept times the Gram's scale and applied to inputs divided by their largest entry, so
-        # float32 neither overflows nor underflows whatever the scale of the weights and of the inputs
+        # the pieces invert the Gram divided by its scale and apply to inputs divided by their largest entry,
+        # so float32 neither overflows nor underflows whatever the scale of the weights and of the inputs
         kept = self._kept = torch.float32 if single else dtype
         self._gram_scale = float(self._products.abs().max()) or 1.0
         self._circulant = self._circulant_factor(kept)
-        self._strips = [
-            (self._strip_factor(side) * self._gram_scale).to(_complex(kept))
-            for side in ("top", "bottom", "left", "right")
-        ]
-        self._corners = [
-            (self._corner_factor(rows, cols) * self._gram_scale).to(kept) for rows, cols in self._corner_slices()
-        ]
+        self._strips = [self._strip_factor(side).to(_complex(kept)) for side in ("top", "bottom", "left", "right")]
+        self._corners = [self._corner_factor(rows, cols).to(kept) for rows, cols in self._corner_slices()]
 
     # --- the Gram matrix on rectangles of blocks ----------------------------------------
     def rectangle_gram(self, rows: slice, cols: slice) -> torch.Tensor:
@@ -292,7 +297,7 @@ class BorderPreconditioner:
         """The Gram of a rectangle as ``(hr, wr, q, hr, wr, q)`` on the unknowns; identity at padding, unread pixels."""
         hr, wr, q = rows.stop - rows.start, cols.stop - cols.start, self.q
         read = self.read[:, rows, cols].permute(1, 2, 0).reshape(-1).to(self._products.dtype)
-        gram = self.rectangle_gram(rows, cols) * read[:, None] * read[None, :] + torch.diag(1 - read)
+        gram = self.rectangle_gram(rows, cols) / self._gram_scale * read[:, None] * read[None, :] + torch.diag(1 - read)
         return gram.reshape(hr, wr, q, hr, wr, q)
 
     # --- the three kinds of piece -------------------------------------------------------
@@ -304,7 +309,8 @@ class BorderPreconditioner:
         """
         (th, tw), (nh, nw), q = self.taps, self.grid, self.q
         rows, cols = slice(2 * th - (th - 1), 2 * th + th), slice(2 * tw - (tw - 1), 2 * tw + tw)  # around (2t, 2t)
-        gram = self.rectangle_gram(rows, cols).reshape(2 * th - 1, 2 * tw - 1, q, 2 * th - 1, 2 * tw - 1, q)
+        gram = self.rectangle_gram(rows, cols) / self._gram_scale
+        gram = gram.reshape(2 * th - 1, 2 * tw - 1, q, 2 * th - 1, 2 * tw - 1, q)
         offsets = list(itertools.product(range(-(th - 1), th), range(-(tw - 1), tw)))
         stencil = torch.stack([gram[th - 1, tw - 1, :, th - 1 + dh, tw - 1 + dw, :] for dh, dw in offsets])
         stencil = stencil.to(_complex(stencil.dtype))
@@ -320,7 +326,7 @@ class BorderPreconditioner:
                 torch.ones((), dtype=real, device=device), theta[start : start + CIRCULANT_CHUNK] @ shifts.T
             )
             symbol = torch.einsum("fd,dpq->fpq", phases, stencil)
-            out[start : start + CIRCULANT_CHUNK] = _spd_inverse(symbol, "the circulant symbol") * self._gram_scale
+            out[start : start + CIRCULANT_CHUNK] = _spd_inverse(symbol, "the circulant symbol", kept)
         return out
 
     def _strip_slices(self, side: str) -> tuple[slice, slice]:
@@ -347,7 +353,7 @@ class BorderPreconditioner:
         for d in range(-(reach - 1), reach):
             stencil = gram[:, reach - 1, :, :, reach - 1 + d, :].reshape(n, n)  # T_d, with the ones in T_0
             symbol += torch.polar(torch.ones_like(theta), theta * d)[:, None, None] * stencil
-        return _spd_inverse(symbol, "an edge strip's symbol")
+        return _spd_inverse(symbol, "an edge strip's symbol", self._kept)
 
     def _corner_slices(self) -> list[tuple[slice, slice]]:
         (nh, nw), c = self.grid, self.corner
@@ -356,7 +362,7 @@ class BorderPreconditioner:
     def _corner_factor(self, rows: slice, cols: slice) -> torch.Tensor:
         gram = self._blocks(rows, cols)
         n = gram.shape[0] * gram.shape[1] * self.q
-        return _spd_inverse(gram.reshape(n, n), "a corner's Gram")
+        return _spd_inverse(gram.reshape(n, n), "a corner's Gram", self._kept)
 
     # --- application ----------------------------------------------------------------------
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
