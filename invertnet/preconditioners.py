@@ -103,7 +103,7 @@ def border_bytes(op: ConvOperator, dtype: torch.dtype = torch.float64, single: b
     single precision when ``single``. Building them adds, at the peak, four times the largest piece under
     construction in ``dtype`` (a symbol, a term of its sum, its factor and its inverse): a chunk of
     :data:`CIRCULANT_CHUNK` circulant frequencies, a strip or a corner. Measured on All-CNN-B conv1 at 224 /
-    448 / 896 px: 0.12 / 0.30 / 0.85 GiB above the process, estimated 0.14 / 0.31 / 0.82. The lsqr route's
+    448 / 896 px: 0.13 / 0.32 / 0.79 GiB above the process, estimated 0.14 / 0.31 / 0.82. The lsqr route's
     default passes over the preconditioner when this exceeds ``SolveOptions.max_memory``.
 
     Examples
