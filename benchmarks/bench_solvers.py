@@ -31,7 +31,7 @@ from invertnet.models import build_model
 from invertnet.preconditioners import BorderPreconditioner
 from invertnet.solvers import LsqrResult, lsqr, pcgls
 from invertnet.spectral import CirculantFactorization
-from invertnet.windows import WindowInverse, _window_operator, window_block
+from invertnet.windows import WindowInverse, window_operator, window_block
 
 ASSET = Path(__file__).resolve().parents[1] / "assets" / "astronaut.png"
 
@@ -202,7 +202,7 @@ def offrange(size: int, layer: str = "conv1", target: float = 1e-6) -> None:
 
 def _svd_window_pinv(op: ConvOperator, block: tuple[int, int]) -> tuple[torch.Tensor, float]:
     """The factorisation :class:`WindowInverse` made before the QR: dense matrix by columns, SVD, explicit A_w^+."""
-    matrix = _window_operator(op, block).to_dense(torch.float64, max_entries=10**8)
+    matrix = window_operator(op, block).to_dense(torch.float64, max_entries=10**8)
     read = matrix.abs().sum(0) > 0
     u, singular, vh = torch.linalg.svd(matrix[:, read], full_matrices=False)
     kept = singular > max(matrix.shape) * torch.finfo(torch.float64).eps * float(singular[0])

@@ -38,6 +38,7 @@ __all__ = [
     "CirculantFactorization",
     "circulant_reason",
     "circulant_singular_values",
+    "dense_weight",
     "depth_to_space",
     "space_to_depth",
     "symbol",
@@ -71,7 +72,7 @@ def circulant_reason(op: ConvOperator) -> str | None:
     return None
 
 
-def _dense_weight(op: ConvOperator, like: torch.Tensor) -> torch.Tensor:
+def dense_weight(op: ConvOperator, like: torch.Tensor) -> torch.Tensor:
     """The weight with groups expanded to a block-diagonal ``(C_out, C_in, kh, kw)``."""
     weight = op._weight(like)
     if op.groups == 1:
@@ -94,7 +95,7 @@ def symbol(op: ConvOperator, like: torch.Tensor) -> torch.Tensor:
     (h, w), (sh, sw) = op.in_shape[1:], op.stride
     if h % sh or w % sw:
         raise ShapeError(f"the stride {op.stride} does not divide the input size {(h, w)}; crop or pad the input")
-    weight = _dense_weight(op, like)
+    weight = dense_weight(op, like)
     c_out, c_in, kh, kw = weight.shape
     hh, ww = h // sh, w // sw
     left, _, top, _ = op.pad.pads

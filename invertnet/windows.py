@@ -32,8 +32,9 @@ import torch
 
 from invertnet.operators import ConvOperator, LinearOperator
 from invertnet.spectrum import sigma_max
+from invertnet.verified import UNIT_ROUNDOFF, abs_gram_norm, gamma, gram_lower_bound
 
-__all__ = ["QR_MAX_CONDITION", "WINDOW_MAX_ENTRIES", "WindowInverse", "window_block"]
+__all__ = ["QR_MAX_CONDITION", "WINDOW_MAX_ENTRIES", "WindowInverse", "starts", "window_block", "window_operator"]
 
 #: Largest window matrix :math:`A_w` (entries) :func:`window_block` considers: 80 MB in float64, about a second of QR.
 WINDOW_MAX_ENTRIES = 10_000_000
@@ -43,7 +44,7 @@ WINDOW_MAX_ENTRIES = 10_000_000
 QR_MAX_CONDITION = 1e8
 
 
-def _window_operator(op: ConvOperator, block: tuple[int, int]) -> ConvOperator:
+def window_operator(op: ConvOperator, block: tuple[int, int]) -> ConvOperator:
     """The layer restricted to one block of outputs: the same filters, no padding, on the block's window."""
     rows, cols = (op.stride[i] * (block[i] - 1) + op.dilation[i] * (op.kernel_size[i] - 1) + 1 for i in range(2))
     return ConvOperator(op.weight, (rows, cols), op.stride, 0, op.dilation, op.groups)
@@ -87,6 +88,12 @@ def _qr_factors(
     return householder, tau, r, condition
 
 
+def _proven_sigma_min(matrix: torch.Tensor) -> float:
+    """A proven lower bound on the smallest singular value of a tall float64 ``matrix`` (0.0 when none)."""
+    square = float(gram_lower_bound(matrix.T @ matrix, gamma(matrix.shape[0]) * abs_gram_norm(matrix)))
+    return math.sqrt(square) * (1 - 4 * UNIT_ROUNDOFF) if square > 0 else 0.0
+
+
 def window_block(op: ConvOperator, max_entries: int = WINDOW_MAX_ENTRIES) -> tuple[int, int] | None:
     r"""The smallest block of outputs with at least as many equations as its window has unknowns.
 
@@ -99,7 +106,7 @@ def window_block(op: ConvOperator, max_entries: int = WINDOW_MAX_ENTRIES) -> tup
     for m in range(1, max(rows_max, cols_max) + 1):
         for block in ((m, m), (m, m + 1), (m + 1, m)):
             block = (min(block[0], rows_max), min(block[1], cols_max))
-            window = _window_operator(op, block)
+            window = window_operator(op, block)
             rows = c_out * block[0] * block[1]
             if rows * window.in_dim > max_entries:
                 return None
@@ -108,7 +115,7 @@ def window_block(op: ConvOperator, max_entries: int = WINDOW_MAX_ENTRIES) -> tup
     return None
 
 
-def _starts(blocks: int, size: int) -> list[int]:
+def starts(blocks: int, size: int) -> list[int]:
     """Block origins that tile ``range(size)`` with blocks of ``blocks``, the last one shifted back to fit."""
     starts = list(range(0, size - blocks + 1, blocks))
     if starts[-1] + blocks < size:
@@ -135,8 +142,11 @@ class WindowInverse:
     blocks : int
         Blocks that tile the output grid.
     injective : bool
-        Whether :math:`A_w` has full column rank on the pixels the block reads (singular values
-        above ``max(m, n) * eps * sigma_max``); only then is the tiled estimate exact on the range of :math:`A`.
+        Whether :math:`A_w` has full column rank on the pixels the block reads, proven (:attr:`lower_bound` > 0);
+        only then is the tiled estimate exact on the range of :math:`A`.
+    lower_bound : float
+        A proven lower bound on :math:`\sigma_{\min}(A_w)` on the pixels the block reads (a verified Cholesky
+        factorisation of :math:`A_w^T A_w - \tau I`, :func:`invertnet.verified.gram_lower_bound`); ``0.0`` when none.
     condition : float
         :math:`\sigma_{max} / \sigma_{min}` of :math:`A_w` on the pixels the block reads.
     factorization : {"qr", "svd"}
@@ -175,30 +185,30 @@ class WindowInverse:
     def __init__(self, op: ConvOperator, block: tuple[int, int], like: torch.Tensor) -> None:
         self.op = op
         self.block = block
-        window = _window_operator(op, block)
+        window = window_operator(op, block)
         self.window = window.input_size
         matrix = window.placed_matrix(torch.float64, like.device, WINDOW_MAX_ENTRIES)
         read = matrix.abs().sum(0) > 0
         self._read = read
         unknowns = int(read.sum())
         self._factors: tuple[torch.Tensor, ...]  # QR: Householder vectors, tau, R; SVD: the pseudo-inverse
-        factors = _qr_factors(matrix[:, read], window) if unknowns <= matrix.shape[0] else None
+        self.lower_bound = _proven_sigma_min(matrix[:, read]) if unknowns <= matrix.shape[0] else 0.0
+        self.injective = self.lower_bound > 0
+        factors = _qr_factors(matrix[:, read], window) if self.injective else None
         if factors is not None:
             householder, tau, r, self.condition = factors
             self.factorization = "qr"
-            self.injective = True
             self._factors = (householder.to(like.dtype), tau.to(like.dtype), r.to(like.dtype))
         else:
             u, singular, vh = torch.linalg.svd(matrix[:, read], full_matrices=False)
             cut = max(matrix.shape) * torch.finfo(torch.float64).eps * float(singular[0])
             self.factorization = "svd"
-            self.injective = unknowns <= matrix.shape[0] and float(singular[-1]) > cut
             self.condition = float(singular[0] / singular[-1]) if float(singular[-1]) > 0 else float("inf")
             kept = singular > cut
             self._factors = (((vh[kept].T / singular[kept]) @ u[:, kept].T).to(like.dtype),)
 
         (hp, wp), (_, ho, wo) = op.pad.output_size, op.out_shape
-        rows, cols = _starts(block[0], ho), _starts(block[1], wo)
+        rows, cols = starts(block[0], ho), starts(block[1], wo)
         self.blocks = len(rows) * len(cols)
         device = like.device
         r0 = torch.tensor(rows, device=device).reshape(-1, 1, 1, 1)

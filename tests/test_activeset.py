@@ -1,6 +1,7 @@
 """Active-set inversion of ReLU / ReLU6 / Hardtanh layers, against dense references (float64)."""
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -61,7 +62,8 @@ def test_determined_relu_conv_is_recovered_exactly():
     assert 0.3 < float(result.known_fraction.mean()) < 0.6
 
 
-def test_determined_by_lanczos_certificate():
+def test_lanczos_adds_an_estimate_beside_the_proof():
+    """With certificate='lanczos' the proof still decides; the Lanczos value is an estimate beside it."""
     conv = _conv(3, 32, padding=1)
     x = torch.rand(1, 3, 12, 12, dtype=torch.float64)
     h = _features(conv, x)
@@ -70,11 +72,29 @@ def test_determined_by_lanczos_certificate():
         ConvOperator.from_conv(conv, (12, 12)), activation_constraints(h), bias=conv.bias, options=options
     )
     (certificate,) = result.certificates
-    assert certificate.method == "lanczos"
-    assert certificate.determined
-    assert certificate.sigma_min > 1e-4 * certificate.sigma_max
+    assert certificate.determined and certificate.proof in ("patch", "dense", "window", "gram")
+    assert certificate.method == certificate.proof
+    assert "not a proof" in certificate.reason
+    assert 0 < certificate.lower_bound <= certificate.sigma_min * (1 + 1e-8)  # the proof is below the estimate
     assert bool(result.exact[0])
     assert relative_gap(result.x, x) <= 1e-10
+
+
+def test_a_lanczos_value_is_never_a_proof():
+    """No proof applies (the dense matrix is over the limit given): Lanczos estimates, and never decides."""
+    torch.manual_seed(0)
+    op = MatrixOperator(torch.randn(60, 40, dtype=torch.float64))
+    known = torch.ones(1, 60, dtype=torch.bool)
+    (undecided,) = certify(op, known, "auto", dense_max_entries=10)
+    assert undecided.determined is None and undecided.proof == "" and math.isnan(undecided.lower_bound)
+    (estimated,) = certify(op, known, "lanczos", dense_max_entries=10)
+    assert estimated.determined is None
+    assert estimated.method == "lanczos" and estimated.proof == ""
+    assert "an upper bound, not a proof" in estimated.reason
+    exact = float(torch.linalg.svdvals(op.weight)[-1])
+    assert abs(estimated.sigma_min - exact) <= 1e-6 * exact  # a good estimate, still not a proof
+    (proven,) = certify(op, known)  # the default limit: the dense SVD certificate decides
+    assert proven.determined and proven.proof == "dense" and proven.lower_bound <= exact
 
 
 @pytest.mark.parametrize(("c_in", "c_out"), [(2, 2), (3, 4)])
@@ -107,7 +127,8 @@ def test_rank_deficient_with_enough_rows():
     result = invert_active_set(ConvOperator.from_conv(conv, (6, 6)), activation_constraints(h), bias=conv.bias)
     (certificate,) = result.certificates
     assert certificate.rows >= certificate.unknowns
-    assert certificate.method == "dense"
+    assert certificate.determined is False
+    assert certificate.method == certificate.proof == "singular"  # shown numerically rank deficient
     assert certificate.determined is False
     assert not bool(result.exact[0])
     assert bool(result.feasible[0])
@@ -394,10 +415,11 @@ def test_newton_options_are_checked():
         ActiveSetOptions(newton_steps=0)
 
 
-def test_auto_certificate_says_undecided_above_the_lanczos_limit():
-    """Past the count, without a patch certificate, and too big for Lanczos: undecided, never a guess."""
-    op = ConvOperator(torch.randn(12, 3, 3, 3, dtype=torch.float64), (150, 150), padding=1)
+def test_auto_certificate_says_undecided_when_no_proof_fits():
+    """Past the count, no determining block within the limit, too large for the Gram proof: undecided, never a guess."""
+    op = ConvOperator(torch.randn(5, 4, 3, 3, dtype=torch.float64), (70, 70), padding=1)
     known = torch.ones(1, *op.out_shape, dtype=torch.bool)
     (certificate,) = certify(op, known)
     assert certificate.determined is None
-    assert "exceed Lanczos's limit (65536); pass certificate='lanczos'" in certificate.reason
+    assert certificate.proof == "" and certificate.method == "none"
+    assert "exceed the Gram proof's limit (12288)" in certificate.reason

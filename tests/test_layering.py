@@ -18,6 +18,8 @@ LAYERS = {
     "preconditioners": 2,
     "windows": 2,
     "activeset": 2,
+    "verified": 2,
+    "proofs": 2,
     "pinv": 2,
     "spectrum": 2,
     "lbfgs": 2,

@@ -11,8 +11,8 @@ al., JMLR 2022).
 - :mod:`~invertnet.activeset.constraints` -- :func:`activation_constraints` reads an output as
   :class:`Constraints` (a box :math:`\ell_i \le z_i \le u_i` per entry; no operator needed, so a walk can
   hand it down a layer); :func:`clip_levels` reads the levels off a module.
-- :mod:`~invertnet.activeset.certificate` -- :func:`certify`: do the known rows determine the input
-  (count, dense rank, Lanczos)?
+- :mod:`~invertnet.activeset.certificate` -- :func:`certify`: do the known rows determine the input? Proven
+  (count, zero columns, patch, dense, masked window, Gram: :mod:`invertnet.proofs`), or undecided.
 - :mod:`~invertnet.activeset.solve` -- :func:`invert_active_set`: the minimum-norm solution of the
   equations (LSQR on the masked operator), then violated inequalities added at their bound until none is.
 

@@ -2,26 +2,24 @@ r"""Whether the known rows of a layer determine its input: the certificate of ex
 
 Where the equations :math:`M A x = M z` (:math:`M` the 0/1 diagonal of known rows) have a unique
 solution, i.e. :math:`M A` has full column rank, every point that satisfies them *is* the input: the
-masked least-squares solution recovers it exactly. Four ways to decide, cheapest first:
+masked least-squares solution recovers it exactly. ``determined=True`` only with a proof, which the certificate
+names, and a proven lower bound :math:`\sigma_{\min}(M A) \ge` :attr:`Certificate.lower_bound`
+(:mod:`invertnet.proofs`, cheapest first):
 
 - ``"count"``: fewer known rows than unknowns proves rank deficiency (``determined=False``);
-- ``"patch"`` (convolutions): where the known rows of one output position (its filters, read on one receptive
-  field) have full column rank, that receptive field is determined; when every input pixel lies in such a field,
-  the input is (``determined=True``; a batched SVD of one small matrix per position, cheap at any image size).
-  Fields that fail prove nothing (neighbouring fields may still determine their pixels), so a failure falls
-  through to the next method;
-- ``"dense"``: the singular values of the known rows of the dense matrix (tiny sizes); full column rank
-  when :math:`\sigma_{\min} > \max(m_K, n)\,\varepsilon\,\sigma_{\max}` (``torch.linalg.pinv``'s cutoff),
-  else rank deficient;
-- ``"lanczos"``: :math:`\sigma_{\min}` and :math:`\sigma_{\max}` of :math:`M A` by Lanczos
-  (:mod:`invertnet.spectrum`), matrix-free. ``determined=True`` when it converged with
-  :math:`\sigma_{\min} > 10^{-4} \sigma_{\max}`; a smaller estimate is below what the iteration resolves
-  (its error on a null space is about :math:`3 \cdot 10^{-6} \sigma_{\max}`), and the answer is
-  ``None`` (unknown). A Lanczos value is a converged estimate, not a rigorous lower bound: the
-  certificate says which method decided.
+- ``"zero column"`` (convolutions): an unknown that no known row reads (``determined=False``);
+- ``"patch"`` (convolutions): receptive fields whose known rows have full column rank cover every pixel;
+- ``"dense"``: the SVD certificate of the known rows of the dense matrix (small operators); a computed
+  :math:`\sigma_{\min} \le \max(m_K, n)\,\varepsilon\,\sigma_{\max}` shows them numerically rank deficient
+  (``determined=False``, method ``"singular"``);
+- ``"window"`` (convolutions): blocks of outputs whose known rows have full column rank on their windows cover
+  every pixel: the masked window certificate, at any image size (the trained MobileNetV2 stem at 224 px);
+- ``"gram"`` (convolutions up to :data:`~invertnet.proofs.GRAM_MAX_UNKNOWNS` unknowns): a verified Cholesky
+  factorisation of :math:`A^T M A - \tau I`.
 
-``"auto"`` runs Lanczos only up to :data:`LANCZOS_MAX_UNKNOWNS` unknowns (a masked operator at ImageNet sizes takes
-minutes); above, an undecided certificate says so (``determined=None``).
+``method="lanczos"`` adds an *estimate* of :math:`\sigma_{\min}(M A)` by Lanczos (capped at
+:data:`LANCZOS_MAX_RESTARTS` restarts): an estimate, an upper bound on :math:`\sigma_{\min}`, never a proof; it
+never makes ``determined`` true on its own. Where no proof decides, the certificate says ``None`` and why.
 
 The inequalities of the clipped rows are left out: they can pin the input only when it lies exactly on
 a clip level's boundary (a pre-activation exactly at the level), so they prove nothing in general.
@@ -36,24 +34,22 @@ from typing import Literal
 import torch
 
 from invertnet.errors import ShapeError
-from invertnet.operators import ConvOperator, LinearOperator, MaskedOperator
+from invertnet.operators import DENSE_MAX_ENTRIES, LinearOperator, MaskedOperator
+from invertnet.proofs import GRAM_MAX_UNKNOWNS, Proof, count_proof, dense_proof, prove
 from invertnet.spectrum import sigma_max, sigma_min
 
-__all__ = ["LANCZOS_MAX_UNKNOWNS", "LANCZOS_RTOL", "Certificate", "CertificateMethod", "certify"]
+__all__ = ["LANCZOS_MAX_RESTARTS", "LANCZOS_RTOL", "Certificate", "CertificateMethod", "certify"]
 
 CertificateMethod = Literal["auto", "dense", "lanczos", "none"]
 
-#: ``"lanczos"`` calls the known rows determining when :math:`\sigma_{\min} > ` this times :math:`\sigma_{\max}`.
+#: Kept for reference: the ratio the old Lanczos "certificate" used. A Lanczos value is now an estimate only.
 LANCZOS_RTOL = 1e-4
 
-#: ``"auto"`` builds the dense matrix up to this many entries (32 MB in float64), Lanczos above.
+#: ``"auto"`` builds the dense matrix up to this many entries (32 MB in float64).
 CERTIFICATE_DENSE_ENTRIES = 2**22
 
-#: ``"auto"`` runs Lanczos on masked operators with at most this many unknowns (undecided above).
-LANCZOS_MAX_UNKNOWNS = 2**16
-
-#: The patch certificate takes positions in chunks of at most this many matrix entries.
-_PATCH_CHUNK_ENTRIES = 2**24
+#: ``"lanczos"``: ARPACK's restarts are capped at this many (an estimate that stops says so; it never hangs).
+LANCZOS_MAX_RESTARTS = 200
 
 
 @dataclass(frozen=True)
@@ -63,16 +59,24 @@ class Certificate:
     Attributes
     ----------
     determined : bool or None
-        ``True``: :math:`M A` has full column rank (the input is recovered exactly);
-        ``False``: it does not; ``None``: unknown (not computed, or not resolved).
+        ``True``: :math:`M A` has full column rank, proven (:attr:`proof` names how; the input is recovered
+        exactly); ``False``: proven rank deficient, or shown numerically rank deficient (:attr:`proof` says
+        which); ``None``: undecided.
     method : str
-        What decided: ``"count"``, ``"patch"``, ``"dense"``, ``"lanczos"`` or ``"none"``.
+        What decided (the proof's name), or ``"lanczos"`` (an estimate only) or ``"none"``.
     rows, unknowns : int
         Known rows :math:`m_K` and unknowns :math:`n`.
     sigma_min, sigma_max : float
-        Of :math:`M A` (``nan`` when not computed).
+        Estimates of the extreme singular values of :math:`M A` where computed (``nan`` otherwise): a Lanczos
+        :math:`\sigma_{\min}` is an upper bound, never a proof.
     reason : str
         One sentence: why.
+    lower_bound : float
+        Proven :math:`\sigma_{\min}(M A) \ge` this (``0.0`` when rank deficiency is proven, ``nan`` when nothing
+        is proven).
+    proof : str
+        The proof's name (``"count"``, ``"zero column"``, ``"patch"``, ``"dense"``, ``"window"``, ``"gram"``),
+        ``"singular"`` (shown numerically rank deficient), or ``""`` (none).
     """
 
     determined: bool | None
@@ -82,55 +86,35 @@ class Certificate:
     sigma_min: float = math.nan
     sigma_max: float = math.nan
     reason: str = ""
+    lower_bound: float = math.nan
+    proof: str = ""
 
 
-def _dense(matrix: torch.Tensor, known: torch.Tensor, rows: int, n: int) -> Certificate:
-    singular = torch.linalg.svdvals(matrix[known.reshape(-1).to(matrix.device)])
-    top, bottom = float(singular[0]), float(singular[-1])
-    cut = max(rows, n) * torch.finfo(torch.float64).eps * top
-    determined = bottom > cut
-    reason = (
-        f"the {rows} known rows have full column rank (sigma_min {bottom:.3g} > {cut:.3g})"
-        if determined
-        else f"the {rows} known rows are rank deficient (sigma_min {bottom:.3g} <= {cut:.3g})"
-    )
-    return Certificate(determined, "dense", rows, n, bottom, top, reason)
+def _from_proof(proof: Proof, rows: int, n: int, sigma: tuple[float, float] = (math.nan, math.nan)) -> Certificate:
+    bound = proof.lower_bound if proof.injective is not None else math.nan
+    return Certificate(proof.injective, proof.name or "none", rows, n, sigma[0], sigma[1], proof.reason, bound, proof.name)
 
 
-def _lanczos(op: LinearOperator, known: torch.Tensor, rows: int, n: int) -> Certificate:
+def _lanczos(op: LinearOperator, known: torch.Tensor, rows: int, n: int, proof: Proof) -> Certificate:
+    """A Lanczos estimate beside ``proof`` (which alone decides)."""
     masked = MaskedOperator(op, known.cpu())
-    top = sigma_max(masked)
-    bottom, converged = sigma_min(masked)
-    if converged and bottom > LANCZOS_RTOL * top:
-        reason = f"Lanczos: sigma_min {bottom:.3g} > {LANCZOS_RTOL:g} sigma_max ({top:.3g})"
-        return Certificate(True, "lanczos", rows, n, bottom, top, reason)
-    why = "did not converge" if not converged else f"gave sigma_min {bottom:.3g} <= {LANCZOS_RTOL:g} sigma_max"
-    return Certificate(None, "lanczos", rows, n, bottom, top, f"unknown: Lanczos {why}")
-
-
-def _patch(op: ConvOperator, known: torch.Tensor, rows: int, n: int) -> Certificate | None:
-    """The patch certificate of one sample, or ``None`` when some pixel lies in no determined receptive field."""
-    matrices = op.patch_matrices().detach().to(torch.float64)  # (g, m, k)
-    g, m, k = matrices.shape
-    if m < k:
-        return None
-    mask = known.reshape(g, m, -1).permute(2, 0, 1).to(torch.float64)  # (L, g, m)
-    determined = torch.zeros(mask.shape[:2], dtype=torch.bool, device=mask.device)
-    enough = mask.sum(2) >= k
-    chunk = max(1, _PATCH_CHUNK_ENTRIES // (g * m * k))
-    positions = enough.any(1).nonzero().flatten()
-    matrices = matrices.to(mask.device)
-    for start in range(0, positions.numel(), chunk):
-        at = positions[start : start + chunk]
-        singular = torch.linalg.svdvals(mask[at].unsqueeze(-1) * matrices)  # (l, g, min(m, k))
-        cut = max(m, k) * torch.finfo(torch.float64).eps * singular[..., :1]
-        determined[at] = enough[at] & (singular[..., -1:] > cut).squeeze(-1)
-    read = op.patches_adjoint(determined.T.repeat_interleave(k, 0).unsqueeze(0).to(torch.float64))
-    if not bool((read > 0).all()):
-        return None
-    fields = int(determined.sum())
-    reason = f"patch: every pixel lies in one of the {fields} receptive fields whose known rows have full column rank"
-    return Certificate(True, "patch", rows, n, reason=reason)
+    top = sigma_max(masked, maxiter=LANCZOS_MAX_RESTARTS)
+    bottom, converged = sigma_min(masked, maxiter=LANCZOS_MAX_RESTARTS, largest=top)
+    state = "converged" if converged else f"not converged after {LANCZOS_MAX_RESTARTS} restarts"
+    estimate = f"Lanczos estimate sigma_min {bottom:.3g} ({state}; an upper bound, not a proof)"
+    certificate = _from_proof(proof, rows, n, (bottom, top))
+    reason = f"{proof.reason}; {estimate}" if proof.reason else estimate
+    return Certificate(
+        certificate.determined,
+        certificate.method if proof.injective is not None else "lanczos",
+        rows,
+        n,
+        bottom,
+        top,
+        reason,
+        certificate.lower_bound,
+        certificate.proof,
+    )
 
 
 def certify(
@@ -147,9 +131,10 @@ def certify(
     known : torch.Tensor
         Boolean, ``(N, *op.out_shape)``.
     method : {"auto", "dense", "lanczos", "none"}
-        ``"auto"``: the count, the patch certificate (convolutions), then the dense matrix when ``op`` has at
-        most ``dense_max_entries`` entries, else Lanczos up to :data:`LANCZOS_MAX_UNKNOWNS` unknowns.
-        ``"none"``: the count only.
+        ``"auto"``: the proofs of :func:`invertnet.proofs.prove`, cheapest first (the dense matrix up to
+        ``dense_max_entries`` entries, the Gram matrix up to :data:`~invertnet.proofs.GRAM_MAX_UNKNOWNS` unknowns).
+        ``"dense"``: the count and the dense matrix only. ``"lanczos"``: the proofs of ``"auto"``, plus a capped
+        Lanczos estimate of :math:`\sigma_{\min}` beside them (never a proof). ``"none"``: the count only.
     dense_max_entries : int
         ``"auto"``'s size limit for the dense matrix.
 
@@ -165,33 +150,30 @@ def certify(
     >>> op = MatrixOperator(torch.eye(3, dtype=torch.float64))
     >>> [c.determined for c in certify(op, torch.tensor([[True, True, True], [True, False, True]]))]
     [True, False]
+    >>> certify(op, torch.tensor([[True, True, True]]))[0].proof
+    'dense'
     """
     if tuple(known.shape[1:]) != op.out_shape or known.ndim != len(op.out_shape) + 1:
         raise ShapeError(
             f"certify: expected a mask of shape (N, {', '.join(map(str, op.out_shape))}), got {tuple(known.shape)}"
         )
     n = op.in_dim
-    matrix: torch.Tensor | None = None
     certificates = []
     for sample in known.bool():
         rows = int(sample.sum())
-        if rows < n:
-            reason = f"{rows} known rows for {n} unknowns: rank deficient by count"
-            certificates.append(Certificate(False, "count", rows, n, 0.0, math.nan, reason))
+        counted = count_proof(rows, n)
+        if counted is not None:
+            certificates.append(_from_proof(counted, rows, n))
         elif method == "none":
             certificates.append(Certificate(None, "none", rows, n, reason="not computed (method 'none')"))
-        elif method == "auto" and isinstance(op, ConvOperator) and (patch := _patch(op, sample, rows, n)):
-            certificates.append(patch)
-        elif method == "dense" or (method == "auto" and op.out_dim * n <= dense_max_entries):
-            if matrix is None:
-                matrix = op.to_dense(torch.float64, known.device)
-            certificates.append(_dense(matrix, sample, rows, n))
-        elif method == "lanczos" or n <= LANCZOS_MAX_UNKNOWNS:
-            certificates.append(_lanczos(op, sample, rows, n))
+        elif method == "dense":
+            proof, values = dense_proof(op, sample, max_entries=DENSE_MAX_ENTRIES)
+            sigma = (float(values[-1]), float(values[0])) if len(values) else (math.nan, math.nan)
+            certificates.append(_from_proof(proof, rows, n, sigma))
         else:
-            reason = (
-                f"undecided: {rows} known rows for {n} unknowns pass the count, no patch certificate holds, and "
-                f"{n} unknowns exceed Lanczos's limit ({LANCZOS_MAX_UNKNOWNS}); pass certificate='lanczos'"
-            )
-            certificates.append(Certificate(None, "none", rows, n, reason=reason))
+            proof = prove(op, sample, dense_max_entries=dense_max_entries, gram_max_unknowns=GRAM_MAX_UNKNOWNS)
+            if method == "lanczos":
+                certificates.append(_lanczos(op, sample, rows, n, proof))
+            else:
+                certificates.append(_from_proof(proof, rows, n))
     return tuple(certificates)

@@ -130,6 +130,9 @@ class SolveInfo:
         ``"lsqr"``: where it started, ``"zero"`` or ``"window"``; ``""`` for closed forms.
     reason : str
         Why this route (for ``"auto"``, why it was chosen) and what it proves.
+    proof : str
+        What proves ``exact`` (:mod:`invertnet.proofs`: ``"patch"``, ``"window"``, ``"dft"``, ``"dense"``); ``""``
+        when not exact.
     """
 
     method: str
@@ -141,6 +144,7 @@ class SolveInfo:
     converged: bool
     start: str = ""
     reason: str = ""
+    proof: str = ""
 
 
 @dataclass(frozen=True)
@@ -171,6 +175,7 @@ class RouteResult:
     converged: bool = True
     start: str = ""
     note: str = ""
+    proof: str = ""
 
 
 def pinv_rtol(shape: tuple[int, ...], dtype: torch.dtype) -> float:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from invertnet.errors import TooLargeError
+from invertnet.verified import svd_lower_bound
 from invertnet.pinv.base import (
     ConvLayer,
     Cost,
@@ -53,4 +54,16 @@ class DenseRoute(Route):
         u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
         keep = s > cut * s[0]
         x = ((vh[keep].T / s[keep]) @ (u[:, keep].T @ z.reshape(z.shape[0], -1).T)).T
-        return RouteResult(x.reshape(-1, *op.in_shape), int(keep.sum()) == op.in_dim)
+        exact = int(keep.sum()) == op.in_dim and op.out_dim >= op.in_dim and _proven(layer, matrix, (s, vh))
+        return RouteResult(x.reshape(-1, *op.in_shape), exact, proof="dense" if exact else "")
+
+
+def _proven(layer: ConvLayer, matrix: torch.Tensor, svd: tuple[torch.Tensor, torch.Tensor]) -> bool:
+    """Whether the SVD certificate proves the layer's matrix of full column rank (float64; cached)."""
+
+    def decide() -> bool:
+        if matrix.dtype == torch.float64:
+            return svd_lower_bound(matrix, svd)[0] > 0
+        return svd_lower_bound(layer.op.placed_matrix(torch.float64, matrix.device, matrix.numel()))[0] > 0
+
+    return layer.cached(("dense-proof", layer.op.in_shape), decide)

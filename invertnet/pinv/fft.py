@@ -20,6 +20,7 @@ from invertnet.pinv.base import (
     dense_svd_flops,
     pinv_rtol,
 )
+from invertnet.proofs import dft_proof
 from invertnet.spectral import CirculantFactorization, circulant_reason
 
 __all__ = ["FFTRoute", "factorization"]
@@ -62,5 +63,6 @@ class FFTRoute(Route):
         factors = factorization(layer, z)
         cut = pinv_rtol((op.out_dim, op.in_dim), z.dtype) if options.rtol is None else options.rtol
         _, p, q = _frequency_shape(layer)
-        injective = p >= q and bool((factors.s > cut * factors.s.max()).all())
-        return RouteResult(factors.pinv(z, cut), injective)
+        kept = p >= q and bool((factors.s > cut * factors.s.max()).all())  # nothing cut: A^+ is a left inverse
+        injective = kept and layer.cached(("dft-proof", op.in_shape), lambda: dft_proof(op)[0].injective is True)
+        return RouteResult(factors.pinv(z, cut), injective, proof="dft" if injective else "")

@@ -36,6 +36,7 @@ from invertnet.pinv.base import (
     dense_svd_flops,
     pinv_rtol,
 )
+from invertnet.verified import abs_gram_norm, gamma, gram_lower_bound
 
 __all__ = ["PatchRoute", "fields_are_disjoint", "full_column_rank", "patch_is_exact", "patch_pinv"]
 
@@ -61,13 +62,21 @@ def _apply(layer: ConvLayer, z: torch.Tensor, rtol: float | None) -> torch.Tenso
 
 
 def full_column_rank(layer: ConvLayer) -> bool:
-    """Whether every group's patch matrix :math:`P_k` has full column rank (cached)."""
+    r"""Whether every group's patch matrix :math:`P_k` has full column rank, proven (cached).
+
+    A verified Cholesky factorisation of each :math:`P_k^T P_k` (:func:`invertnet.verified.gram_lower_bound`) bounds
+    :math:`\sigma_{\min}(P_k)` from below; a positive bound proves the rank. A numerical rank (an SVD cut) would
+    be an estimate.
+    """
 
     def decide() -> bool:
-        ranks = torch.linalg.matrix_rank(layer.op.patch_matrices().double())
-        return bool((ranks == layer.op.patch_size).all())
+        matrices = layer.op.patch_matrices().detach().to(torch.float64)
+        if matrices.shape[1] < matrices.shape[2]:
+            return False
+        bounds = gram_lower_bound(matrices.mT @ matrices, gamma(matrices.shape[1]) * abs_gram_norm(matrices))
+        return bool((bounds > 0).all())
 
-    return layer.cached(("patch-rank",), decide)
+    return layer.cached(("patch-rank-proven",), decide)
 
 
 def _disjoint_reason(layer: ConvLayer) -> str | None:
@@ -117,7 +126,7 @@ class PatchRoute(Route):
 
     def solve(self, layer: ConvLayer, z: torch.Tensor, options: SolveOptions) -> RouteResult:
         exact = full_column_rank(layer) and layer.reads_every_pixel()
-        return RouteResult(_apply(layer, z, options.rtol), exact)
+        return RouteResult(_apply(layer, z, options.rtol), exact, proof="patch" if exact else "")
 
 
 def patch_pinv(

@@ -171,5 +171,6 @@ def conv_pinv(
         converged=result.converged,
         start=result.start,
         reason=reason + note,
+        proof=result.proof if result.exact else "",
     )
     return result.x, info

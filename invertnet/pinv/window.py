@@ -71,4 +71,5 @@ class WindowRoute(Route):
         inverse = window_inverse(layer, z)
         if inverse is None:
             raise RouteError(f"method 'window' does not apply: {self.why_not(layer, options)}")
-        return RouteResult(inverse.apply(z), layer.reads_every_pixel())
+        exact = layer.reads_every_pixel()
+        return RouteResult(inverse.apply(z), exact, proof="window" if exact else "")
