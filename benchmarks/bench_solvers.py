@@ -31,7 +31,7 @@ from invertnet.models import build_model
 from invertnet.preconditioners import BorderPreconditioner
 from invertnet.solvers import LsqrResult, lsqr, pcgls
 from invertnet.spectral import CirculantFactorization
-from invertnet.windows import WindowInverse, window_operator, window_block
+from invertnet.windows import WindowInverse, window_block, window_operator
 
 ASSET = Path(__file__).resolve().parents[1] / "assets" / "astronaut.png"
 

@@ -52,7 +52,6 @@ from invertnet.reconstruct import (
     reconstruct,
 )
 from invertnet.specs import check_spec, describe_spec, load_model
-from invertnet.trace import find_layer
 
 __all__ = ["main"]
 
@@ -773,21 +772,23 @@ def spectrum_command(
     side = _side(model_name, size, cap=64)
     model = _model(model_name, weights, seed, torch.device("cpu"), torch.float64)
     if layer is not None:
-        find_layer(model, layer)
+        check_layer(model, layer)
     report = injectivity_report(model, (side, side), layer, progress=_progress())
     click.echo(
-        f"{model_name} at {side}x{side} (unknowns: C/2 behind a CReLU input; sigma exact = DFT or dense SVD, "
-        "else Lanczos; 'lanczos max': sigma_min = 0 by the count or unread pixels)"
+        f"{model_name} at {side}x{side} (unknowns: C/2 behind a CReLU input; sigma_min: the estimate (exact for "
+        "dft and dense, a Lanczos value is an upper bound); proven >=: the proof's lower bound; gap = their ratio)"
     )
     click.echo(
-        f"{'layer':<12} {'in':>9} {'out':>9} {'unknowns':>9} {'sigma_min':>10} {'sigma_max':>10} "
-        f"{'cond':>9} {'exact':>5}  {'method':<18}  verdict"
+        f"{'layer':<14} {'in':>9} {'out':>9} {'unknowns':>9} {'sigma_min':>11} {'proven >=':>10} {'gap':>6} "
+        f"{'sigma_max':>10} {'cond':>9}  {'sigma by':<11} {'proof':<11}  verdict"
     )
     for r in report:
         flag = "" if r.converged else " (sigma_min not converged)"
+        gap = f"{r.gap:.3g}" if r.sigma_min_lower > 0 else "-"
+        proven = f"{r.sigma_min_lower:.4g}" if r.proof and r.proof != "singular" else "-"
         click.echo(
-            f"{r.name:<12} {r.in_dim:>9} {r.out_dim:>9} {r.unknowns:>9} {r.sigma_min:>10.4g} "
-            f"{r.sigma_max:>10.4g} {r.condition:>9.3g} {'yes' if r.exact else 'no':>5}  {r.method:<18}  "
+            f"{r.name:<14} {r.in_dim:>9} {r.out_dim:>9} {r.unknowns:>9} {r.sigma_min:>11.6g} {proven:>10} "
+            f"{gap:>6} {r.sigma_max:>10.4g} {r.condition:>9.3g}  {r.sigma_method:<11} {r.proof or '-':<11}  "
             f"{r.verdict}{flag}"
         )
     if plot is not None:

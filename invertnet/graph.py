@@ -30,7 +30,7 @@ from invertnet.errors import ForwardError, InvertnetError, LayerNotFoundError, N
 from invertnet.inverses.registry import has_inverse
 from invertnet.trace import LayerRecord, Trace, model_input, require_module, trace
 
-__all__ = ["Graph", "Node", "capture", "check_layer", "graph_layers"]
+__all__ = ["Graph", "Node", "capture", "check_layer", "graph_layers", "last_module_node", "layer_values"]
 
 
 @dataclass
@@ -491,3 +491,44 @@ def graph_layers(model: nn.Module, image: torch.Tensor) -> list[tuple[str, str, 
         kind = type(modules[str(n.target)]).__name__ if n.op == "call_module" else _OPS.get(n.op, n.op)
         out.append((n.name, labels[n.name], kind, shape))
     return out
+
+
+def last_module_node(model: nn.Module, kinds: tuple[type[nn.Module], ...]) -> str | None:
+    """The node name of the last call of a module of one of ``kinds`` in the forward pass (torch.fx), or ``None``.
+
+    ``None`` when fx cannot trace the forward, or no such module is called; the analyses then stop at the last
+    such module by name (the hook-traced chain of :func:`capture`'s fallback).
+
+    Examples
+    --------
+    >>> conv, relu = torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()
+    >>> net = torch.nn.Sequential(conv, relu, torch.nn.Conv2d(4, 4, 1), torch.nn.Flatten())
+    >>> last_module_node(net, (torch.nn.Conv2d,))
+    '_2'
+    """
+    model = require_module(model)
+    try:
+        graph_module = _symbolic_trace(model)
+    except Exception:  # fx cannot trace: the caller falls back to module names
+        return None
+    modules = dict(graph_module.named_modules())
+    calls = [
+        n.name
+        for n in graph_module.graph.nodes
+        if n.op == "call_module" and isinstance(modules.get(str(n.target)), kinds)
+    ]
+    return calls[-1] if calls else None
+
+
+def layer_values(model: nn.Module, images: torch.Tensor, layers: Iterable[str]) -> dict[str, torch.Tensor]:
+    """The values of ``layers`` (node, module or container names) on ``images``, through :func:`capture` (any network).
+
+    One capture per layer, each run only as far as its layer.
+
+    Examples
+    --------
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    >>> layer_values(net, torch.rand(2, 3, 8, 8), ["1"])["1"].shape
+    torch.Size([2, 4, 6, 6])
+    """
+    return {layer: capture(model, images, layer).features for layer in layers}

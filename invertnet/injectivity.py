@@ -1,12 +1,23 @@
-r"""Which layers of a model can be inverted at all: dimension counts, certificates and singular values.
+r"""Which layers of a model can be inverted at all: dimension counts, proofs and singular values, both sides.
 
 A layer can only be undone where its operator :math:`A` is injective on the inputs it can receive, and how
 stably is told by its smallest singular value, :math:`\|A^+(y - y')\| \le \|y - y'\| / \sigma_{\min}`.
 
-:func:`injectivity_report` gives, per convolution and pooling layer of a chain: the input and output
-dimensions, the dimension count that already rules inversion out (behind a CReLU input the unknowns are the
-``C/2`` pre-activation channels, not ``C``), :math:`\sigma_{\min}`, :math:`\sigma_{\max}`, the condition
-number and a verdict (:mod:`invertnet.spectrum` computes the singular values).
+:func:`injectivity_report` gives, per convolution and pooling node of any network :func:`invertnet.reconstruct`
+handles (one :func:`~invertnet.graph.capture` of the forward pass; a module called twice is two nodes): the
+input and output dimensions, the dimension count that already rules inversion out (behind a CReLU input the
+unknowns are the ``C/2`` pre-activation channels, not ``C``), :math:`\sigma_{\max}`, and two sides of
+:math:`\sigma_{\min}`:
+
+- an **estimate** (:attr:`LayerSpectrum.sigma_min`): exact up to rounding for the DFT and dense spectra, to many
+  digits by shift-and-invert Lanczos through a Cholesky factor, or a Lanczos Ritz value (an upper bound) at image
+  scale;
+- a **proven lower bound** (:attr:`LayerSpectrum.sigma_min_lower`, :mod:`invertnet.proofs`): the verified DFT or
+  dense spectrum, a verified Cholesky factorisation of :math:`A^T A - \tau I`, or the window certificate.
+
+``exact`` means one thing in invertnet: proven. A layer is reported injective only with a proof, which the
+report names (:attr:`LayerSpectrum.proof`); ``computed_exactly`` says whether the singular values themselves are
+exact (DFT, dense) rather than iterative estimates.
 """
 
 from __future__ import annotations
@@ -14,8 +25,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from functools import partial
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -23,19 +33,21 @@ from torch import nn
 from invertnet._checks import pair
 from invertnet.activations import CReLU
 from invertnet.errors import UnsupportedLayerError
+from invertnet.graph import Graph, capture, last_module_node
 from invertnet.operators import ConvOperator
-from invertnet.pinv import ConvLayer
-from invertnet.pinv.lsqr import injectivity_certificate
-from invertnet.spectral import circulant_reason, circulant_singular_values
-from invertnet.spectrum import (
-    DENSE_SPECTRUM_ENTRIES,
-    cholesky_pays,
-    dense_singular_values,
-    sigma_max,
-    sigma_min,
-    sigma_min_cholesky,
+from invertnet.proofs import (
+    GRAM_MAX_UNKNOWNS,
+    Proof,
+    dense_proof,
+    dft_proof,
+    gram_proof,
+    patch_proof,
+    window_proof,
+    zero_column_proof,
 )
-from invertnet.trace import LayerRecord, require_module, trace
+from invertnet.spectral import circulant_reason, circulant_singular_values
+from invertnet.spectrum import DENSE_SPECTRUM_ENTRIES, sigma_max, sigma_min
+from invertnet.trace import LayerRecord, require_module
 
 __all__ = ["VERDICTS", "LayerSpectrum", "injectivity_report", "ruled_out_by_count", "unknowns"]
 
@@ -46,7 +58,15 @@ VERDICTS = (
     "not injective as a linear map (count passes on CReLU inputs only)",
     "not injective (pooling)",
     "not injective (pixels no filter reads)",
+    "not proven (estimate only)",
 )
+
+#: A layer the Gram proof cannot decide (too ill-conditioned for its rounding margin) gets the dense SVD certificate
+#: up to this many matrix entries (256 MB in float64; a 4096 x 4096 SVD, seconds to a minute on one thread).
+DENSE_FALLBACK_ENTRIES = 2**25
+
+#: Kinds of module the report covers.
+KINDS: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
 
 
 @dataclass(frozen=True)
@@ -56,32 +76,46 @@ class LayerSpectrum:
     Attributes
     ----------
     name, kind : str
+        The node's label (a module's qualified name, ``"@2"`` for its second call) and the module's class.
     in_shape, out_shape : tuple of int
     in_dim, out_dim : int
         Unknowns and responses of the linear map.
     unknowns : int
         Degrees of freedom of the possible inputs: ``in_dim / 2`` behind a CReLU, else ``in_dim``.
-    sigma_max, sigma_min, condition : float
-        Of the linear map (``nan`` for max-pooling, which is not linear).
+    sigma_max : float
+        Of the linear map: exact for the DFT and dense spectra, else a Lanczos estimate (``nan`` for max-pooling).
+    sigma_min : float
+        The estimate of :math:`\sigma_{\min}`: exact (DFT, dense), by shift-and-invert Lanczos through a verified
+        Cholesky factor (``"cholesky"``), or a Lanczos Ritz value (``"lanczos"``: an upper bound). ``0`` where the
+        count or unread pixels prove it zero.
+    condition : float
+        ``sigma_max / sigma_min``.
     exact : bool
-        Whether the singular values are exact (DFT or dense) rather than iterative estimates.
+        The layer is proven injective (:attr:`proof` names the proof, :attr:`sigma_min_lower` > 0): it can be
+        undone exactly. One meaning across invertnet.
     converged : bool
-        Whether the iterative estimate of ``sigma_min`` converged.
+        Whether an iterative estimate of ``sigma_min`` converged (True for exact ones).
     verdict : str
         One of :data:`VERDICTS`.
     singular_values : torch.Tensor or None
         The whole spectrum where it is exact (DFT of circular layers, the dense matrix of small ones),
         else the circulant approximation on the same grid (for plots) when the stride divides the
         input; ``None`` otherwise.
-    method : str
-        How the singular values were computed: ``"dft"``, ``"dense"``, ``"lanczos"`` (one run for
-        :math:`\sigma_{\max}`, one on :math:`c I - A^T A` for :math:`\sigma_{\min}`, which keeps a null space;
-        :func:`invertnet.spectrum.sigma_min`), ``"lanczos, certified"`` (a window or patch certificate proves
-        the layer injective, so the second run is on :math:`A^T A`), ``"lanczos max"`` (:math:`\sigma_{\min}
-        = 0` by counting or unread pixels; Lanczos for :math:`\sigma_{\max}` only), ``"cholesky"`` (Lanczos for
-        :math:`\sigma_{\max}`, then on :math:`(A^T A)^{-1}` through the Cholesky factor of the Gram matrix for
-        :math:`\sigma_{\min}`, where :func:`invertnet.spectrum.cholesky_pays`; a singular Gram matrix falls back
-        to ``"lanczos"``) or ``"none"`` (max-pooling).
+    sigma_method : str
+        How ``sigma_min`` was computed: ``"dft"``, ``"dense"``, ``"cholesky"`` (shift-and-invert Lanczos through the
+        verified Cholesky factor of the Gram matrix), ``"lanczos"`` (on :math:`c I - A^T A`, which keeps a null
+        space), ``"lanczos max"`` (:math:`\sigma_{\min} = 0` proven by count or unread pixels; Lanczos for
+        :math:`\sigma_{\max}` only) or ``"none"`` (max-pooling).
+    sigma_min_lower : float
+        A proven lower bound on :math:`\sigma_{\min}` (``0.0`` when it is proven zero or nothing positive is
+        proven; ``nan`` for max-pooling).
+    proof : str
+        What proves :attr:`sigma_min_lower` or the verdict: ``"dft"``, ``"dense"``, ``"gram"``, ``"window"``,
+        ``"patch"``, ``"count"``, ``"zero column"``, ``"singular"`` (shown numerically singular) or ``""``.
+    computed_exactly : bool
+        Whether the singular values are exact (DFT or dense) rather than iterative estimates.
+    seconds : float
+        Time spent on this layer.
     """
 
     name: str
@@ -98,7 +132,18 @@ class LayerSpectrum:
     converged: bool
     verdict: str
     singular_values: torch.Tensor | None
-    method: str = ""
+    sigma_method: str = ""
+    sigma_min_lower: float = math.nan
+    proof: str = ""
+    computed_exactly: bool = False
+    seconds: float = field(default=0.0, compare=False)
+
+    @property
+    def gap(self) -> float:
+        """``sigma_min / sigma_min_lower``: how far the proven bound lies below the estimate (``nan`` without one)."""
+        if not self.sigma_min_lower > 0:
+            return math.nan
+        return self.sigma_min / self.sigma_min_lower
 
 
 def unknowns(record: LayerRecord, previous: LayerRecord | None) -> int:
@@ -110,7 +155,7 @@ def unknowns(record: LayerRecord, previous: LayerRecord | None) -> int:
 def ruled_out_by_count(records: list[LayerRecord]) -> str | None:
     """The first layer of a chain with fewer responses than unknowns (its features have many preimages)."""
     for i, record in enumerate(records):
-        linear_or_pool = isinstance(record.module, (nn.Conv2d, nn.AvgPool2d, nn.MaxPool2d))
+        linear_or_pool = isinstance(record.module, KINDS)
         if linear_or_pool and math.prod(record.output_shape) < unknowns(record, records[i - 1] if i else None):
             return record.name
     return None
@@ -125,81 +170,154 @@ def _linear_operator(record: LayerRecord) -> ConvOperator | None:
     return None
 
 
-def _layer_spectrum(record: LayerRecord, previous: LayerRecord | None, rtol: float) -> LayerSpectrum:
+@dataclass
+class _Sides:
+    """What the layer spectrum computes: both sides of sigma_min, sigma_max, how."""
+
+    s_max: float = math.nan
+    s_min: float = math.nan
+    proof: Proof = field(default_factory=lambda: Proof.none(""))
+    method: str = ""
+    converged: bool = True
+    computed_exactly: bool = False
+    values: torch.Tensor | None = None
+
+
+def _exactly(op: ConvOperator, sides: _Sides, max_entries: int = DENSE_SPECTRUM_ENTRIES) -> bool:
+    """The DFT or the dense matrix, when one applies: exact singular values and their proof."""
+    (h, w), (sh, sw) = op.in_shape[1:], op.stride
+    if h % sh == 0 and w % sw == 0 and circulant_reason(op) is None:
+        proof, sides.values = dft_proof(op)
+        sides.method = "dft"
+    elif op.out_dim * op.in_dim <= max_entries:
+        proof, sides.values = dense_proof(op, max_entries=max_entries)
+        sides.method = "dense"
+    else:
+        return False
+    if sides.proof.injective is None:  # the count and zero columns, found before, stay the proof
+        sides.proof = proof
+    sides.computed_exactly = True
+    sides.s_max = float(sides.values[0]) if len(sides.values) else 0.0
+    full = op.out_dim >= op.in_dim and sides.proof.name != "zero column"
+    sides.s_min = float(sides.values[-1]) if full and len(sides.values) else 0.0
+    return True
+
+
+def _iteratively(op: ConvOperator, sides: _Sides, window: bool) -> None:
+    """sigma_min by the verified Cholesky of the Gram matrix, else the dense SVD, else Lanczos and a local proof."""
+    if sides.proof.injective is False:  # proven zero: the count or unread pixels
+        sides.s_max = sigma_max(op)
+        sides.method, sides.s_min = "lanczos max", 0.0
+        return
+    if op.in_dim <= GRAM_MAX_UNKNOWNS:
+        proof, estimate = gram_proof(op)
+        if proof.injective is True and math.isfinite(estimate):
+            sides.s_max = sigma_max(op)
+            sides.proof, sides.s_min, sides.method = proof, estimate, "cholesky"
+            return
+        # too ill-conditioned for the Gram's rounding margin: the SVD certificate reaches further
+        if _exactly(op, sides, DENSE_FALLBACK_ENTRIES):
+            return
+    sides.s_max = sigma_max(op)
+    local = patch_proof(op) or (window_proof(op) if window else None)
+    sides.s_min, sides.converged = sigma_min(op, largest=sides.s_max, injective=local is not None)
+    sides.method = "lanczos"
+    if local is not None:
+        sides.proof = local
+
+
+def _verdict(sides: _Sides, op_dims: tuple[int, int], free: int, rtol: float) -> str:
+    out_dim, in_dim = op_dims
+    if out_dim < free:
+        return "not injective (dimension count)"
+    if out_dim < in_dim:
+        return "not injective as a linear map (count passes on CReLU inputs only)"
+    if sides.proof.name == "zero column":
+        return "not injective (pixels no filter reads)"
+    if sides.proof.injective is True:
+        return "injective"
+    if sides.proof.name == "singular" or sides.s_min <= rtol * sides.s_max:
+        return "numerically singular"
+    return "not proven (estimate only)"
+
+
+def _layer_spectrum(
+    record: LayerRecord, previous: LayerRecord | None, rtol: float, window: bool = True
+) -> LayerSpectrum:
     in_shape, out_shape = tuple(record.input.shape[1:]), record.output_shape
     in_dim, out_dim = math.prod(in_shape), math.prod(out_shape)
     free = unknowns(record, previous)
-    common = partial(
-        LayerSpectrum,
-        name=record.name,
-        kind=type(record.module).__name__,
-        in_shape=in_shape,
-        out_shape=out_shape,
-        in_dim=in_dim,
-        out_dim=out_dim,
-        unknowns=free,
-    )
+    start = time.perf_counter()
     op = _linear_operator(record)
     if op is None:  # max-pooling: not linear; only the count speaks
-        return common(
-            sigma_max=math.nan,
-            sigma_min=math.nan,
-            condition=math.nan,
-            exact=True,
-            converged=True,
-            verdict="not injective (pooling)",
-            singular_values=None,
-            method="none",
+        return LayerSpectrum(
+            record.name,
+            type(record.module).__name__,
+            in_shape,
+            out_shape,
+            in_dim,
+            out_dim,
+            free,
+            math.nan,
+            math.nan,
+            math.nan,
+            False,
+            True,
+            "not injective (pooling)",
+            None,
+            "none",
+            math.nan,
+            "",
+            False,
         )
     op = ConvOperator(op.weight.double(), op.input_size, op.stride, op.pad.pads, op.dilation, op.groups, op.pad.mode)
-    values: torch.Tensor | None = None
+    sides = _Sides()
+    if out_dim < in_dim:
+        sides.proof = Proof(False, 0.0, "count", f"{out_dim} responses for {in_dim} unknowns: not injective by count")
+    elif (zero := zero_column_proof(op)) is not None:
+        sides.proof = zero
+    if not _exactly(op, sides):
+        _iteratively(op, sides, window)
     (h, w), (sh, sw) = op.in_shape[1:], op.stride
-    like = torch.zeros((), dtype=torch.float64)
-    unread = bool((op.coverage() == 0).any())
-    exact, converged, method = True, True, ""
-    if h % sh == 0 and w % sw == 0 and circulant_reason(op) is None:
-        method = "dft"
-        values = circulant_singular_values(op, like)
-    elif out_dim * in_dim <= DENSE_SPECTRUM_ENTRIES:
-        method = "dense"
-        values = dense_singular_values(op)
-    if values is not None:
-        s_max = float(values[0])
-        s_min = float(values[-1]) if out_dim >= in_dim and not unread else 0.0
-    else:
-        exact = False
-        s_max = sigma_max(op)
-        if out_dim < in_dim or unread:
-            method, s_min = "lanczos max", 0.0
-        elif (by_cholesky := sigma_min_cholesky(op) if cholesky_pays(op) else None) is not None:
-            method, s_min = "cholesky", by_cholesky
-        else:
-            certified = injectivity_certificate(ConvLayer(op, (h, w)), like) is not None
-            method = "lanczos, certified" if certified else "lanczos"
-            s_min, converged = sigma_min(op, largest=s_max, injective=certified)
-        if h % sh == 0 and w % sw == 0:
-            values = circulant_singular_values(op, like)  # the circulant approximation, for plots
-    if out_dim < free:
-        verdict = "not injective (dimension count)"
-    elif out_dim < in_dim:
-        verdict = "not injective as a linear map (count passes on CReLU inputs only)"
-    elif unread:
-        verdict = "not injective (pixels no filter reads)"
-    elif s_min <= rtol * s_max:
-        verdict = "numerically singular"
-    else:
-        verdict = "injective"
-    condition = s_max / s_min if s_min > 0 else math.inf
-    return common(
-        sigma_max=s_max,
-        sigma_min=s_min,
-        condition=condition,
-        exact=exact,
-        converged=converged,
-        verdict=verdict,
-        singular_values=values,
-        method=method,
+    if sides.values is None and h % sh == 0 and w % sw == 0:
+        sides.values = circulant_singular_values(op, torch.zeros((), dtype=torch.float64))  # the approximation
+    verdict = _verdict(sides, (out_dim, in_dim), free, rtol)
+    proven = sides.proof.injective is True
+    lower = sides.proof.lower_bound if sides.proof.injective is not None else 0.0
+    condition = sides.s_max / sides.s_min if sides.s_min > 0 else math.inf
+    return LayerSpectrum(
+        record.name,
+        type(record.module).__name__,
+        in_shape,
+        out_shape,
+        in_dim,
+        out_dim,
+        free,
+        sides.s_max,
+        sides.s_min,
+        condition,
+        proven,
+        sides.converged,
+        verdict,
+        sides.values,
+        sides.method,
+        lower,
+        sides.proof.name,
+        sides.computed_exactly,
+        time.perf_counter() - start,
     )
+
+
+def _records(graph: Graph) -> list[tuple[LayerRecord, LayerRecord | None]]:
+    """The covered module nodes of a capture, each with the node that feeds it (for the CReLU count)."""
+    out = []
+    for node in graph.nodes.values():
+        if node.op != "module" or not isinstance(node.module, KINDS):
+            continue
+        parent = graph.nodes.get(node.parents[0]) if node.parents else None
+        feeding = parent.record() if parent is not None and parent.op == "module" else None
+        out.append((node.record(), feeding))
+    return out
 
 
 def injectivity_report(
@@ -208,25 +326,30 @@ def injectivity_report(
     layer: str | None = None,
     *,
     rtol: float = 1e-6,
+    window: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> list[LayerSpectrum]:
-    r"""The injectivity of every convolution and pooling layer of ``model`` up to ``layer``.
+    r"""The injectivity of every convolution and pooling node of ``model`` up to ``layer``.
 
     Parameters
     ----------
     model : nn.Module
-        A chain of named modules (as for :func:`invertnet.reconstruct`).
+        Any network :func:`invertnet.reconstruct` handles (one :func:`~invertnet.graph.capture`; residual
+        blocks, concatenations and modules called twice included).
     input_size : (int, int)
         Spatial size of the input (the number of channels is read from the first convolution).
     layer : str, optional
-        Stop at this layer; default: the last convolution or pooling layer.
+        Stop at this node (a node, module or container name); default: the last convolution or pooling node.
     rtol : float, default 1e-6
-        A layer is "numerically singular" when :math:`\sigma_{\min} \le` ``rtol`` :math:`\sigma_{\max}`. Lanczos
-        estimates of :math:`\sigma_{\min}` are accurate to about :math:`10^{-7} \sigma_{\max}` in absolute terms,
-        so a smaller ``rtol`` cannot be told apart for layers without an exact (DFT) spectrum.
+        A layer whose estimate :math:`\sigma_{\min} \le` ``rtol`` :math:`\sigma_{\max}` (and that no proof decides)
+        is "numerically singular".
+    window : bool, default True
+        Large layers (beyond the Gram proof) whose patches do not prove them injective try the window
+        certificate: one Gram matrix and Cholesky factorisation of a block's window (up to
+        :data:`~invertnet.proofs.local.TEMPLATE_MAX_COLUMNS` unknowns; All-CNN-B conv4 at 224 px: 11,616).
+        ``False`` skips it (the estimate only, faster).
     progress : callable, optional
-        Called with a line before each layer's singular values are computed (Lanczos can take seconds) and
-        with one after, saying how (:attr:`LayerSpectrum.method`) and in how many seconds.
+        Called with a line before each layer and one after (how, proven bound, seconds).
 
     Returns
     -------
@@ -237,12 +360,11 @@ def injectivity_report(
     >>> import torch
     >>> from invertnet import CReLU
     >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 12, 2), CReLU(), torch.nn.Conv2d(24, 10, 1))
-    >>> [r.verdict for r in injectivity_report(net, (8, 8))]
-    ['injective', 'not injective (dimension count)']
+    >>> [(r.verdict, r.proof) for r in injectivity_report(net, (8, 8))]
+    [('injective', 'dense'), ('not injective (dimension count)', 'count')]
     """
     model = require_module(model)
-    kinds = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
-    named = [(name, m) for name, m in model.named_modules() if isinstance(m, kinds)]
+    named = [(name, m) for name, m in model.named_modules() if isinstance(m, KINDS)]
     if not named:
         raise UnsupportedLayerError(
             f"injectivity_report: expected a model with Conv2d or pooling layers, got {type(model).__name__} "
@@ -253,14 +375,14 @@ def injectivity_report(
     param = next(model.parameters(), None)
     dtype = param.dtype if param is not None else torch.float64
     image = torch.zeros(1, channels, *input_size, dtype=dtype)
-    records = trace(model, image, layer or named[-1][0]).records
+    target = layer or last_module_node(model, KINDS) or named[-1][0]
     report = []
-    for i, record in enumerate(records):
-        if isinstance(record.module, kinds):
-            if progress is not None:
-                progress(f"{record.name}: {type(record.module).__name__} on {tuple(record.input.shape[1:])}")
-            start = time.perf_counter()
-            report.append(_layer_spectrum(record, records[i - 1] if i else None, rtol))
-            if progress is not None:
-                progress(f"{record.name}: {report[-1].method}, {time.perf_counter() - start:.1f} s")
+    for record, previous in _records(capture(model, image, target)):
+        if progress is not None:
+            progress(f"{record.name}: {type(record.module).__name__} on {tuple(record.input.shape[1:])}")
+        report.append(_layer_spectrum(record, previous, rtol, window))
+        if progress is not None:
+            r = report[-1]
+            proven = f", proven >= {r.sigma_min_lower:.4g} ({r.proof})" if r.exact else ""
+            progress(f"{record.name}: {r.sigma_method}{proven}, {r.seconds:.1f} s")
     return report

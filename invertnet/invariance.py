@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from invertnet._checks import require_4d
-from invertnet.trace import layer_outputs
+from invertnet.graph import layer_values
 
 __all__ = ["InvarianceScore", "invariance_score", "rotations", "translations"]
 
@@ -82,6 +82,8 @@ def invariance_score(
 ) -> InvarianceScore:
     r"""Goodfellow et al.'s invariance score of ``layer`` over ``images`` ``(N, C, H, W)``.
 
+    ``layer`` is a node, module or container name of any network (:func:`invertnet.graph.capture`).
+
     Parameters
     ----------
     transforms : sequence of tensors, optional
@@ -105,14 +107,14 @@ def invariance_score(
         raise ValueError(f"invariance_score: expected 0 < rate < 1 and 0 < top <= 1, got rate={rate}, top={top}")
     if transforms is None:
         transforms = [translations(images), rotations(images)]
-    responses = _centre(layer_outputs(model, images, [layer])[layer])  # (N, U)
+    responses = _centre(layer_values(model, images, [layer])[layer])  # (N, U)
     thresholds = torch.quantile(responses.double(), 1 - rate, dim=0)
     fires = responses.double() > thresholds  # (N, U)
     hits = torch.zeros(responses.shape[1], dtype=torch.float64)
     trials = torch.zeros_like(hits)
     for trajectory in transforms:
         for moved in trajectory:
-            fired = _centre(layer_outputs(model, moved, [layer])[layer]).double() > thresholds
+            fired = _centre(layer_values(model, moved, [layer])[layer]).double() > thresholds
             hits += (fired & fires).sum(dim=0).cpu()
             trials += fires.sum(dim=0).cpu()
     global_rate = float(fires.double().mean())

@@ -206,8 +206,8 @@ def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: int = 150) -> No
 def spectrum_figure(report: Sequence[LayerSpectrum]) -> Figure:
     r"""Singular values per layer, normalised by each layer's largest, against the normalised index.
 
-    Exact spectra (circular padding) are solid; circulant approximations of other layers are dashed,
-    with the exact (Lanczos) :math:`\sigma_{\min}` marked as a dot.
+    Exact spectra (DFT, dense) are solid; circulant approximations of other layers are dashed, with the
+    estimated :math:`\sigma_{\min}` marked as a dot and the proven lower bound as a triangle below it.
     """
     fig = Figure(figsize=(7.5, 4.5), layout="constrained")
     ax = fig.subplots()
@@ -220,15 +220,19 @@ def spectrum_figure(report: Sequence[LayerSpectrum]) -> Figure:
         (line,) = ax.semilogy(
             index,
             np.maximum(values, 1e-17),
-            "-" if spectrum.exact else "--",
+            "-" if spectrum.computed_exactly else "--",
             label=f"{spectrum.name} ({spectrum.verdict.split(' (')[0]})",
         )
-        if not spectrum.exact and spectrum.sigma_min > 0:
+        if not spectrum.computed_exactly and spectrum.sigma_min > 0:
             ax.plot(1.0, spectrum.sigma_min / spectrum.sigma_max, "o", color=line.get_color())
+        if spectrum.sigma_min_lower > 0:
+            ax.plot(1.0, spectrum.sigma_min_lower / spectrum.sigma_max, "v", color=line.get_color())
     ax.set_xlabel("singular value index / count")
     ax.set_ylabel(r"$\sigma_i / \sigma_{\max}$")
     ax.set_title(
-        "singular values per layer (dashed: circulant approximation; dot: exact $\\sigma_{\\min}$)", fontsize=9
+        "singular values per layer (dashed: circulant approximation; dot: estimated $\\sigma_{\\min}$; "
+        "triangle: proven lower bound)",
+        fontsize=9,
     )
     ax.legend(fontsize=7)
     return fig

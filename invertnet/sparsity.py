@@ -10,13 +10,15 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from invertnet.trace import layer_outputs
+from invertnet.graph import layer_values
 
 __all__ = ["activation_sparsity"]
 
 
 def activation_sparsity(model: nn.Module, images: torch.Tensor, layers: Sequence[str]) -> dict[str, float]:
     """Fraction of entries exactly 0 in the output of each of ``layers`` on ``images``.
+
+    ``layers`` are node, module or container names of any network (:func:`invertnet.graph.capture`).
 
     Examples
     --------
@@ -26,5 +28,5 @@ def activation_sparsity(model: nn.Module, images: torch.Tensor, layers: Sequence
     >>> activation_sparsity(net, torch.rand(2, 3, 8, 8), ["1"])["1"] >= 0.5
     True
     """
-    outputs = layer_outputs(model, images, tuple(layers))
+    outputs = layer_values(model, images, layers)
     return {name: float((out == 0).double().mean()) for name, out in outputs.items()}

@@ -41,9 +41,9 @@ __all__ = [
     "UNIT_ROUNDOFF",
     "abs_gram_norm",
     "cholesky_certificate",
+    "deflate",
     "gamma",
     "gram_lower_bound",
-    "deflate",
     "inflate",
     "lambda_min_estimate",
     "svd_lower_bound",
@@ -216,12 +216,16 @@ def lambda_min_estimate(
 
 
 def gram_lower_bound(
-    gram: torch.Tensor, gram_error: torch.Tensor, estimate: torch.Tensor | None = None
+    gram: torch.Tensor,
+    gram_error: torch.Tensor,
+    estimate: torch.Tensor | None = None,
+    fractions: tuple[float, ...] = SHIFT_FRACTIONS,
 ) -> torch.Tensor:
     r"""Proven lower bounds on :math:`\lambda_{\min}` of exact Gram matrices, from computed ones (``0`` if none).
 
-    Tries the shifts :data:`SHIFT_FRACTIONS` of ``estimate`` (default :func:`lambda_min_estimate`) in turn with
-    :func:`cholesky_certificate` and keeps the first that is proven, per matrix.
+    Tries the shifts ``fractions`` (default :data:`SHIFT_FRACTIONS`) of ``estimate`` (default
+    :func:`lambda_min_estimate`) in turn with :func:`cholesky_certificate` and keeps the first that is proven,
+    per matrix. With accurate estimates (computed singular values) pass fractions closer to 1.
 
     Parameters
     ----------
@@ -253,7 +257,7 @@ def gram_lower_bound(
     guesses = torch.nan_to_num(estimate, nan=0.0).clamp(min=0).expand(batch).reshape(-1)
     best = torch.zeros(flat.shape[0], dtype=torch.float64, device=gram.device)
     todo = guesses > errors
-    for fraction in SHIFT_FRACTIONS:
+    for fraction in fractions:
         if not bool(todo.any()):
             break
         (index,) = todo.nonzero(as_tuple=True)
@@ -267,7 +271,7 @@ def gram_lower_bound(
 def svd_lower_bound(
     matrix: torch.Tensor, svd: tuple[torch.Tensor, torch.Tensor] | None = None
 ) -> tuple[float, torch.Tensor]:
-    r"""A proven lower bound on :math:`\sigma_{\min}` of one dense matrix ``(m, n)``, ``m >= n``, and its singular values.
+    r"""A proven lower bound on :math:`\sigma_{\min}` of a dense matrix ``(m, n)``, ``m >= n``, and its singular values.
 
     The SVD certificate of the module docstring. The lower bound is ``0.0`` when it proves nothing (a rank
     deficient or nearly rank deficient matrix, :math:`\sigma_{\min} \lesssim n^{3/2} u \sigma_{\max}`).

@@ -72,7 +72,8 @@ def test_lanczos_adds_an_estimate_beside_the_proof():
         ConvOperator.from_conv(conv, (12, 12)), activation_constraints(h), bias=conv.bias, options=options
     )
     (certificate,) = result.certificates
-    assert certificate.determined and certificate.proof in ("patch", "dense", "window", "gram")
+    assert certificate.determined
+    assert certificate.proof in ("patch", "dense", "window", "gram")
     assert certificate.method == certificate.proof
     assert "not a proof" in certificate.reason
     assert 0 < certificate.lower_bound <= certificate.sigma_min * (1 + 1e-8)  # the proof is below the estimate
@@ -86,15 +87,20 @@ def test_a_lanczos_value_is_never_a_proof():
     op = MatrixOperator(torch.randn(60, 40, dtype=torch.float64))
     known = torch.ones(1, 60, dtype=torch.bool)
     (undecided,) = certify(op, known, "auto", dense_max_entries=10)
-    assert undecided.determined is None and undecided.proof == "" and math.isnan(undecided.lower_bound)
+    assert undecided.determined is None
+    assert undecided.proof == ""
+    assert math.isnan(undecided.lower_bound)
     (estimated,) = certify(op, known, "lanczos", dense_max_entries=10)
     assert estimated.determined is None
-    assert estimated.method == "lanczos" and estimated.proof == ""
+    assert estimated.method == "lanczos"
+    assert estimated.proof == ""
     assert "an upper bound, not a proof" in estimated.reason
     exact = float(torch.linalg.svdvals(op.weight)[-1])
     assert abs(estimated.sigma_min - exact) <= 1e-6 * exact  # a good estimate, still not a proof
     (proven,) = certify(op, known)  # the default limit: the dense SVD certificate decides
-    assert proven.determined and proven.proof == "dense" and proven.lower_bound <= exact
+    assert proven.determined
+    assert proven.proof == "dense"
+    assert proven.lower_bound <= exact
 
 
 @pytest.mark.parametrize(("c_in", "c_out"), [(2, 2), (3, 4)])
@@ -421,5 +427,6 @@ def test_auto_certificate_says_undecided_when_no_proof_fits():
     known = torch.ones(1, *op.out_shape, dtype=torch.bool)
     (certificate,) = certify(op, known)
     assert certificate.determined is None
-    assert certificate.proof == "" and certificate.method == "none"
+    assert certificate.proof == ""
+    assert certificate.method == "none"
     assert "exceed the Gram proof's limit (12288)" in certificate.reason

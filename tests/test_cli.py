@@ -243,7 +243,7 @@ def test_spectrum_table_and_plot(tmp_path):
 @pytest.mark.parametrize(
     ("args", "match"),
     [
-        (["spectrum", "--layer", "conv99"], "valid names: conv1"),
+        (["spectrum", "--layer", "conv99"], "module names: conv1"),
         (["spectrum", "--model", "vgg"], "expected a built-in model"),
         (["spectrum", "--size", "4"], "Invalid value for '--size'"),
     ],

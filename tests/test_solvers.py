@@ -209,24 +209,40 @@ def test_injectivity_report_methods(monkeypatch):
     net = torch.nn.Sequential(circular, zeros).double()
     lines: list[str] = []
     report = injectivity_report(net, (23, 23), progress=lines.append)
-    assert [(r.method, r.exact) for r in report] == [("dft", True), ("dense", True)]
+    assert [(r.sigma_method, r.exact, r.proof) for r in report] == [("dft", True, "dft"), ("dense", True, "dense")]
+    assert all(r.computed_exactly for r in report)
     assert lines[0] == "0: Conv2d on (3, 23, 23)"
-    assert re.fullmatch(r"0: dft, \d+\.\d s", lines[1])
-    assert re.fullmatch(r"1: dense, \d+\.\d s", lines[3])
+    assert re.fullmatch(r"0: dft, proven >= \S+ \(dft\), \d+\.\d s", lines[1])
+    assert re.fullmatch(r"1: dense, proven >= \S+ \(dense\), \d+\.\d s", lines[3])
     for r, conv, size in zip(report, net, [(23, 23), (23, 23)], strict=True):
         singular = torch.linalg.svdvals(ConvOperator.from_conv(conv, size).to_dense())
         assert r.singular_values is not None
         assert float((r.singular_values - singular).abs().max()) <= 1e-13 * float(singular[0])  # measured 7.7e-15
+        assert 0.999 * float(singular[-1]) <= r.sigma_min_lower <= float(singular[-1])  # the proofs are tight
     monkeypatch.setattr(injectivity, "DENSE_SPECTRUM_ENTRIES", 0)  # as if the layer were large
-    cholesky = injectivity_report(net, (23, 23))[1]  # 1,587 unknowns, 32 filters: factoring pays
-    assert (cholesky.method, cholesky.exact, cholesky.verdict) == ("cholesky", False, "injective")
+    cholesky = injectivity_report(net, (23, 23))[1]  # 1,587 unknowns: a verified Cholesky of the Gram matrix
+    assert (cholesky.sigma_method, cholesky.exact, cholesky.proof, cholesky.verdict) == (
+        "cholesky",
+        True,
+        "gram",
+        "injective",
+    )
+    assert not cholesky.computed_exactly
     singular = report[1].singular_values
-    assert abs(cholesky.sigma_min - float(singular[-1])) <= 1e-13 * float(singular[-1])  # measured 3.8e-15
-    monkeypatch.setattr(injectivity, "cholesky_pays", lambda op: False)  # Lanczos
+    assert abs(cholesky.sigma_min - float(singular[-1])) <= 1e-12 * float(singular[-1])  # measured 3.8e-15
+    assert 0.98 * float(singular[-1]) <= cholesky.sigma_min_lower <= float(singular[-1])
+    monkeypatch.setattr(injectivity, "GRAM_MAX_UNKNOWNS", 0)  # as if too large to factor: Lanczos and a window
     lanczos = injectivity_report(net, (23, 23))[1]
-    assert (lanczos.method, lanczos.exact, lanczos.verdict) == ("lanczos, certified", False, "injective")
+    assert (lanczos.sigma_method, lanczos.exact, lanczos.proof, lanczos.verdict) == (
+        "lanczos",
+        True,
+        "window",
+        "injective",
+    )
     assert abs(lanczos.sigma_min - float(singular[-1])) <= 5e-12 * float(singular[-1])  # measured 1.4e-14
     assert abs(lanczos.sigma_max - float(singular[0])) <= 1e-13 * float(singular[0])  # measured 4.4e-16
+    assert 0 < lanczos.sigma_min_lower <= float(singular[-1])
+    assert lanczos.gap == lanczos.sigma_min / lanczos.sigma_min_lower
 
 
 def test_numerically_singular_layer_is_flagged():
@@ -234,7 +250,8 @@ def test_numerically_singular_layer_is_flagged():
     with torch.no_grad():
         conv.weight[:, 1] = conv.weight[:, 0]  # two input channels seen identically: x0 - x1 is invisible
     report = injectivity_report(torch.nn.Sequential(conv), (6, 6))
-    assert (report[0].method, report[0].verdict) == ("dense", "numerically singular")
+    assert (report[0].sigma_method, report[0].verdict, report[0].exact) == ("dense", "numerically singular", False)
+    assert report[0].proof == "singular"
 
 
 def test_auto_picks_the_cheapest_provable_route():

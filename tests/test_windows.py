@@ -8,7 +8,7 @@ from strategies import ConvConfig, conv_configs
 
 from invertnet import ConvOperator, RouteError, SolveOptions, conv_pinv, windows
 from invertnet.solvers import lsqr
-from invertnet.windows import WindowInverse, window_operator, window_block
+from invertnet.windows import WindowInverse, window_block, window_operator
 
 
 def _window(op: ConvOperator) -> WindowInverse | None:

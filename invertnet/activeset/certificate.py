@@ -92,7 +92,9 @@ class Certificate:
 
 def _from_proof(proof: Proof, rows: int, n: int, sigma: tuple[float, float] = (math.nan, math.nan)) -> Certificate:
     bound = proof.lower_bound if proof.injective is not None else math.nan
-    return Certificate(proof.injective, proof.name or "none", rows, n, sigma[0], sigma[1], proof.reason, bound, proof.name)
+    return Certificate(
+        proof.injective, proof.name or "none", rows, n, sigma[0], sigma[1], proof.reason, bound, proof.name
+    )
 
 
 def _lanczos(op: LinearOperator, known: torch.Tensor, rows: int, n: int, proof: Proof) -> Certificate:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import torch
 
 from invertnet.errors import TooLargeError
-from invertnet.verified import svd_lower_bound
 from invertnet.pinv.base import (
     ConvLayer,
     Cost,
@@ -18,6 +17,7 @@ from invertnet.pinv.base import (
     dense_svd_flops,
     pinv_rtol,
 )
+from invertnet.verified import svd_lower_bound
 
 __all__ = ["DenseRoute"]
 

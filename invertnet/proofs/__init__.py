@@ -1,4 +1,4 @@
-r"""Proofs that a layer (or the known rows of one) is injective, with proven lower bounds on its smallest singular value.
+r"""Proofs that a layer (or the known rows of one) is injective, with proven lower bounds on its sigma_min.
 
 An estimate of :math:`\sigma_{\min}` (Lanczos, a Ritz value) bounds it from *above*; a proof bounds it from
 below. Every ``exact`` and every ``injective`` verdict of invertnet rests on one of these, and names it:

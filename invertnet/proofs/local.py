@@ -73,10 +73,10 @@ def _field_bounds(matrices: torch.Tensor, known: torch.Tensor, claimed: torch.Te
     out = torch.zeros(batch, dtype=torch.float64, device=known.device)
     enough = (known.sum(-1) >= claimed.sum(-1)) & claimed.any(-1)
     r, n = matrices.shape[-2:]
-    if matrices.ndim == 2:  # one matrix for every block: gather each block's known rows (a zero row pads)
-        padded = torch.cat([matrices, matrices.new_zeros(1, n)])
+    # one matrix for every block: gather each block's known rows (a zero row pads)
+    padded = torch.cat([matrices, matrices.new_zeros(1, n)]) if matrices.ndim == 2 else matrices
     chunk = max(1, _CHUNK_ENTRIES // (n * n + r * n))
-    for index in enough.nonzero().flatten().split(chunk):
+    for index in torch.split(enough.nonzero().flatten(), chunk):
         rows = known[index]
         if matrices.ndim == 2:
             count = int(rows.sum(-1).max())
@@ -197,7 +197,7 @@ def _unmasked_window(op: ConvOperator, block: tuple[int, int]) -> Proof | None:
         return None
     gram = gram[read][:, read]
     estimate = lambda_min_estimate(gram, dtype=torch.float32 if n > 2048 else None)
-    square = float(gram_lower_bound(gram, conv_gram_error(window), estimate))
+    square = float(gram_lower_bound(gram, torch.tensor(conv_gram_error(window)), estimate))
     if square <= 0:
         return None
     _, _, sources, mu = _tiling(op, block)

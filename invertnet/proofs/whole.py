@@ -61,8 +61,6 @@ def dense_proof(
     (True, 2.0)
     """
     n, rows = op.in_dim, _known_rows(op, known)
-    if (counted := count_proof(rows, n)) is not None:
-        return counted, torch.zeros(0, dtype=torch.float64)
     device = op.weight.device if isinstance(op, ConvOperator) else None
     if isinstance(op, ConvOperator):
         matrix = op.placed_matrix(torch.float64, device, max_entries)
@@ -70,6 +68,8 @@ def dense_proof(
         matrix = op.to_dense(torch.float64, device, max_entries)
     if known is not None:
         matrix = matrix[known.reshape(-1).to(matrix.device)]
+    if (counted := count_proof(rows, n)) is not None:
+        return counted, torch.linalg.svdvals(matrix)
     bound, values = svd_lower_bound(matrix)
     top, bottom = float(values[0]), float(values[-1])
     cut = max(matrix.shape) * torch.finfo(torch.float64).eps * top
@@ -199,7 +199,7 @@ def gram_proof(
 
 
 def _phase_reach(op: ConvOperator) -> int:
-    r"""The largest :math:`|\lfloor m_a / s_h \rfloor| + |\lfloor n_b / s_w \rfloor|` over the taps (the phases' size)."""
+    r"""The largest :math:`|\lfloor m_a / s_h \rfloor| + |\lfloor n_b / s_w \rfloor|` over the taps (phase sizes)."""
     (kh, kw), (dh, dw), (sh, sw) = op.kernel_size, op.dilation, op.stride
     left, _, top, _ = op.pad.pads
     rows = max(abs((dh * a - top) // sh) for a in range(kh))
@@ -240,7 +240,7 @@ def dft_proof(op: ConvOperator) -> tuple[Proof, torch.Tensor]:
     values_half = torch.linalg.svdvals(half)
     real = torch.cat([torch.cat([half.real, -half.imag], 2), torch.cat([half.imag, half.real], 2)], 1)
     gram = real.mT @ real
-    squares = gram_lower_bound(gram, dense_gram_error(real), values_half[:, -1] ** 2)
+    squares = gram_lower_bound(gram, dense_gram_error(real), values_half[:, -1] ** 2, fractions=(0.9998, 0.98, 0.5))
     weight = dense_weight(op, like)
     taps = weight.shape[2] * weight.shape[3]
     reach = _phase_reach(op)
