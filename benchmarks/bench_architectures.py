@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import torch
+from _timing import print_machine
 from torch import nn
 
 from invertnet import JointOptions, SolveOptions, invert_jointly, reconstruct
@@ -49,6 +50,7 @@ def main() -> None:
     parser.add_argument("--maxiter", type=int, default=300, help="LSQR cap per layer")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    print_machine()
     image, _ = load_image(ASSET, args.size)
     image = image.double()
     solve = SolveOptions(maxiter=args.maxiter, warn=False)

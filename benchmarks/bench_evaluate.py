@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _timing import print_machine
 from make_photographs import crops
 from skimage import io, util
 
@@ -41,6 +42,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    print_machine()
     devices = args.devices.split(",")
     if "cuda" in devices and not torch.cuda.is_available():
         raise SystemExit("--devices cuda: torch sees no CUDA device here; run with --devices cpu")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _timing import median_seconds
+from _timing import median_seconds, print_machine
 from skimage import data
 from skimage.metrics import structural_similarity
 
@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--method", choices=sorted(CONV_METHODS), default="patch", help="convolution route timed")
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
+    print_machine()
     torch.manual_seed(0)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.dtype}, All-CNN-B (CReLU conv1-4), "

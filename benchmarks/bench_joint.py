@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+from _timing import print_machine
 
 from invertnet import ConvOperator, JointOptions, psnr, reconstruct
 from invertnet.io import load_image
@@ -67,6 +68,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None, help="baseline learning rate [default: best of a grid]")
     args = parser.parse_args()
     torch.set_num_threads(2)
+    print_machine()
     model = build_model("all-cnn-b-crelu", seed=0).double()
     image = load_image(ASSET, 224)[0].double()
     conv1 = ConvOperator.from_conv(model.conv1.conv, (224, 224))

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from _timing import print_machine
 
 from invertnet import JointOptions, invert_jointly, reconstruct
 from invertnet.io import load_image
@@ -47,6 +48,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="Gauss-Newton steps at most (the CLI's 5)")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    print_machine()
     model = build_model("all-cnn-b-crelu", seed=0).double()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), float64")
     print(

@@ -14,7 +14,7 @@ import argparse
 
 import numpy as np
 import torch
-from _timing import median_seconds
+from _timing import median_seconds, print_machine
 from skimage import data
 from skimage.metrics import structural_similarity
 
@@ -60,6 +60,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    print_machine()
     print(f"SSIM (Wang 2004), RGB, float64, {torch.get_num_threads()} thread(s), median of {args.repeat}")
     print(f"{'size':>6} {'skimage':>11} {'invertnet':>11} {'ours/skimage':>13} {'|diff|':>8}")
     for size in args.sizes:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 
 import torch
+from _timing import print_machine
 from skimage import data
 from skimage.transform import resize
 
@@ -34,6 +35,7 @@ def main() -> None:
     parser.add_argument("--trained", action="store_true", help="the trained MobileNetV2 features (ReLU6)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    print_machine()
     if args.trained:
         model = trained_mobilenet_v2().double().eval()
         twin = None

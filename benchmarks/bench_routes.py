@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from _timing import print_machine
 
 from invertnet import ROUTES, SolveOptions, conv_pinv
 from invertnet.io import load_image
@@ -65,6 +66,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--child", nargs=2, metavar=("SIZE", "ROUTE"))
     args = parser.parse_args()
+    if not args.child:
+        torch.set_num_threads(args.threads)
+        print_machine()
     if args.child:
         child(int(args.child[0]), args.child[1], args.threads)
         return

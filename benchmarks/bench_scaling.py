@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _timing import print_machine
 
 ASSET = Path(__file__).resolve().parents[1] / "assets" / "astronaut.png"
 #: (label, layer, calls): the calls after the first reuse the cached factorisations
@@ -96,6 +97,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child[0], int(args.child[1]))))
         return
+    print_machine()
     sizes = [int(s) for s in args.sizes.split(",")]
     pixels = [s * s for s in sizes]
     print(f"torch {torch.__version__}, float64, {args.threads} thread(s), one process per cell")

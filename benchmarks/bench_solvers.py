@@ -23,7 +23,7 @@ import numpy as np
 import scipy.sparse
 import scipy.sparse.linalg
 import torch
-from _timing import median_seconds
+from _timing import median_seconds, print_machine
 
 from invertnet import ConvOperator, SolveOptions, conv_pinv, windows
 from invertnet.io import load_image
@@ -310,6 +310,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     arguments = parser.parse_args()
     torch.set_num_threads(arguments.threads)
+    print_machine()
     only = arguments.only
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     if only in (None, "fft"):

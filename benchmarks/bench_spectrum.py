@@ -19,7 +19,7 @@ import math
 import time
 
 import torch
-from _timing import touch_memory
+from _timing import print_machine, touch_memory
 
 from invertnet.injectivity import _layer_spectrum, _linear_operator
 from invertnet.models import build_model
@@ -65,6 +65,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    print_machine()
     touch_memory(3.0)  # conv4's Gram matrix and the sums that build it: 1.3 GB
     ConvOperator.forward = _counted_forward  # type: ignore[method-assign]  # count applications
     model = build_model(args.model).double()

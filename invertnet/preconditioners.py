@@ -44,6 +44,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import statistics
+import time
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +54,7 @@ from invertnet.errors import RouteError, ShapeError
 from invertnet.operators import ConvOperator
 from invertnet.spectral import depth_to_space, space_to_depth
 
-__all__ = ["CIRCULANT_CHUNK", "BorderPreconditioner", "border_bytes", "border_reason"]
+__all__ = ["CIRCULANT_CHUNK", "BorderPreconditioner", "border_bytes", "border_reason", "calibrate_matvec"]
 
 #: Frequencies of the circulant piece built at once (their symbols, Cholesky factors and inverses in the
 #: working dtype are the construction's temporaries; what is kept is converted chunk by chunk).
@@ -154,26 +156,72 @@ def _spd_inverse(matrix: torch.Tensor, what: str, kept: torch.dtype) -> torch.Te
     return torch.cholesky_inverse(factor)
 
 
-#: Elements of the product's temporary per chunk in :func:`_batched_matvec` (2 MiB in complex64: cache-sized).
+#: Elements of the product's temporary per chunk in :func:`_batched_matvec` before (or without) a calibration.
 _MATVEC_CHUNK = 2**18
+
+#: The chunk sizes (elements of the temporary) a calibration tries; 0 is ``matmul`` (``bmm``) itself.
+_MATVEC_CANDIDATES = (2**15, 2**16, 2**17, 2**18, 2**19, 2**20, 0)
+
+#: Calibrated chunk per (batch, n, dtype) of one-column products: chosen on this machine, once per process.
+_MATVEC_PLANS: dict[tuple[int, int, torch.dtype], int] = {}
+
+
+def _chunked_matvec(matrices: torch.Tensor, columns: torch.Tensor, chunk: int) -> torch.Tensor:
+    """``matrices @ columns[..., None]`` by elementwise products summed along the rows, ``chunk`` elements at once."""
+    batch, n, _ = matrices.shape
+    if chunk == 0:
+        return (matrices @ columns[..., None])[..., 0]
+    step = max(1, chunk // (n * n))
+    out = columns.new_empty(batch, n)
+    for i in range(0, batch, step):
+        torch.sum(matrices[i : i + step] * columns[i : i + step, None, :], dim=-1, out=out[i : i + step])
+    return out
+
+
+def calibrate_matvec(matrices: torch.Tensor, repeat: int = 3) -> int:
+    """Time the candidate chunk sizes of :func:`_batched_matvec` on ``matrices`` (CPU) and keep the fastest.
+
+    One-column products of many small matrices are limited by memory traffic, and how a temporary of a given
+    size fares depends on the machine's caches and on what else runs; a fixed size tuned on one machine ran 2x
+    slower on another. So the size is measured here, on the matrices themselves, when a preconditioner is
+    built: :data:`_MATVEC_CANDIDATES` (and ``bmm``), ``repeat`` runs each after a warm-up, the median kept (tens
+    of milliseconds, once per shape and process). Returns the chosen chunk (0: ``bmm``).
+    """
+    batch, n, _ = matrices.shape
+    key = (batch, n, matrices.dtype)
+    if matrices.device.type != "cpu":
+        return 0
+    if key in _MATVEC_PLANS:
+        return _MATVEC_PLANS[key]
+    columns = torch.ones(batch, n, dtype=matrices.dtype)
+    timings = {}
+    for chunk in _MATVEC_CANDIDATES:
+        if chunk and chunk // (n * n) >= 2 * batch:
+            continue  # the same as a smaller candidate that already covers the batch in one product
+        _chunked_matvec(matrices, columns, chunk)
+        runs = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            _chunked_matvec(matrices, columns, chunk)
+            runs.append(time.perf_counter() - start)
+        timings[chunk] = statistics.median(runs)
+    _MATVEC_PLANS[key] = min(timings, key=lambda c: timings[c])
+    return _MATVEC_PLANS[key]
 
 
 def _batched_matvec(matrices: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
-    """``matrices @ vectors`` for ``(B, n, n)`` and ``(B, n, N)``; one column on CPU by cache-sized products.
+    """``matrices @ vectors`` for ``(B, n, n)`` and ``(B, n, N)``; one column on CPU by the calibrated chunks.
 
-    ``bmm`` on one column per matrix runs at a third of the speed of an elementwise product summed along the
-    rows, chunk by chunk (complex64 on one thread: 2.2 against 5.4 ms for 1,624 matrices of 48x48, 0.5 against
-    1.7 ms for 29 of 192x192). Several columns, or another device, go to ``matmul``.
+    ``bmm`` on one column per matrix ran at a third of the speed of an elementwise product summed along the
+    rows, chunk by chunk (complex64 on one thread: 2.2 against 5.4 ms for 1,624 matrices of 48x48), but the best
+    chunk depends on the machine: :func:`calibrate_matvec` chooses it (until then, :data:`_MATVEC_CHUNK`).
+    Several columns, or another device, go to ``matmul``.
     """
     if vectors.shape[-1] != 1 or vectors.device.type != "cpu":
         return matrices @ vectors
     batch, n, _ = matrices.shape
-    step = max(1, _MATVEC_CHUNK // (n * n))
-    columns = vectors[..., 0]
-    out = columns.new_empty(batch, n)
-    for i in range(0, batch, step):
-        torch.sum(matrices[i : i + step] * columns[i : i + step, None, :], dim=-1, out=out[i : i + step])
-    return out[..., None]
+    chunk = _MATVEC_PLANS.get((batch, n, matrices.dtype), _MATVEC_CHUNK)
+    return _chunked_matvec(matrices, vectors[..., 0], chunk)[..., None]
 
 
 class BorderPreconditioner:
@@ -197,6 +245,8 @@ class BorderPreconditioner:
         preconditioner only steers the search directions; :func:`invertnet.solvers.pcgls` keeps its iterates
         and residuals in the working dtype and converges to the same solution (float64, measured: the same
         iteration counts, errors down to 1e-12).
+    calibrate : bool, default True
+        Time the batched products' chunk sizes on this machine once per shape (:func:`calibrate_matvec`).
 
     Raises
     ------
@@ -233,6 +283,7 @@ class BorderPreconditioner:
         depth: int | None = None,
         corner: int | None = None,
         single: bool = True,
+        calibrate: bool = True,
     ) -> None:
         reason = border_reason(op)
         if reason is not None:
@@ -272,6 +323,9 @@ class BorderPreconditioner:
         self._circulant = self._circulant_factor(kept)
         self._strips = [self._strip_factor(side).to(_complex(kept)) for side in ("top", "bottom", "left", "right")]
         self._corners = [self._corner_factor(rows, cols).to(kept) for rows, cols in self._corner_slices()]
+        if calibrate:
+            for pieces in (self._circulant, *self._strips):
+                calibrate_matvec(pieces)
 
     # --- the Gram matrix on rectangles of blocks ----------------------------------------
     def rectangle_gram(self, rows: slice, cols: slice) -> torch.Tensor:

@@ -111,7 +111,8 @@ def test_border_preconditioner_is_symmetric_positive_definite_on_the_pixels_read
 def test_pcgls_with_the_border_preconditioner_reaches_the_dense_least_squares_solution_off_the_range(
     single, samples, padding, monkeypatch
 ):
-    monkeypatch.setattr(preconditioners, "_MATVEC_CHUNK", 200)  # several chunks even on this small grid
+    monkeypatch.setattr(preconditioners, "_MATVEC_CANDIDATES", (200,))  # several chunks even on this small grid
+    monkeypatch.setattr(preconditioners, "_MATVEC_PLANS", {})
     op = ConvOperator.from_conv(strided_conv(padding=padding), (24, 24))
     torch.manual_seed(1)
     x = torch.rand(2, *op.in_shape, dtype=torch.float64)
@@ -128,6 +129,22 @@ def test_pcgls_with_the_border_preconditioner_reaches_the_dense_least_squares_so
     assert relative_gap(result.x, reference) < 1e-10
     assert relative_gap(plain.x, reference) < 1e-10
     assert result.iterations < plain.iterations
+
+
+def test_calibrated_matvec_chooses_a_candidate_and_every_candidate_is_the_product(monkeypatch):
+    monkeypatch.setattr(preconditioners, "_MATVEC_PLANS", {})
+    torch.manual_seed(0)
+    matrices = torch.randn(37, 12, 12, dtype=torch.complex64)
+    columns = torch.randn(37, 12, dtype=torch.complex64)
+    reference = (matrices.to(torch.complex128) @ columns.to(torch.complex128)[..., None])[..., 0]
+    for chunk in preconditioners._MATVEC_CANDIDATES + (200,):
+        product = preconditioners._chunked_matvec(matrices, columns, chunk).to(torch.complex128)
+        assert float((product - reference).abs().max()) <= 1e-5 * float(reference.abs().max())  # complex64
+    chosen = preconditioners.calibrate_matvec(matrices)
+    assert chosen in preconditioners._MATVEC_CANDIDATES
+    assert preconditioners._MATVEC_PLANS[(37, 12, torch.complex64)] == chosen
+    applied = preconditioners._batched_matvec(matrices, columns[..., None])[..., 0].to(torch.complex128)
+    assert float((applied - reference).abs().max()) <= 1e-5 * float(reference.abs().max())
 
 
 def test_lsqr_route_with_border_preconditioning_returns_the_pseudo_inverse_solution():
