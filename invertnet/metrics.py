@@ -16,6 +16,7 @@ wrong published numbers (scikit-image made it required for float images for that
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 
@@ -116,10 +117,67 @@ def _window(window: str, win_size: int | None, sigma: float, like: torch.Tensor)
 #: ``ssim`` works through the images in blocks of at least ``STRIP_MIN_ROWS`` output rows of a group of
 #: (image, channel) maps, about ``STRIP_ELEMENTS`` elements per block and map, and filters each block with
 #: one fused multiply-add per window tap and axis: every intermediate stays in cache and the cost is linear
-#: in the pixels (2**16 float64 = 512 KiB; the fastest of 2**14..2**20 on one CPU thread for one 64..2048 px
-#: RGB image and for 16 RGB images of 224 px; benchmarks/bench_metrics.py).
+#: in the pixels. The best block size depends on the machine's caches (and on what else runs: 2**16 float64 was
+#: the fastest of 2**14..2**20 on one machine and 1.3x slower than scikit-image at 256 px on another), so on the
+#: CPU it is calibrated once per image shape (:func:`_calibrated_elements`); ``STRIP_ELEMENTS`` is the default.
 STRIP_ELEMENTS = 2**16
 STRIP_MIN_ROWS = 16
+
+#: Block sizes (elements per map) the calibration tries.
+STRIP_CANDIDATES = (2**14, 2**15, 2**16, 2**17, 2**18)
+
+#: Calibrated block size per (maps, height, width, window, dtype): chosen on this machine, once per process.
+_STRIP_PLANS: dict[tuple[int, int, int, int, torch.dtype], int] = {}
+
+
+def _layout(maps: int, width: int, out_h: int, elements: int) -> tuple[int, int]:
+    """Output rows per strip and maps per group for blocks of about ``elements`` elements per map."""
+    rows = min(out_h, max(STRIP_MIN_ROWS, elements // (maps * width)))
+    return rows, max(1, elements // (rows * width))
+
+
+def _block_sums(
+    xs: torch.Tensor, ys: torch.Tensor, weights: list[float], cov_norm: float, c1: float, c2: float
+) -> torch.Tensor:
+    """The SSIM map of one block ``(group, rows + k - 1, W)``, summed per map."""
+    maps = torch.stack([xs, ys, xs * xs, ys * ys, xs * ys])
+    mu_x, mu_y, xx, yy, xy = _correlate_valid(_correlate_valid(maps, weights, -2), weights, -1).unbind(0)
+    var_x = cov_norm * (xx - mu_x * mu_x)
+    var_y = cov_norm * (yy - mu_y * mu_y)
+    cov_xy = cov_norm * (xy - mu_x * mu_y)
+    s = ((2 * mu_x * mu_y + c1) * (2 * cov_xy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return s.sum(dim=(1, 2))
+
+
+def _calibrated_elements(maps: int, h: int, w: int, weights: list[float], like: torch.Tensor) -> int:
+    """The block size of the fastest candidate on one block of this shape (CPU; timed once per shape and process).
+
+    Each candidate of :data:`STRIP_CANDIDATES` filters one block of its own shape twice (after a first run); the
+    time per output pixel decides. Images that fit in one block of the default size are not calibrated.
+    """
+    size = len(weights)
+    key = (maps, h, w, size, like.dtype)
+    if like.device.type != "cpu" or maps * h * w <= STRIP_ELEMENTS:
+        return STRIP_ELEMENTS
+    if key in _STRIP_PLANS:
+        return _STRIP_PLANS[key]
+    out_h = h - size + 1
+    generator = torch.Generator().manual_seed(0)
+    costs = {}
+    for elements in STRIP_CANDIDATES:
+        rows, group = _layout(maps, w, out_h, elements)
+        group = min(group, maps)
+        xs = torch.rand(group, rows + size - 1, w, dtype=like.dtype, generator=generator)
+        ys = torch.rand(group, rows + size - 1, w, dtype=like.dtype, generator=generator)
+        _block_sums(xs, ys, weights, 1.0, 1e-4, 9e-4)
+        best = math.inf
+        for _ in range(2):
+            start = time.perf_counter()
+            _block_sums(xs, ys, weights, 1.0, 1e-4, 9e-4)
+            best = min(best, time.perf_counter() - start)
+        costs[elements] = best / (group * rows)
+    _STRIP_PLANS[key] = min(costs, key=lambda e: costs[e])
+    return _STRIP_PLANS[key]
 
 
 def _correlate_valid(t: torch.Tensor, weights: list[float], dim: int) -> torch.Tensor:
@@ -202,19 +260,11 @@ def ssim(
     n, c, h, wd = x.shape
     out_h, out_w = h - size + 1, wd - size + 1
     x, y = x.reshape(n * c, h, wd), y.reshape(n * c, h, wd)
-    rows = max(STRIP_MIN_ROWS, STRIP_ELEMENTS // (n * c * wd))
-    group = max(1, STRIP_ELEMENTS // (rows * wd))
+    rows, group = _layout(n * c, wd, out_h, _calibrated_elements(n * c, h, wd, weights, x))
     sums = x.new_zeros(n * c)
     for first in range(0, n * c, group):
         maps_in = slice(first, first + group)
         for top in range(0, out_h, rows):
             strip = slice(top, min(out_h, top + rows) + size - 1)
-            xs, ys = x[maps_in, strip], y[maps_in, strip]
-            maps = torch.stack([xs, ys, xs * xs, ys * ys, xs * ys])
-            mu_x, mu_y, xx, yy, xy = _correlate_valid(_correlate_valid(maps, weights, -2), weights, -1).unbind(0)
-            var_x = cov_norm * (xx - mu_x * mu_x)
-            var_y = cov_norm * (yy - mu_y * mu_y)
-            cov_xy = cov_norm * (xy - mu_x * mu_y)
-            s = ((2 * mu_x * mu_y + c1) * (2 * cov_xy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
-            sums[maps_in] += s.sum(dim=(1, 2))
+            sums[maps_in] += _block_sums(x[maps_in, strip], y[maps_in, strip], weights, cov_norm, c1, c2)
     return sums.reshape(n, c).sum(dim=1) / (c * out_h * out_w)

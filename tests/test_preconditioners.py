@@ -137,7 +137,7 @@ def test_calibrated_matvec_chooses_a_candidate_and_every_candidate_is_the_produc
     matrices = torch.randn(37, 12, 12, dtype=torch.complex64)
     columns = torch.randn(37, 12, dtype=torch.complex64)
     reference = (matrices.to(torch.complex128) @ columns.to(torch.complex128)[..., None])[..., 0]
-    for chunk in preconditioners._MATVEC_CANDIDATES + (200,):
+    for chunk in (*preconditioners._MATVEC_CANDIDATES, 200):
         product = preconditioners._chunked_matvec(matrices, columns, chunk).to(torch.complex128)
         assert float((product - reference).abs().max()) <= 1e-5 * float(reference.abs().max())  # complex64
     chosen = preconditioners.calibrate_matvec(matrices)
