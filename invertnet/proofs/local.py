@@ -48,6 +48,9 @@ BLOCK_MAX_COLUMNS = 2048
 #: Largest window (columns) of an unmasked layer's one window matrix (one Gram matrix, two Cholesky factorisations).
 TEMPLATE_MAX_COLUMNS = 12_288
 
+#: Unmasked layers also try larger blocks (for a tighter bound) while their window has at most this many columns.
+TIGHT_MAX_COLUMNS = 3000
+
 #: Entries of the batched Gram matrices built at once.
 _CHUNK_ENTRIES = 2**25
 
@@ -77,6 +80,8 @@ def _field_bounds(matrices: torch.Tensor, known: torch.Tensor, claimed: torch.Te
     padded = torch.cat([matrices, matrices.new_zeros(1, n)]) if matrices.ndim == 2 else matrices
     chunk = max(1, _CHUNK_ENTRIES // (n * n + r * n))
     for index in torch.split(enough.nonzero().flatten(), chunk):
+        if index.numel() == 0:
+            continue
         rows = known[index]
         if matrices.ndim == 2:
             count = int(rows.sum(-1).max())
@@ -148,21 +153,28 @@ def patch_proof(op: ConvOperator, known: torch.Tensor | None = None) -> Proof | 
 
 
 def _candidate_blocks(
-    op: ConvOperator, rows_per_position: float, max_columns: int, margin: float
+    op: ConvOperator, rows_per_position: float, max_columns: int, margins: tuple[float, ...]
 ) -> list[tuple[int, int]]:
-    """Blocks of outputs in growing size whose expected rows are ``margin`` times their window's columns."""
+    r"""For each margin, the smallest block whose expected rows are ``margin`` times its window's columns (in order).
+
+    Blocks grow as :math:`m \times m`, :math:`m \times (m + 1)`, :math:`(m + 1) \times m` (clipped to the output
+    grid); those over ``max_columns`` window columns are left out.
+    """
     ho, wo = op.out_shape[1:]
     found: list[tuple[int, int]] = []
+    wanted = list(margins)
     for m in range(1, max(ho, wo) + 1):
         for block in ((m, m), (m, m + 1), (m + 1, m)):
             block = (min(block[0], ho), min(block[1], wo))
             columns = window_operator(op, block).in_dim
             if columns > max_columns:
                 return found
-            if rows_per_position * block[0] * block[1] >= margin * columns and block not in found:
-                found.append(block)
-                if len(found) == 3:
-                    return found
+            while wanted and rows_per_position * block[0] * block[1] >= wanted[0] * columns:
+                wanted.pop(0)
+                if block not in found:
+                    found.append(block)
+            if not wanted:
+                return found
     return found
 
 
@@ -188,32 +200,82 @@ def _tiling(op: ConvOperator, block: tuple[int, int]) -> tuple[torch.Tensor, tor
     return torch.stack([r0, c0], 1), positions, windows, int(cover.max())
 
 
+def _merged(gram: torch.Tensor, sources: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    r"""A block's own Gram matrix :math:`S^T G_w S` from the window's: padding dropped, copies of a pixel merged.
+
+    Returns the merged matrix (over the block's distinct pixels, in first-seen order), those pixels' numbers, and
+    the largest number of copies of one pixel (:math:`\|S\|_2^2`, for the rounding bound).
+    """
+    real = sources > 0
+    pixels, local = torch.unique(sources[real], return_inverse=True)
+    k = len(pixels)
+    index = local[:, None] * k + local[None, :]
+    merged = torch.zeros(k * k, dtype=gram.dtype, device=gram.device)
+    merged.index_add_(0, index.flatten(), gram[real][:, real].flatten())
+    copies = int(torch.bincount(local).max()) if k else 0
+    return merged.reshape(k, k), pixels, copies
+
+
 def _unmasked_window(op: ConvOperator, block: tuple[int, int]) -> Proof | None:
+    """The unmasked window proof for one block size (module docstring), or ``None``.
+
+    Small windows (at most :data:`TIGHT_MAX_COLUMNS` columns): every distinct kind of block (its padding dropped,
+    its copies merged: the border blocks of a zero-padded layer have fewer unknowns) gets its own verified bound.
+    Larger ones: the window matrix's bound serves every block.
+    """
     window = window_operator(op, block)
     gram = window.gram_matrix(torch.float64, op.weight.device)
     read = gram.diagonal() > 0
     n = int(read.sum())
-    if window.out_dim < n:
-        return None
-    gram = gram[read][:, read]
-    estimate = lambda_min_estimate(gram, dtype=torch.float32 if n > 2048 else None)
-    square = float(gram_lower_bound(gram, torch.tensor(conv_gram_error(window)), estimate))
-    if square <= 0:
-        return None
     _, _, sources, mu = _tiling(op, block)
-    claimed = sources[:, read.to(sources.device)]
+    error = conv_gram_error(window)
     counts = torch.zeros(op.in_dim + 1, dtype=torch.float64, device=sources.device)
-    counts.index_add_(0, claimed.flatten(), torch.ones(claimed.numel(), dtype=torch.float64, device=sources.device))
-    smallest = float(counts[1:].min())
+    if n > TIGHT_MAX_COLUMNS or not any(op.pad.pads):
+        if window.out_dim < n:
+            return None
+        gram = gram[read][:, read]
+        estimate = lambda_min_estimate(gram, dtype=torch.float32 if n > 2048 else None)
+        square = float(gram_lower_bound(gram, torch.tensor(error), estimate))
+        if square <= 0:
+            return None
+        claimed = sources[:, read.to(sources.device)]
+        counts.index_add_(0, claimed.flatten(), torch.full((claimed.numel(),), square, dtype=torch.float64))
+        kinds = 1
+    else:  # one bound per kind of block: padding dropped and copies merged
+        patterns: dict[tuple[int, ...], float] = {}
+        gram = gram[read][:, read]
+        for row in sources[:, read.to(sources.device)].tolist():
+            pattern = tuple(_relative(row))
+            if pattern not in patterns:
+                merged, _, copies = _merged(gram, torch.tensor(row, device=gram.device))
+                if window.out_dim < merged.shape[0] or merged.shape[0] == 0:
+                    patterns[pattern] = 0.0
+                    continue
+                bound = gram_lower_bound(merged, torch.tensor(error * copies * copies * (1 + 1e-12)))
+                patterns[pattern] = float(bound)
+            square = patterns[pattern]
+            pixels = torch.tensor(sorted({p for p in row if p > 0}), dtype=torch.long)
+            counts.index_add_(0, pixels, torch.full((len(pixels),), square, dtype=torch.float64))
+        kinds = len(patterns)
+        if min(patterns.values()) <= 0:
+            return None
+        square = min(patterns.values())
+    smallest = float(deflate(counts[1:], 4 * sources.shape[0]).min())
     if smallest <= 0:
         return None
-    bound = math.sqrt(square * smallest / mu) * (1 - 8 * UNIT_ROUNDOFF)
+    bound = math.sqrt(smallest / mu) * (1 - 8 * UNIT_ROUNDOFF)
     reason = (
         f"window: every {block[0]}x{block[1]} block of outputs determines its {window.input_size[0]}x"
-        f"{window.input_size[1]} window (sigma_min of the window >= {math.sqrt(square):.4g}), every pixel lies in "
-        f"{smallest:.0f} or more windows, rows in at most {mu} blocks: sigma_min >= {bound:.4g}, proven"
+        f"{window.input_size[1]} window ({kinds} kind(s) of block, sigma_min >= {math.sqrt(square):.4g} each), every "
+        f"pixel is covered, rows in at most {mu} blocks: sigma_min >= {bound:.4g}, proven"
     )
     return Proof(True, bound, "window", reason)
+
+
+def _relative(sources: list[int]) -> list[int]:
+    """A block's window as a pattern: each column's pixel renumbered by first appearance (0 for padding)."""
+    seen: dict[int, int] = {}
+    return [seen.setdefault(p, len(seen) + 1) if p > 0 else 0 for p in sources]
 
 
 def _masked_window(op: ConvOperator, known: torch.Tensor, block: tuple[int, int]) -> tuple[Proof | None, float]:
@@ -264,8 +326,10 @@ def window_proof(
     known : torch.Tensor, optional
         Boolean ``op.out_shape``: the known rows (a ReLU's equations, ...); default all.
     block : (int, int), optional
-        Outputs per block; default the smallest blocks whose (expected known) rows exceed their window's columns
-        by 10% (then larger ones, while some pixel stays undetermined).
+        Outputs per block. Default with ``known``: the smallest blocks whose expected known rows exceed their
+        window's columns by 10% (then larger ones, 1.4x and 2x, while some pixel stays undetermined). Without:
+        the smallest block with as many rows as columns, and those with 1.5x and 2.5x as many (windows of at
+        most :data:`TIGHT_MAX_COLUMNS` columns), the best bound of the three.
     max_columns : int, optional
         Largest window considered: :data:`BLOCK_MAX_COLUMNS` with ``known``, :data:`TEMPLATE_MAX_COLUMNS` without.
 
@@ -285,14 +349,14 @@ def window_proof(
     limit = max_columns or (BLOCK_MAX_COLUMNS if known is not None else TEMPLATE_MAX_COLUMNS)
     c_out = op.out_shape[0]
     if known is None:
-        blocks = [block] if block is not None else _candidate_blocks(op, c_out, limit, 1.0)[:1]
-        for candidate in blocks:
-            proof = _unmasked_window(op, candidate)
-            if proof is not None:
-                return proof
-        return None
+        if block is not None:
+            return _unmasked_window(op, block)
+        smallest = _candidate_blocks(op, c_out, limit, (1.0,))
+        larger = _candidate_blocks(op, c_out, min(limit, TIGHT_MAX_COLUMNS), (1.5, 2.5))
+        proofs = [p for b in dict.fromkeys(smallest + larger) if (p := _unmasked_window(op, b)) is not None]
+        return max(proofs, key=lambda p: p.lower_bound) if proofs else None
     per_position = float(known.reshape(c_out, -1).sum(0).double().mean())
-    blocks = [block] if block is not None else _candidate_blocks(op, per_position, limit, _ROW_MARGIN)
+    blocks = [block] if block is not None else _candidate_blocks(op, per_position, limit, (_ROW_MARGIN, 1.4, 2.0))
     for candidate in blocks:
         proof, _ = _masked_window(op, known.reshape(op.out_shape), candidate)
         if proof is not None:

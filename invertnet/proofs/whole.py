@@ -22,6 +22,7 @@ import torch
 from scipy.sparse.linalg import ArpackNoConvergence, eigsh
 from scipy.sparse.linalg import LinearOperator as ScipyOperator
 
+from invertnet.errors import RouteError, TooLargeError
 from invertnet.operators import ConvOperator, LinearOperator
 from invertnet.proofs.base import Proof, conv_gram_error, count_proof, dense_gram_error, pixel_sources
 from invertnet.spectral import circulant_reason, circulant_singular_values, dense_weight, symbol
@@ -148,7 +149,7 @@ def gram_proof(
     r"""A verified Cholesky proof of :math:`\sigma_{\min}(M A)`, and an estimate of it to many digits.
 
     See the module docstring. ``estimate`` (of :math:`\sigma_{\min}`) replaces the float32 factorisation when the
-    caller has one. Refuses (``ValueError``) above :data:`GRAM_MAX_UNKNOWNS` unknowns.
+    caller has one. Refuses (:class:`~invertnet.errors.TooLargeError`) above :data:`GRAM_MAX_UNKNOWNS` unknowns.
 
     Returns
     -------
@@ -167,7 +168,10 @@ def gram_proof(
     """
     n = op.in_dim
     if n > GRAM_MAX_UNKNOWNS:
-        raise ValueError(f"gram_proof: expected at most {GRAM_MAX_UNKNOWNS} unknowns, got {n}; use window_proof")
+        raise TooLargeError(
+            f"gram_proof: expected at most {GRAM_MAX_UNKNOWNS} unknowns (its Gram matrix is factored), got {n}; "
+            "use window_proof, or a smaller input size"
+        )
     if (counted := count_proof(_known_rows(op, known), n)) is not None:
         return counted, 0.0
 
@@ -217,12 +221,12 @@ def dft_proof(op: ConvOperator) -> tuple[Proof, torch.Tensor]:
 
     Raises
     ------
-    ValueError
+    RouteError
         When the DFT does not diagonalise ``op`` (:func:`~invertnet.spectral.circulant_reason`).
     """
     reason = circulant_reason(op)
     if reason is not None:
-        raise ValueError(f"dft_proof: expected a layer the 2-D DFT diagonalises, but {reason}")
+        raise RouteError(f"dft_proof: expected a layer the 2-D DFT diagonalises, but {reason}; use prove() instead")
     like = torch.zeros((), dtype=torch.float64, device=op.weight.device)
     matrices = symbol(op, like)  # (H', W', p, q)
     hh, ww, p, q = matrices.shape

@@ -1,0 +1,213 @@
+"""Proofs of injectivity: every proven lower bound lies below the true sigma_min, and singular layers are never proven.
+
+References: the dense SVD in float64 (``torch.linalg.svdvals`` of the placed matrix), and mpmath at 40 digits for the
+verified-arithmetic primitives.
+"""
+
+import math
+
+import mpmath
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from strategies import ConvConfig, conv_configs
+
+from invertnet.activeset import certify
+from invertnet.errors import RouteError, TooLargeError
+from invertnet.injectivity import injectivity_report
+from invertnet.operators import ConvOperator
+from invertnet.proofs import (
+    dense_proof,
+    dft_proof,
+    gram_proof,
+    patch_proof,
+    prove,
+    window_proof,
+    zero_column_proof,
+)
+from invertnet.verified import (
+    abs_gram_norm,
+    cholesky_certificate,
+    gamma,
+    gram_lower_bound,
+    svd_lower_bound,
+)
+
+#: Ratios sigma_min / proven bound measured on the battery below (printed with ``pytest -s``).
+RATIOS: dict[str, list[float]] = {}
+
+
+def _truth(op: ConvOperator, known: torch.Tensor | None) -> float:
+    matrix = op.placed_matrix(torch.float64)
+    if known is not None:
+        matrix = matrix[known.reshape(-1)]
+    if matrix.shape[0] < matrix.shape[1]:
+        return 0.0
+    return float(torch.linalg.svdvals(matrix)[-1])
+
+
+def _mask(config_seed: int, op: ConvOperator, share: float) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(config_seed)
+    return torch.rand(op.out_shape, generator=generator) < share
+
+
+@st.composite
+def layers(draw: st.DrawFn) -> tuple[ConvConfig, int, float]:
+    """A small conv layer (any stride, dilation, groups, padding mode), a seed and the share of known rows."""
+    config = draw(conv_configs(full_rank=draw(st.booleans())))
+    share = draw(st.sampled_from([1.0, 1.0, 0.9, 0.7, 0.5]))
+    return config, draw(st.integers(0, 2**16)), share
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(layers())
+def test_no_proof_exceeds_the_true_sigma_min(layer):
+    """150 layers: strides, dilations, groups, every padding mode, masks of 50-100% known rows."""
+    config, seed, share = layer
+    op = config.operator(seed)
+    known = None if share == 1.0 else _mask(seed, op, share)
+    truth = _truth(op, known)
+    proofs = {"auto": prove(op, known)}
+    if op.in_dim <= 12_288:
+        proofs["gram"] = gram_proof(op, known)[0]
+    proofs["dense"] = dense_proof(op, known)[0]
+    proofs["patch"] = patch_proof(op, known)
+    proofs["window"] = window_proof(op, known)
+    for name, proof in proofs.items():
+        if proof is None:
+            continue
+        if proof.injective:
+            assert 0 < proof.lower_bound <= truth, (name, proof, truth)
+            RATIOS.setdefault(proof.name, []).append(truth / proof.lower_bound)
+        if proof.injective is False and proof.name in ("count", "zero column"):
+            assert truth <= 1e-12 * max(1.0, float(torch.linalg.svdvals(op.placed_matrix())[0])), (name, proof)
+
+
+def test_ratios_on_well_conditioned_layers():
+    """The dense, Gram and DFT proofs lie within 1% of sigma_min on layers with condition number below 100."""
+    torch.manual_seed(0)
+    for padding_mode, stride in (("zeros", 1), ("zeros", 2), ("reflect", 1), ("circular", 1)):
+        conv = torch.nn.Conv2d(3, 32, 3, stride=stride, padding=1, padding_mode=padding_mode).double()
+        op = ConvOperator.from_conv(conv, (12, 12))
+        values = torch.linalg.svdvals(op.placed_matrix())
+        assert float(values[0] / values[-1]) < 100
+        truth = float(values[-1])
+        for proof in (dense_proof(op)[0], gram_proof(op)[0]):
+            assert 0.99 * truth <= proof.lower_bound <= truth, proof
+        window = window_proof(op)
+        assert window is not None
+        assert truth / 10 <= window.lower_bound <= truth, window  # the local proof: within 10x here
+    circular = ConvOperator.from_conv(torch.nn.Conv2d(3, 8, 3, padding=1, padding_mode="circular").double(), (8, 8))
+    proof, values = dft_proof(circular)
+    assert 0.9998 * float(values[-1]) <= proof.lower_bound <= float(torch.linalg.svdvals(circular.to_dense())[-1])
+
+
+def _locally_dependent_layer() -> tuple[ConvOperator, torch.Tensor, torch.Tensor]:
+    r"""A layer whose known rows are injective except on one window: :math:`v = e_p + e_q` (two neighbours) is null.
+
+    Half the filters are "alternating" along the width (:math:`w(a, b + 1) = -w(a, b)`), so every output that reads
+    both :math:`p` and :math:`q` through one of them gives :math:`(A v) = 0` exactly; every other row that reads
+    :math:`p` or :math:`q` is made unknown. Columns :math:`p` and :math:`q` stay non-zero.
+    """
+    generator = torch.Generator().manual_seed(3)
+    free = torch.randn(16, 1, 3, 3, generator=generator, dtype=torch.float64)
+    first = torch.randn(16, 1, 3, 1, generator=generator, dtype=torch.float64)
+    alternating = torch.cat([first, -first, first], dim=3)
+    op = ConvOperator(torch.cat([free, alternating]), (9, 9), padding=1)
+    v = torch.zeros(1, *op.in_shape, dtype=torch.float64)
+    v[0, 0, 4, 4] = v[0, 0, 4, 5] = 1.0
+    known = (op.forward(v)[0] == 0) & (torch.rand(op.out_shape, generator=generator) < 0.95)
+    return op, known, v
+
+
+def test_a_masked_layer_with_one_dependent_window_is_never_certified():
+    op, known, v = _locally_dependent_layer()
+    assert float((op.forward(v)[0] * known).abs().max()) == 0.0  # v is a null vector of the known rows, exactly
+    assert zero_column_proof(op, known) is None  # no zero column: only the rank can tell
+    assert _truth(op, known) < 1e-12
+    for proof in (prove(op, known), gram_proof(op, known)[0], dense_proof(op, known)[0]):
+        assert proof.injective is not True, proof
+    assert patch_proof(op, known) is None
+    assert window_proof(op, known) is None
+    (certificate,) = certify(op, known.unsqueeze(0))
+    assert certificate.determined is not True
+    (lanczos,) = certify(op, known.unsqueeze(0), "lanczos")
+    assert lanczos.determined is not True
+
+
+def test_singular_layers_are_never_proven():
+    """Two input channels seen identically (x0 - x1 is invisible): no proof, at any size, by any route."""
+    torch.manual_seed(0)
+    weight = torch.randn(24, 2, 3, 3, dtype=torch.float64)
+    weight[:, 1] = weight[:, 0]
+    for size in (6, 10):
+        op = ConvOperator(weight, (size, size), padding=1)
+        assert prove(op).injective is not True
+        assert gram_proof(op)[0].injective is not True
+        assert dense_proof(op)[0].injective is False
+        assert patch_proof(op) is None
+        assert window_proof(op) is None
+    report = injectivity_report(torch.nn.Sequential(_conv_of(weight)), (10, 10))
+    assert not report[0].exact
+    assert report[0].verdict == "numerically singular"
+
+
+def _conv_of(weight: torch.Tensor) -> torch.nn.Conv2d:
+    conv = torch.nn.Conv2d(weight.shape[1], weight.shape[0], weight.shape[2], padding=1, bias=False).double()
+    with torch.no_grad():
+        conv.weight.copy_(weight)
+    return conv
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**16), st.sampled_from([0.6, 0.8, 1.0]), st.integers(1, 2))
+def test_masked_window_certificate_agrees_with_the_dense_rank(seed, share, stride):
+    """A proven window certificate means full column rank; with many filters it does prove it."""
+    generator = torch.Generator().manual_seed(seed)
+    weight = torch.randn(24 * stride * stride, 2, 3, 3, generator=generator, dtype=torch.float64)
+    op = ConvOperator(weight, (10, 10), stride=stride, padding=1)
+    known = torch.rand(op.out_shape, generator=generator) < share
+    truth = _truth(op, known)
+    proof = window_proof(op, known)
+    if proof is not None:
+        assert 0 < proof.lower_bound <= truth
+    if share >= 0.8:
+        assert proof is not None  # 24 s^2 filters for 2 channels: 4.3x (3.8x at 80%) the window's unknowns
+
+
+def test_verified_cholesky_never_proves_above_lambda_min():
+    """Exact Gram matrices with a known smallest eigenvalue: shifts below it are proven, at or above never."""
+    b = torch.tensor([[3.0, 1.0, 0.0], [1.0, 3.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    g = b.T @ b  # integer entries: computed exactly; eigenvalues 4, 16 and 2 (from the last column)
+    error = gamma(4) * abs_gram_norm(b)
+    assert float(cholesky_certificate(g, torch.tensor(1.99), error)) > 1.98
+    assert float(cholesky_certificate(g, torch.tensor(2.0), error)) == -math.inf
+    singular = torch.tensor([[1.0, 2.0], [2.0, 4.0], [3.0, 6.0]], dtype=torch.float64)
+    gram = singular.T @ singular  # rank one, exactly
+    assert float(gram_lower_bound(gram, gamma(3) * abs_gram_norm(singular))) == 0.0
+    assert float(cholesky_certificate(gram, torch.tensor(1e-300), torch.tensor(0.0))) == -math.inf
+    assert svd_lower_bound(singular)[0] == 0.0
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_bounds_against_forty_digits(seed):
+    """The SVD certificate and the verified Cholesky against mpmath's singular values at 40 digits."""
+    generator = torch.Generator().manual_seed(seed)
+    b = torch.randn(9, 6, generator=generator, dtype=torch.float64)
+    b[:, 5] = b[:, 4] + 1e-9 * b[:, 5]  # nearly dependent columns: sigma_min about 1e-9
+    mpmath.mp.dps = 40
+    exact = min(mpmath.svd_r(mpmath.matrix(b.tolist()), compute_uv=False))
+    bound, _ = svd_lower_bound(b)
+    assert 0 < bound <= float(exact)
+    assert bound >= 0.999 * float(exact)
+    square = float(gram_lower_bound(b.T @ b, gamma(9) * abs_gram_norm(b)))
+    assert square <= float(exact) ** 2  # the Gram proof cannot reach 1e-9 (its margin is ~n^2 u): 0, never above
+
+
+def test_errors_name_the_limit_and_the_fix():
+    big = ConvOperator(torch.randn(8, 3, 3, 3, dtype=torch.float64), (70, 70), padding=1)
+    with pytest.raises(TooLargeError, match=r"gram_proof: expected at most 12288 unknowns .* got 14700; use window"):
+        gram_proof(big)
+    with pytest.raises(RouteError, match=r"dft_proof: expected a layer the 2-D DFT diagonalises, but padding is"):
+        dft_proof(ConvOperator(torch.randn(4, 1, 3, 3, dtype=torch.float64), (8, 8), padding=1))
