@@ -251,8 +251,8 @@ def _unmasked_window(op: ConvOperator, block: tuple[int, int]) -> Proof | None:
                 if window.out_dim < merged.shape[0] or merged.shape[0] == 0:
                     patterns[pattern] = 0.0
                     continue
-                bound = gram_lower_bound(merged, torch.tensor(error * copies * copies * (1 + 1e-12)))
-                patterns[pattern] = float(bound)
+                proven = gram_lower_bound(merged, torch.tensor(error * copies * copies * (1 + 1e-12)))
+                patterns[pattern] = float(proven)
             square = patterns[pattern]
             pixels = torch.tensor(sorted({p for p in row if p > 0}), dtype=torch.long)
             counts.index_add_(0, pixels, torch.full((len(pixels),), square, dtype=torch.float64))
