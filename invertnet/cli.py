@@ -780,7 +780,7 @@ def spectrum_command(
     )
     click.echo(
         f"{'layer':<14} {'in':>9} {'out':>9} {'unknowns':>9} {'sigma_min':>11} {'proven >=':>10} {'gap':>6} "
-        f"{'sigma_max':>10} {'cond':>9}  {'sigma by':<11} {'proof':<11}  verdict"
+        f"{'sigma_max':>10} {'cond':>9}  {'sigma by':<14} {'proof':<11}  verdict"
     )
     for r in report:
         flag = "" if r.converged else " (sigma_min not converged)"
@@ -788,7 +788,7 @@ def spectrum_command(
         proven = f"{r.sigma_min_lower:.4g}" if r.proof and r.proof != "singular" else "-"
         click.echo(
             f"{r.name:<14} {r.in_dim:>9} {r.out_dim:>9} {r.unknowns:>9} {r.sigma_min:>11.6g} {proven:>10} "
-            f"{gap:>6} {r.sigma_max:>10.4g} {r.condition:>9.3g}  {r.sigma_method:<11} {r.proof or '-':<11}  "
+            f"{gap:>6} {r.sigma_max:>10.4g} {r.condition:>9.3g}  {r.sigma_method:<14} {r.proof or '-':<11}  "
             f"{r.verdict}{flag}"
         )
     if plot is not None:

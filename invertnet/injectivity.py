@@ -10,8 +10,8 @@ unknowns are the ``C/2`` pre-activation channels, not ``C``), :math:`\sigma_{\ma
 :math:`\sigma_{\min}`:
 
 - an **estimate** (:attr:`LayerSpectrum.sigma_min`): exact up to rounding for the DFT and dense spectra, to many
-  digits by shift-and-invert Lanczos through a Cholesky factor, or a Lanczos Ritz value (an upper bound) at image
-  scale;
+  digits by shift-and-invert Lanczos through a Cholesky factor, or a LOBPCG Ritz value (an upper bound) at image
+  scale, preconditioned by the circulant + border preconditioner where it fits;
 - a **proven lower bound** (:attr:`LayerSpectrum.sigma_min_lower`, :mod:`invertnet.proofs`): the verified DFT or
   dense spectrum, a verified Cholesky factorisation of :math:`A^T A - \tau I`, or the window certificate.
 
@@ -35,6 +35,7 @@ from invertnet.activations import CReLU
 from invertnet.errors import UnsupportedLayerError
 from invertnet.graph import Graph, capture, last_module_node
 from invertnet.operators import ConvOperator
+from invertnet.preconditioners import BorderPreconditioner, border_bytes, border_reason
 from invertnet.proofs import (
     GRAM_MAX_UNKNOWNS,
     Proof,
@@ -46,7 +47,7 @@ from invertnet.proofs import (
     zero_column_proof,
 )
 from invertnet.spectral import circulant_reason, circulant_singular_values
-from invertnet.spectrum import DENSE_SPECTRUM_ENTRIES, sigma_max, sigma_min
+from invertnet.spectrum import DENSE_SPECTRUM_ENTRIES, sigma_max, sigma_min_lobpcg
 from invertnet.trace import LayerRecord, require_module
 
 __all__ = ["VERDICTS", "LayerSpectrum", "injectivity_report", "ruled_out_by_count", "unknowns"]
@@ -64,6 +65,12 @@ VERDICTS = (
 #: A layer the Gram proof cannot decide (too ill-conditioned for its rounding margin) gets the dense SVD certificate
 #: up to this many matrix entries (256 MB in float64; a 4096 x 4096 SVD, seconds to a minute on one thread).
 DENSE_FALLBACK_ENTRIES = 2**25
+
+#: Image-scale layers: LOBPCG's iteration cap for sigma_min (an estimate that stops there says so).
+LOBPCG_MAX_ITERATIONS = 300
+
+#: The border preconditioner of LOBPCG is built when it needs at most this many bytes.
+BORDER_MAX_BYTES = 2 * 2**30
 
 #: Kinds of module the report covers.
 KINDS: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
@@ -86,7 +93,7 @@ class LayerSpectrum:
         Of the linear map: exact for the DFT and dense spectra, else a Lanczos estimate (``nan`` for max-pooling).
     sigma_min : float
         The estimate of :math:`\sigma_{\min}`: exact (DFT, dense), by shift-and-invert Lanczos through a verified
-        Cholesky factor (``"cholesky"``), or a Lanczos Ritz value (``"lanczos"``: an upper bound). ``0`` where the
+        Cholesky factor (``"cholesky"``), or a LOBPCG Ritz value (``"lobpcg"``: an upper bound). ``0`` where the
         count or unread pixels prove it zero.
     condition : float
         ``sigma_max / sigma_min``.
@@ -103,9 +110,10 @@ class LayerSpectrum:
         input; ``None`` otherwise.
     sigma_method : str
         How ``sigma_min`` was computed: ``"dft"``, ``"dense"``, ``"cholesky"`` (shift-and-invert Lanczos through the
-        verified Cholesky factor of the Gram matrix), ``"lanczos"`` (on :math:`c I - A^T A`, which keeps a null
-        space), ``"lanczos max"`` (:math:`\sigma_{\min} = 0` proven by count or unread pixels; Lanczos for
-        :math:`\sigma_{\max}` only) or ``"none"`` (max-pooling).
+        verified Cholesky factor of the Gram matrix), ``"lobpcg, border"`` / ``"lobpcg"`` (image scale: LOBPCG on
+        :math:`A^T A`, preconditioned by :class:`~invertnet.preconditioners.BorderPreconditioner` where it fits; a Ritz
+        value, an upper bound), ``"lanczos max"`` (:math:`\sigma_{\min} = 0` proven by count or unread pixels;
+        Lanczos for :math:`\sigma_{\max}` only) or ``"none"`` (max-pooling).
     sigma_min_lower : float
         A proven lower bound on :math:`\sigma_{\min}` (``0.0`` when it is proven zero or nothing positive is
         proven; ``nan`` for max-pooling).
@@ -183,8 +191,9 @@ class _Sides:
     values: torch.Tensor | None = None
 
 
-def _exactly(op: ConvOperator, sides: _Sides, max_entries: int = DENSE_SPECTRUM_ENTRIES) -> bool:
+def _exactly(op: ConvOperator, sides: _Sides, max_entries: int | None = None) -> bool:
     """The DFT or the dense matrix, when one applies: exact singular values and their proof."""
+    max_entries = DENSE_SPECTRUM_ENTRIES if max_entries is None else max_entries
     (h, w), (sh, sw) = op.in_shape[1:], op.stride
     if h % sh == 0 and w % sw == 0 and circulant_reason(op) is None:
         proof, sides.values = dft_proof(op)
@@ -203,8 +212,8 @@ def _exactly(op: ConvOperator, sides: _Sides, max_entries: int = DENSE_SPECTRUM_
     return True
 
 
-def _iteratively(op: ConvOperator, sides: _Sides, window: bool) -> None:
-    """sigma_min by the verified Cholesky of the Gram matrix, else the dense SVD, else Lanczos and a local proof."""
+def _iteratively(op: ConvOperator, sides: _Sides, window: bool, progress: Callable[[str], None] | None = None) -> None:
+    """sigma_min by the verified Cholesky of the Gram matrix, else the dense SVD, else LOBPCG and a local proof."""
     if sides.proof.injective is False:  # proven zero: the count or unread pixels
         sides.s_max = sigma_max(op)
         sides.method, sides.s_min = "lanczos max", 0.0
@@ -220,8 +229,12 @@ def _iteratively(op: ConvOperator, sides: _Sides, window: bool) -> None:
             return
     sides.s_max = sigma_max(op)
     local = patch_proof(op) or (window_proof(op) if window else None)
-    sides.s_min, sides.converged = sigma_min(op, largest=sides.s_max, injective=local is not None)
-    sides.method = "lanczos"
+    preconditioner = None
+    if border_reason(op) is None and border_bytes(op) <= BORDER_MAX_BYTES:
+        preconditioner = BorderPreconditioner(op, torch.zeros((), dtype=torch.float64))
+    found = sigma_min_lobpcg(op, preconditioner=preconditioner, maxiter=LOBPCG_MAX_ITERATIONS, progress=progress)
+    sides.s_min, sides.converged = found.sigma_min, found.converged
+    sides.method = "lobpcg, border" if preconditioner is not None else "lobpcg"
     if local is not None:
         sides.proof = local
 
@@ -242,7 +255,11 @@ def _verdict(sides: _Sides, op_dims: tuple[int, int], free: int, rtol: float) ->
 
 
 def _layer_spectrum(
-    record: LayerRecord, previous: LayerRecord | None, rtol: float, window: bool = True
+    record: LayerRecord,
+    previous: LayerRecord | None,
+    rtol: float,
+    window: bool = True,
+    progress: Callable[[str], None] | None = None,
 ) -> LayerSpectrum:
     in_shape, out_shape = tuple(record.input.shape[1:]), record.output_shape
     in_dim, out_dim = math.prod(in_shape), math.prod(out_shape)
@@ -277,7 +294,7 @@ def _layer_spectrum(
     elif (zero := zero_column_proof(op)) is not None:
         sides.proof = zero
     if not _exactly(op, sides):
-        _iteratively(op, sides, window)
+        _iteratively(op, sides, window, progress)
     (h, w), (sh, sw) = op.in_shape[1:], op.stride
     if sides.values is None and h % sh == 0 and w % sw == 0:
         sides.values = circulant_singular_values(op, torch.zeros((), dtype=torch.float64))  # the approximation
@@ -380,7 +397,7 @@ def injectivity_report(
     for record, previous in _records(capture(model, image, target)):
         if progress is not None:
             progress(f"{record.name}: {type(record.module).__name__} on {tuple(record.input.shape[1:])}")
-        report.append(_layer_spectrum(record, previous, rtol, window))
+        report.append(_layer_spectrum(record, previous, rtol, window, progress))
         if progress is not None:
             r = report[-1]
             proven = f", proven >= {r.sigma_min_lower:.4g} ({r.proof})" if r.exact else ""

