@@ -219,9 +219,9 @@ def _iteratively(op: ConvOperator, sides: _Sides, window: bool, progress: Callab
         sides.method, sides.s_min = "lanczos max", 0.0
         return
     if op.in_dim <= GRAM_MAX_UNKNOWNS:
-        proof, estimate = gram_proof(op)
+        proof, estimate, top = gram_proof(op)
         if proof.injective is True and math.isfinite(estimate):
-            sides.s_max = sigma_max(op)
+            sides.s_max = top
             sides.proof, sides.s_min, sides.method = proof, estimate, "cholesky"
             return
         # too ill-conditioned for the Gram's rounding margin: the SVD certificate reaches further

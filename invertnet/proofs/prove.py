@@ -65,7 +65,7 @@ def prove(
             return window
         tried.append("no block of outputs within the size limit determines its window")
         if n <= gram_max_unknowns:
-            gram, _ = gram_proof(op, mask)
+            gram = gram_proof(op, mask)[0]
             if gram.injective is not None:
                 return gram
             tried.append(gram.reason)

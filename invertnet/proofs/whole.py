@@ -110,17 +110,37 @@ def masked_gram(op: ConvOperator, known: torch.Tensor | None = None) -> torch.Te
     return gram.reshape(n + 1, n + 1)[1:, 1:]
 
 
+def _largest_eigenvalue(gram: torch.Tensor, tol: float = 1e-10) -> float:
+    """The largest eigenvalue of a dense symmetric matrix by Lanczos (matrix-vector products)."""
+    n = gram.shape[0]
+    if n <= 64:
+        return float(torch.linalg.eigvalsh(gram)[-1])
+
+    def apply(v: np.ndarray) -> np.ndarray:
+        b = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64)).to(gram.device)
+        out: np.ndarray = (gram @ b).cpu().numpy()
+        return out
+
+    operator = ScipyOperator((n, n), matvec=apply, rmatvec=apply, dtype=np.float64)
+    v0 = np.random.default_rng(0).standard_normal(n)
+    values = eigsh(operator, k=1, which="LA", tol=tol, v0=v0, return_eigenvectors=False, ncv=min(n - 1, 40))
+    return float(values[0])
+
+
 def _shift_invert_lambda(factor: torch.Tensor, tol: float = 1e-12) -> float | None:
     r"""The largest eigenvalue of :math:`(L L^T)^{-1}` by Lanczos (two triangular solves a step), or ``None``."""
     n = factor.shape[0]
     if n <= 64:
-        inverse = torch.cholesky_inverse(factor)
+        inverse = torch.cholesky_inverse(factor.tril())
         return float(torch.linalg.eigvalsh(inverse)[-1])
 
     def apply(v: np.ndarray) -> np.ndarray:
         b = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64)).reshape(n, 1).to(factor)
-        solved: np.ndarray = torch.cholesky_solve(b, factor).to(torch.float64).reshape(-1).cpu().numpy()
-        return solved
+        # two triangular solves reading the lower triangle only (the upper one still holds the Gram matrix)
+        half = torch.linalg.solve_triangular(factor, b, upper=False)
+        solved: torch.Tensor = torch.linalg.solve_triangular(factor.mT, half, upper=True)
+        out: np.ndarray = solved.to(torch.float64).reshape(-1).cpu().numpy()
+        return out
 
     operator = ScipyOperator((n, n), matvec=apply, rmatvec=apply, dtype=np.float64)
     v0 = np.random.default_rng(0).standard_normal(n)
@@ -139,13 +159,13 @@ def _estimate_in_float32(gram: torch.Tensor) -> float | None:
     torch.linalg.cholesky_ex(low, out=(low, info))
     if int(info) != 0:
         return None
-    largest = _shift_invert_lambda(low, tol=1e-6)
+    largest = _shift_invert_lambda(low, tol=1e-4)
     return None if largest is None or largest <= 0 else scale / largest
 
 
 def gram_proof(
     op: ConvOperator, known: torch.Tensor | None = None, *, estimate: float | None = None
-) -> tuple[Proof, float]:
+) -> tuple[Proof, float, float]:
     r"""A verified Cholesky proof of :math:`\sigma_{\min}(M A)`, and an estimate of it to many digits.
 
     See the module docstring. ``estimate`` (of :math:`\sigma_{\min}`) replaces the float32 factorisation when the
@@ -153,15 +173,16 @@ def gram_proof(
 
     Returns
     -------
-    (Proof, float)
+    (Proof, float, float)
         The proof (``injective=None`` when no shift could be proven, ``False`` by count or when :math:`G` has no
-        float64 Cholesky factor even unshifted: shown numerically singular) and the estimate of
-        :math:`\sigma_{\min}` (``nan`` when none).
+        float64 Cholesky factor even unshifted: shown numerically singular), the estimate of
+        :math:`\sigma_{\min}` (``nan`` when none), and :math:`\sigma_{\max}` by Lanczos on the dense Gram matrix
+        (cheaper than on the operator).
 
     Examples
     --------
     >>> op = ConvOperator(torch.randn(16, 2, 3, 3, dtype=torch.float64), (9, 9), padding=1)
-    >>> proof, sigma = gram_proof(op)
+    >>> proof, sigma, _ = gram_proof(op)
     >>> exact = float(torch.linalg.svdvals(op.placed_matrix())[-1])
     >>> proof.injective, 0.99 * exact <= proof.lower_bound <= exact, abs(sigma - exact) < 1e-10 * exact
     (True, True, True)
@@ -173,7 +194,7 @@ def gram_proof(
             "use window_proof, or a smaller input size"
         )
     if (counted := count_proof(_known_rows(op, known), n)) is not None:
-        return counted, 0.0
+        return counted, 0.0, math.nan
 
     def build() -> torch.Tensor:
         if known is None and op.pad.mode == "zeros":
@@ -182,6 +203,7 @@ def gram_proof(
 
     error = conv_gram_error(op, known, terms=op.out_shape[0] + 4 * op.kernel_size[0] * op.kernel_size[1] + 8)
     gram = build()
+    top = math.sqrt(max(_largest_eigenvalue(gram), 0.0))
     guess = estimate**2 if estimate is not None else _estimate_in_float32(gram)
     shifts = [guess * f for f in _SHIFTS] if guess is not None else []
     shifts.append(2 * error)  # positive definite at all: the weakest claim
@@ -197,9 +219,10 @@ def gram_proof(
         sigma = math.sqrt(scale * (shift + 1.0 / largest)) if largest is not None and largest > 0 else math.nan
         value = math.sqrt(bound) * (1 - 4 * UNIT_ROUNDOFF)
         reason = f"gram: a verified Cholesky factorisation of A^T A - {tau:.4g} I: sigma_min >= {value:.4g}, proven"
-        return Proof(True, value, "gram", reason), sigma
+        return Proof(True, value, "gram", reason), sigma, top
     reason = "gram: the Gram matrix has no Cholesky factor in float64 (numerically singular, or too close to prove)"
-    return Proof(None if guess is not None else False, 0.0, "singular" if guess is None else "", reason), math.nan
+    proof = Proof(None if guess is not None else False, 0.0, "singular" if guess is None else "", reason)
+    return proof, math.nan, top
 
 
 def _phase_reach(op: ConvOperator) -> int:
