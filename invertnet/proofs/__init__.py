@@ -17,7 +17,7 @@ Example
 -------
 >>> import torch
 >>> from invertnet.operators import ConvOperator
->>> op = ConvOperator(torch.randn(32, 3, 5, 5, dtype=torch.float64), (40, 40), stride=2)
+>>> op = ConvOperator(torch.randn(32, 3, 5, 5, dtype=torch.float64), (41, 41), stride=2)  # 32 filters, 75 entries
 >>> proof = prove(op)
 >>> proof.injective, proof.name
 (True, 'window')

@@ -341,7 +341,7 @@ def window_proof(
     Examples
     --------
     >>> import torch
-    >>> op = ConvOperator(torch.randn(96, 3, 11, 11, dtype=torch.float64), (64, 64), stride=4, padding=1)
+    >>> op = ConvOperator(torch.randn(96, 3, 11, 11, dtype=torch.float64), (31, 31), stride=4)
     >>> proof = window_proof(op)  # 96 filters < 363 patch entries: no patch certificate, but blocks work
     >>> proof.name, proof.lower_bound > 0
     ('window', True)
