@@ -14,6 +14,8 @@ Sections (``--only`` picks some, comma-separated):
   well-conditioned layers (condition number below 100).
 - ``spectrum64``: All-CNN-B's spectrum at 64 px: today against turn 2's computation (``bench_spectrum.py``'s
   ``_before``), the 5x target.
+- ``scaling``: seconds against unknowns from 64 to 448 px: All-CNN-B ReLU conv4, conv7 and conv10's spectrum rows,
+  and the trained MobileNetV2 stem's active-set certificate.
 
 Run: ``python benchmarks/bench_certify.py [--size 224] [--threads 1] [--only battery,masked,...]``.
 One run, one thread by default; the machine, torch build and commit are printed first. The seconds need a quiet
@@ -33,7 +35,7 @@ from _timing import print_machine, touch_memory
 
 from invertnet.activeset import activation_constraints, certify, clip_levels
 from invertnet.graph import capture
-from invertnet.injectivity import LayerSpectrum, injectivity_report
+from invertnet.injectivity import LayerSpectrum, _layer_spectrum, _records, injectivity_report
 from invertnet.io import load_image
 from invertnet.models import build_model, trained_mobilenet_v2
 from invertnet.operators import ConvOperator
@@ -160,6 +162,31 @@ def battery(count: int = 200) -> None:
         print(f"  {name:<8} {len(pairs):>6} {len(good):>10} {median:>8.3g} {max(good, default=math.nan):>8.3g}")
 
 
+def scaling(sizes: tuple[int, ...] = (64, 128, 224, 448)) -> None:
+    """Time against unknowns: one All-CNN-B ReLU layer's spectrum row, and the MobileNetV2 stem's certificate."""
+    relu = build_model("all-cnn-b-relu").double().eval()
+    mobilenet = trained_mobilenet_v2().double().eval()
+    print("\nscaling: seconds against unknowns (one thread, float64)")
+    print(f"  {'what':<44} {'size':>5} {'unknowns':>9} {'s':>8}  how")
+    for size in sizes:
+        image, _ = load_image(ASSET, size)
+        image = image.double()
+        for layer in ("conv4.conv", "conv7.conv", "conv10.conv"):
+            graph = capture(relu, torch.zeros(1, 3, size, size, dtype=torch.float64), layer)
+            records = _records(graph)
+            record, previous = records[-1]
+            start = time.perf_counter()
+            row = _layer_spectrum(record, previous, 1e-6)
+            seconds = time.perf_counter() - start
+            how = f"{row.sigma_method}, proof {row.proof or '-'}, sigma_min {row.sigma_min:.6g}"
+            how += f" >= {row.sigma_min_lower:.4g}"
+            print(
+                f"  {'spectrum, all-cnn-b-relu ' + layer:<44} {size:>5} {row.in_dim:>9} {seconds:>8.1f}  {how}",
+                flush=True,
+            )
+        _certificate_row(f"certificate, MobileNetV2 stem at {size}", mobilenet, image, "features.0")
+
+
 def spectrum64() -> None:
     import bench_spectrum
 
@@ -189,6 +216,8 @@ def main() -> None:
             battery()
         elif section == "spectrum64":
             spectrum64()
+        elif section == "scaling":
+            scaling()
         else:
             raise SystemExit(f"bench_certify: unknown section {section!r}")
         print(f"[{section}: {time.perf_counter() - start:.1f} s]", flush=True)
