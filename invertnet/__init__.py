@@ -20,12 +20,17 @@ The house, in layers (imports point down only):
      when a block determines its window (LSQR's start).
    - :mod:`invertnet.pinv` -- the inversion routes, one a file (``patch``, ``window``, ``fft``,
      ``dense``, ``lsqr``), ``conv_pinv`` and ``"auto"`` (the cheapest provable route), ``patch_pinv``.
-   - :mod:`invertnet.spectrum` -- ``sigma_min``/``sigma_max`` (Lanczos; Cholesky of the Gram matrix), exact spectra.
+   - :mod:`invertnet.verified` -- proven lower bounds on smallest singular values in floating point (verified
+     Cholesky, SVD certificate).
+   - :mod:`invertnet.proofs` -- proofs that a layer (or a ReLU's known rows) is injective, with a lower bound on
+     ``sigma_min``: count, zero columns, patch, window (masked too, any image size), dense, Gram, DFT.
+   - :mod:`invertnet.spectrum` -- ``sigma_min``/``sigma_max`` estimates (Lanczos, LOBPCG, the Gram's Cholesky
+     factor), exact spectra.
    - :mod:`invertnet.joint` -- matching features (L-BFGS, then pattern-fixed Gauss-Newton).
 3. Walking a model, measuring
    - :mod:`invertnet.trace` -- run a model once up to a layer, record the chain of modules, refuse
      (naming the place) what a chain walk cannot follow; ``layer_outputs`` of any architecture.
-   - :mod:`invertnet.injectivity` -- dimension counts and ``injectivity_report``.
+   - :mod:`invertnet.injectivity` -- dimension counts and ``injectivity_report`` (estimate and proven bound).
    - :mod:`invertnet.inverses` -- the registry of layer inverses (``register_inverse``).
    - :mod:`invertnet.reconstruct` -- ``reconstruct`` (layer by layer) and ``invert_jointly``.
    - :mod:`invertnet.compare` -- ``compare_methods``: every method from every layer, as a table.
