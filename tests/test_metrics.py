@@ -137,3 +137,19 @@ def test_sample_covariance_of_a_one_pixel_window_is_refused():
     x = torch.rand(1, 1, 16, 16, dtype=torch.float64)
     with pytest.raises(OptionError, match=r"sample_covariance needs a window of more than one pixel, got win_size=1"):
         ssim(x, x, 1.0, window="uniform", win_size=1, sample_covariance=True)
+
+
+def test_ssim_calibration_picks_a_candidate_and_changes_nothing(monkeypatch):
+    """The block size is timed on this machine once per shape; any block size gives the same SSIM."""
+    from invertnet import metrics
+
+    monkeypatch.setattr(metrics, "_STRIP_PLANS", {})
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 3, 160, 150, generator=generator, dtype=torch.float64)
+    y = (x + 0.1 * torch.rand(x.shape, generator=generator, dtype=torch.float64)).clamp(0, 1)
+    calibrated = ssim(x, y, 1.0)
+    (chosen,) = metrics._STRIP_PLANS.values()
+    assert chosen in metrics.STRIP_CANDIDATES
+    for elements in metrics.STRIP_CANDIDATES:
+        monkeypatch.setattr(metrics, "_STRIP_PLANS", {(3, 160, 150, 11, torch.float64): elements})
+        assert float((ssim(x, y, 1.0) - calibrated).abs()) <= 1e-15

@@ -211,3 +211,57 @@ def test_errors_name_the_limit_and_the_fix():
         gram_proof(big)
     with pytest.raises(RouteError, match=r"dft_proof: expected a layer the 2-D DFT diagonalises, but padding is"):
         dft_proof(ConvOperator(torch.randn(4, 1, 3, 3, dtype=torch.float64), (8, 8), padding=1))
+
+
+class _Residual(torch.nn.Module):
+    """A residual block that reuses its ReLU (two nodes of one module) and adds the input back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(2, 24, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(24, 2, 1)
+        self.relu = torch.nn.ReLU()
+        self.pool = torch.nn.MaxPool2d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.relu(self.conv2(self.relu(self.conv1(x))) + x))
+
+
+def test_the_analyses_follow_the_one_capture_through_skips_and_reused_modules():
+    """The hook chain refused this network (ReLU runs twice); the fx capture reports every node."""
+    from invertnet.invariance import invariance_score, translations
+    from invertnet.sparsity import activation_sparsity
+
+    torch.manual_seed(0)
+    net = _Residual().double().eval()
+    report = injectivity_report(net, (8, 8))
+    assert [(r.name, r.kind) for r in report] == [("conv1", "Conv2d"), ("conv2", "Conv2d"), ("pool", "MaxPool2d")]
+    assert report[0].exact
+    assert report[0].proof in ("dense", "gram")
+    assert report[1].verdict == "not injective (dimension count)"
+    images = torch.rand(40, 2, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        first = torch.relu(net.conv1(images))
+    sparsity = activation_sparsity(net, images, ["relu", "relu_1"])  # the two calls of one module, by node
+    assert sparsity["relu"] == float((first == 0).double().mean())
+    score = invariance_score(net, images, "add", [translations(images, (-1, 1))], rate=0.05)
+    assert score.unit_scores.shape == (2,)
+
+
+def test_spectrum_never_calls_an_estimate_a_proof(monkeypatch):
+    """Without a proof that fits (no Gram, no window, no patch), LOBPCG's value is reported as an estimate only."""
+    from invertnet import injectivity
+
+    monkeypatch.setattr(injectivity, "DENSE_SPECTRUM_ENTRIES", 0)
+    monkeypatch.setattr(injectivity, "GRAM_MAX_UNKNOWNS", 0)
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1).double()  # 4 filters for 3 channels: no block fits the limit
+    (row,) = injectivity_report(torch.nn.Sequential(conv), (12, 12), window=False)
+    assert row.sigma_method == "lobpcg, border"  # preconditioned by the circulant + border pieces
+    assert not row.exact
+    assert row.proof == ""
+    assert row.sigma_min_lower == 0.0
+    assert row.verdict == "not proven (estimate only)"
+    truth = float(torch.linalg.svdvals(ConvOperator.from_conv(conv, (12, 12)).placed_matrix())[-1])
+    assert row.sigma_min >= truth * (1 - 1e-10)  # a Ritz value: from above
+    assert row.sigma_min <= truth * (1 + 1e-6)
