@@ -122,7 +122,7 @@ def conv_gram_error(op: ConvOperator, mask: torch.Tensor | None = None, terms: i
     sums = absolute.adjoint(rows)
     kh, kw = op.kernel_size
     depth = terms if terms is not None else op.out_shape[0] + kh * kh + kw * kw + 8
-    spread = op.patch_size * kh * kw * 4  # terms of the two sums of non-negative entries
+    spread = max(op.patch_size, op.out_shape[0] // op.groups) * kh * kw * 4  # terms of the two non-negative sums
     return gamma(depth) * float(inflate(inflate(sums.amax(), spread), spread))
 
 

@@ -61,7 +61,8 @@ _ROW_MARGIN = 1.1
 def _decouple(gram: torch.Tensor, claimed: torch.Tensor) -> torch.Tensor:
     """Zero the rows and columns of unclaimed unknowns and put the largest diagonal entry on their diagonal."""
     keep = claimed.to(gram.dtype)
-    dummy = gram.diagonal(dim1=-2, dim2=-1).amax(-1).clamp(min=1.0)
+    # the largest diagonal entry: above any shift that can be proven, and no larger (it enters the margin's trace)
+    dummy = gram.diagonal(dim1=-2, dim2=-1).amax(-1).clamp(min=torch.finfo(gram.dtype).tiny)
     gram = gram * keep[..., :, None] * keep[..., None, :]
     return gram + torch.diag_embed((1 - keep) * dummy[..., None])
 
