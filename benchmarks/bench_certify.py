@@ -57,7 +57,8 @@ def _report_table(title: str, report: list[LayerSpectrum], seconds: float, targe
         gap = f"{r.gap:.3g}" if r.sigma_min_lower > 0 else "-"
         print(
             f"  {r.name:<16} {r.unknowns:>9} {r.sigma_min:>11.6g} {proven:>10} {gap:>6} {r.sigma_method:<10} "
-            f"{r.proof or '-':<11} {r.seconds:>6.1f}  {r.verdict}",
+            f"{r.proof or '-':<11} {r.seconds:>6.1f}  {r.verdict}"
+            + ("" if r.converged else " (estimate not converged)"),
             flush=True,
         )
     undecided = [r.name for r in report if not r.verdict.startswith(DECIDED)]
