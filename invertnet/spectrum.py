@@ -289,6 +289,7 @@ def sigma_min_lobpcg(
     block: int = 4,
     maxiter: int = 300,
     rtol: float = 1e-9,
+    single: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> LobpcgResult:
     r""":math:`\sigma_{\min}` by block LOBPCG on :math:`A^T A` (Knyazev 2001), optionally preconditioned.
@@ -301,9 +302,11 @@ def sigma_min_lobpcg(
     reached 6 digits after 49 preconditioned steps of 4 vectors, against about 150 unpreconditioned.
 
     Converged when the smallest Ritz value changed by at most ``rtol`` (relative) over five steps and its residual
-    :math:`\|A^T A x - \lambda x\| \le 10^{-4} \lambda`; capped at ``maxiter`` steps (an estimate that stops
-    says so: ``converged=False``). ``progress`` hears every 20 steps. The value is a Ritz value: an upper bound on
-    :math:`\sigma_{\min}` (up to rounding), never a proof.
+    :math:`\|A^T A x - \lambda x\| \le 10^{-4} \lambda`; capped at ``maxiter`` steps in all (an estimate that
+    stops says so: ``converged=False``). With ``single`` (default) the steps first apply :math:`A^T A` in float32
+    (a float32 convolution runs 3-14x faster than a float64 one on CPU) until the Ritz value settles to 1e-5, then
+    polish in float64 from that block: the float64 steps are few. ``progress`` hears every 20 steps. The value is
+    a Ritz value of the float64 operator: an upper bound on :math:`\sigma_{\min}` (up to rounding), never a proof.
 
     Examples
     --------
@@ -318,10 +321,15 @@ def sigma_min_lobpcg(
     n = op.in_dim
     k = min(block, max(1, n // 3))
     applications = [0]
+    # phase 1 applies A^T A in float32 (a float32 convolution runs 3-14x faster than a float64 one on CPU) until
+    # the Ritz value settles to float32's accuracy; phase 2 polishes in float64 from that block
+    phases = [(torch.float32, 1e-5, 1e-3), (torch.float64, rtol, 1e-4)] if single else [(torch.float64, rtol, 1e-4)]
+    dtype = phases[0][0]
 
     def gram(v: torch.Tensor) -> torch.Tensor:  # (n, j) columns
         applications[0] += v.shape[1]
-        out: torch.Tensor = op.adjoint(op.forward(v.T.reshape(-1, *op.in_shape))).reshape(v.shape[1], n).T
+        images = v.T.reshape(-1, *op.in_shape).to(dtype)
+        out: torch.Tensor = op.adjoint(op.forward(images)).reshape(v.shape[1], n).T.to(torch.float64)
         return out
 
     def precondition(r: torch.Tensor) -> torch.Tensor:
@@ -332,42 +340,47 @@ def sigma_min_lobpcg(
 
     generator = torch.Generator().manual_seed(0)
     x = torch.linalg.qr(torch.randn(n, k, dtype=torch.float64, generator=generator)).Q
-    ax = gram(x)
-    values, c = torch.linalg.eigh(x.T @ ax)
-    x, ax = x @ c, ax @ c
-    p = ap = None
-    history: list[float] = []
     converged = False
     step = 0
-    for step in range(1, maxiter + 1):
-        residual = ax - x * values
-        smallest = float(values[0])
-        history.append(smallest)
-        small_residual = float(residual[:, 0].norm()) <= 1e-4 * max(smallest, 0.0)
-        recent = history[-6:]
-        if small_residual and len(recent) == 6 and max(recent) - min(recent) <= rtol * abs(recent[-1]):
-            converged = True
-            break
-        w = precondition(residual)
-        w = w - x @ (x.T @ w)
-        aw = gram(w)
-        basis, image = [x, w], [ax, aw]
-        if p is not None and ap is not None:
-            basis.append(p)
-            image.append(ap)
-        s_raw, as_raw = torch.cat(basis, 1), torch.cat(image, 1)
-        q, r = torch.linalg.qr(s_raw)
-        diagonal = r.diagonal().abs()
-        if float(diagonal.min()) <= 1e-10 * float(diagonal.max()) and p is not None:
-            s_raw, as_raw = s_raw[:, : 2 * k], as_raw[:, : 2 * k]  # the previous step became dependent: drop it
+    values = torch.full((1,), math.nan, dtype=torch.float64)
+    for dtype, settle, residual_share in phases:
+        ax = gram(x)
+        values, c = torch.linalg.eigh(x.T @ ax)
+        x, ax = x @ c, ax @ c
+        p = ap = None
+        history: list[float] = []
+        converged = False
+        while step < maxiter:
+            residual = ax - x * values
+            smallest = float(values[0])
+            history.append(smallest)
+            small_residual = float(residual[:, 0].norm()) <= residual_share * max(smallest, 0.0)
+            recent = history[-6:]
+            if small_residual and len(recent) == 6 and max(recent) - min(recent) <= settle * abs(recent[-1]):
+                converged = True
+                break
+            step += 1
+            w = precondition(residual)
+            w = w - x @ (x.T @ w)
+            aw = gram(w)
+            basis, image = [x, w], [ax, aw]
+            if p is not None and ap is not None:
+                basis.append(p)
+                image.append(ap)
+            s_raw, as_raw = torch.cat(basis, 1), torch.cat(image, 1)
             q, r = torch.linalg.qr(s_raw)
-        aq = torch.linalg.solve_triangular(r, as_raw, upper=True, left=False)
-        h = q.T @ aq
-        values_all, c_all = torch.linalg.eigh((h + h.T) / 2)
-        values, c = values_all[:k], c_all[:, :k]
-        x_new, ax_new = q @ c, aq @ c
-        p, ap = q[:, k:] @ c[k:], aq[:, k:] @ c[k:]
-        x, ax = x_new, ax_new
-        if progress is not None and step % 20 == 0:
-            progress(f"LOBPCG: {step} steps, sigma_min ~ {math.sqrt(max(float(values[0]), 0.0)):.8g}")
+            diagonal = r.diagonal().abs()
+            if float(diagonal.min()) <= 1e-10 * float(diagonal.max()) and p is not None:
+                s_raw, as_raw = s_raw[:, : 2 * k], as_raw[:, : 2 * k]  # the previous step became dependent: drop it
+                q, r = torch.linalg.qr(s_raw)
+            aq = torch.linalg.solve_triangular(r, as_raw, upper=True, left=False)
+            h = q.T @ aq
+            values_all, c_all = torch.linalg.eigh((h + h.T) / 2)
+            values, c = values_all[:k], c_all[:, :k]
+            x_new, ax_new = q @ c, aq @ c
+            p, ap = q[:, k:] @ c[k:], aq[:, k:] @ c[k:]
+            x, ax = x_new, ax_new
+            if progress is not None and step % 20 == 0:
+                sigma = math.sqrt(max(float(values[0]), 0.0))
+                progress(f"LOBPCG ({'float32' if dtype == torch.float32 else 'float64'}): {step} steps, ~{sigma:.8g}")
     return LobpcgResult(math.sqrt(max(float(values[0]), 0.0)), converged, step, applications[0])
