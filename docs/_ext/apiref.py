@@ -75,7 +75,8 @@ def homes(modules: list[str]) -> dict[int, tuple[str, str]]:
         module = importlib.import_module(name)
         for attr in public_names(module):
             obj = getattr(module, attr)
-            defined = getattr(obj, "__module__", None)
+            # classes and functions say where they are defined; any other object (a constant) does not
+            defined = obj.__module__ if inspect.isclass(obj) or inspect.isroutine(obj) else None
             if inspect.ismodule(obj) or id(obj) in found:
                 continue
             if defined == name or (defined is None and hasattr(module, "__all__") and attr in module.__all__):
