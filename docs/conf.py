@@ -71,7 +71,7 @@ sphinx_gallery_conf = {
     "reset_argv": "gallery.reset_argv",
     "image_scrapers": ("gallery.scrape_pngs",),
     "reset_modules": (),
-    "within_subsection_order": "FileNameSortKey",
+    "within_subsection_order": "gallery.order",
     "download_all_examples": False,
     "remove_config_comments": True,
     "show_memory": False,

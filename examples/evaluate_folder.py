@@ -89,3 +89,4 @@ print(format_summary(summary))
 save_figure(evaluation_figure(summary), args.out / "evaluation.png")
 
 shutil.rmtree(folder)  # the photographs were only for this example
+# sphinx_gallery_thumbnail_path = 'evaluation_50_all_cnn_b_crelu_64.png'

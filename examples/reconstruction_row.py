@@ -54,3 +54,4 @@ for r in results:
 # ----------
 
 save_figure(layer_row_figure(results), args.out / "reconstruction_row.png")
+# sphinx_gallery_thumbnail_path = 'astronaut_layers.png'

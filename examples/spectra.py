@@ -40,3 +40,4 @@ for layer, verdict in verdicts.items():
 # ----------
 
 save_figure(spectrum_figure(report), args.out / "spectra.png")
+# sphinx_gallery_thumbnail_path = 'spectrum_all_cnn_b_64.png'

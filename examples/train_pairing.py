@@ -110,3 +110,4 @@ for name, activation in (("ReLU", nn.ReLU()), ("CReLU", CReLU())):
 # --------------
 
 save_figure(pairing_figure(pairings, [f"{n} autoencoder" for n in pairings]), args.out / "train_pairing.png")
+# sphinx_gallery_thumbnail_path = 'train_pairing.png'

@@ -84,3 +84,4 @@ for weights, model in models.items():
 # ----------
 
 save_figure(comparison_figure(rows, image), args.out / "mobilenet_v2_trained_vs_random.png")
+# sphinx_gallery_thumbnail_path = 'mobilenet_v2_trained_vs_random.png'

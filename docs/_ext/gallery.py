@@ -39,3 +39,22 @@ def scrape_pngs(block: Any, block_vars: dict[str, Any], gallery_conf: dict[str, 
         shutil.copyfile(path, target)
         names.append(target)
     return figure_rst(names, gallery_conf["src_dir"])
+
+
+#: The gallery's order: the paper's figure first, then the analyses, then the tools.
+ORDER = (
+    "reconstruction_row",
+    "spectra",
+    "relu_information",
+    "trained_mobilenet",
+    "evaluate_folder",
+    "pairing_histograms",
+    "train_pairing",
+    "rademacher_table",
+)
+
+
+def order(filename: str) -> tuple[int, str]:
+    """Sort key of an example file: its place in :data:`ORDER` (others after, by name)."""
+    stem = Path(filename).stem
+    return (ORDER.index(stem) if stem in ORDER else len(ORDER), stem)
