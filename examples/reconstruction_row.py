@@ -8,7 +8,8 @@ exactly (``z = pos - neg``), then each convolution by the cheapest route that pr
 Moore-Penrose pseudo-inverse.
 
 Run: ``python examples/reconstruction_row.py [--out DIR] [--small]`` (All-CNN-B at 224x224, about a minute;
-``--small``: ConvPool-CNN-C at 32x32, what the tests and this gallery run). The full-size run gives the
+``--small``: ConvPool-CNN-C at 32x32 with LSQR capped at 200 iterations a layer, what the tests and this gallery
+run). The full-size run gives the
 figure below (the same one ``invertnet reconstruct --all-layers assets/astronaut.png`` draws):
 
 .. image:: /astronaut_layers.png
@@ -26,7 +27,7 @@ From conv1 the image comes back exactly on every pixel a filter reads; conv2's l
 
 from _common import ASSETS, arguments
 
-from invertnet import reconstruct
+from invertnet import SolveOptions, reconstruct
 from invertnet.io import load_image
 from invertnet.models import MODELS, build_model
 from invertnet.plotting import layer_row_figure, save_figure
@@ -42,9 +43,10 @@ print(f"{name}: layers {', '.join(spec.figure_layers)}, input {tuple(image.shape
 # Reconstruct from each layer
 # ---------------------------
 # Every :func:`~invertnet.reconstruct` call walks from its layer down to the image and reports, per step, the
-# route it took and whether the step is proven exact.
+# route it took and whether the step is proven exact. An LSQR that stops at its cap says so in its step's note.
 
-results = [reconstruct(model, image, layer) for layer in spec.figure_layers]
+options = SolveOptions(maxiter=200 if args.small else 1000)
+results = [reconstruct(model, image, layer, options=options) for layer in spec.figure_layers]
 psnr = {r.layer: float(r.psnr[0]) for r in results}
 for r in results:
     print(f"{r.layer}: {psnr[r.layer]:.2f} dB, exact {r.exact}, routes {[s.route for s in r.steps]}")
