@@ -53,10 +53,13 @@ class CompletionOptions:
         Valid input values; :func:`invertnet.reconstruct` passes ``(0, data_range)`` for images.
     evaluations : int, default 300
         L-BFGS evaluations per image over all stages (split evenly).
-    rounds : int, default 3
+    rounds : int, default 1
         Bregman rounds of L-BFGS (the evaluations split evenly): each adds the misfit left back to the target.
     max_steps : int, default 10
-        Gauss-Newton steps per image at most.
+        Gauss-Newton steps per image and cycle at most.
+    cycles : int, default 1
+        L-BFGS then Gauss-Newton, repeated while Gauss-Newton stalls above ``tol`` (a stall means a wrong
+        activation pattern, which L-BFGS's curved path can leave where pattern-fixed steps cannot).
     inner_maxiter : int, default 300
         LSQR iterations per Gauss-Newton step at most.
     tol : float, optional
@@ -71,8 +74,9 @@ class CompletionOptions:
     weight: float = 0.01
     box: tuple[float, float] | None = None
     evaluations: int = 300
-    rounds: int = 3
+    rounds: int = 1
     max_steps: int = 10
+    cycles: int = 1
     inner_maxiter: int = 300
     tol: float | None = None
     single: bool = True
@@ -92,6 +96,8 @@ class CompletionOptions:
             raise OptionError(f"CompletionOptions: expected a box (lo, hi) with lo < hi, got {self.box}")
         if self.rounds < 1:
             raise OptionError(f"CompletionOptions: expected rounds >= 1, got {self.rounds}")
+        if self.cycles < 1:
+            raise OptionError(f"CompletionOptions: expected cycles >= 1, got {self.cycles}")
         for name in ("evaluations", "max_steps", "inner_maxiter", "fill_evaluations"):
             if getattr(self, name) < 0:
                 raise OptionError(f"CompletionOptions: expected {name} >= 0, got {getattr(self, name)}")
@@ -132,17 +138,28 @@ class CompletionResult:
     history: list[list[float]]
 
 
+#: A candidate start other than the first (flat) one competes only where its relative misfit is at most this: an
+#: estimate off the target sits in another activation basin, and L-BFGS does not leave it (measured on All-CNN-B
+#: conv2 at 64 px: 31.9 dB from the walk's estimate, misfit 0.44, against 34.8 dB from the flat image).
+START_TOL = 1e-6
+
+
 def _pick_start(
     problem: FeatureProblem, starts: Mapping[str, torch.Tensor], weight: float
 ) -> tuple[torch.Tensor, list[str]]:
-    """Per image, the candidate start with the lowest objective (misfit plus prior), projected on the box."""
+    """Per image, the candidate start with the lowest objective (misfit plus prior), projected on the box.
+
+    The first candidate always competes; the others only where they meet the target to :data:`START_TOL`.
+    """
     names = list(starts)
     box = problem.box
     candidates = [starts[name].detach() if box is None else starts[name].detach().clamp(*box) for name in names]
     n = candidates[0].shape[0]
     everyone = torch.arange(n, device=candidates[0].device)
     with torch.no_grad():
-        values = torch.stack([problem.objective(c, everyone, weight)[1] for c in candidates])
+        scored = [problem.objective(c, everyone, weight) for c in candidates]
+    values = torch.stack([value for _, value in scored])
+    values[1:] = torch.where(torch.stack([residual for residual, _ in scored[1:]]) <= START_TOL, values[1:], torch.inf)
     values = torch.nan_to_num(values, nan=float("inf"))
     best = values.argmin(dim=0)
     x = torch.stack(candidates)[best, everyone]
@@ -317,34 +334,43 @@ def complete(
         fill = " (free entries filled by the prior)" if expanded is not None and options.prior is not None else ""
         stopped[i] = f"met the target at the start{fill}: residual {float(state.residual[i]):.2g}"
 
+    single = f_single if options.single and dtype == torch.float64 else None
     todo = ~met_at_start
-    if bool(todo.any()) and options.evaluations > 0:
-        single = f_single if options.single and dtype == torch.float64 else None
-        _bregman(problem, state, todo, options, tol, single, reporter)
-    steps_before = state.iterations.clone()
-    gauss_newton_phase(
-        problem,
-        state,
-        max_steps=options.max_steps,
-        tol=tol,
-        inner_maxiter=options.inner_maxiter,
-        report=report,
-    )
+    capped = torch.zeros_like(todo)
+    for _ in range(options.cycles):  # a stalled Gauss-Newton is handed back to L-BFGS, which crosses kinks
+        todo &= state.residual > tol
+        if not bool(todo.any()):
+            break
+        steps_before = state.iterations.clone()
+        if options.evaluations > 0:
+            _bregman(problem, state, todo, options, tol, single, reporter)
+        gauss_newton_phase(
+            problem,
+            state,
+            max_steps=options.max_steps,
+            tol=tol,
+            inner_maxiter=options.inner_maxiter,
+            report=report,
+        )
+        capped = todo & (state.iterations - steps_before >= options.max_steps)
+        todo &= ~capped
     if options.box is not None:  # the box was a penalty: the last iterates may lie just outside it
         everyone = torch.arange(n, device=state.x.device)
         with torch.no_grad():
             state.x.clamp_(*options.box)
             state.residual.copy_(problem.objective(state.x, everyone)[0])
+        for i, h in enumerate(state.history):
+            if h[-1] != float(state.residual[i]):
+                h.append(float(state.residual[i]))
     converged = state.residual <= tol
     for i in range(n):
         if stopped[i]:
             continue
         r = float(state.residual[i])
-        taken = int(state.iterations[i] - steps_before[i])
         if bool(converged[i]):
             stopped[i] = f"met the target: residual {r:.2g} <= {tol:g}"
-        elif taken >= options.max_steps:
-            stopped[i] = f"step cap: {taken} Gauss-Newton steps, residual {r:.2g}"
+        elif bool(capped[i]):
+            stopped[i] = f"step cap: {options.max_steps} Gauss-Newton steps in a cycle, residual {r:.2g}"
         else:
             stopped[i] = (
                 f"stalled at residual {r:.2g}: Gauss-Newton steps with the activation pattern fixed no longer lower "

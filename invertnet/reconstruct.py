@@ -282,7 +282,7 @@ def _complete(
     frontier = walk.frontier
     box = options.box or (0.0, data_range)
     flat = torch.full_like(graph.image, (box[0] + box[1]) / 2)
-    starts = {"walk": walk.estimate, "flat": flat} if walk.estimate.shape == flat.shape else {"flat": flat}
+    starts = {"flat": flat, "walk": walk.estimate} if walk.estimate.shape == flat.shape else {"flat": flat}
     free = None if walk.determined is None else ~walk.determined
     until = frontier.name
 
@@ -390,7 +390,7 @@ def reconstruct(
         raise OptionError(f"completion options go with method='auto', got method={method!r}; drop them")
     graph = capture(model, image, layer)
     if method == "auto":
-        walk = Walker(graph, "auto", maxpool=maxpool, relu=relu, options=options, mode="auto", progress=progress).run()
+        walk = Walker(graph, "auto", maxpool=maxpool, relu=relu, options=options, probe=True, progress=progress).run()
         if walk.exact:
             stopped = ["every step exact: the walk returned the input"] * graph.image.shape[0]
             return _result(graph, walk.estimate, layer, method, walk.steps, data_range, stopped=stopped)
@@ -408,13 +408,17 @@ def reconstruct(
             stopped=done.stopped,
         )
     route = "auto" if method == "layers" else method
-    walk = Walker(graph, route, maxpool=maxpool, relu=relu, options=options, mode="layers", progress=progress).run()
+    walk = Walker(
+        graph, route, maxpool=maxpool, relu=relu, options=options, damp=method == "layers", progress=progress
+    ).run()
     estimate = walk.estimate
     if walk.exact:
         stopped = ["every step exact: the walk returned the input"] * estimate.shape[0]
-    else:
-        estimate = estimate.clamp(0.0, data_range) if estimate.shape == graph.image.shape else estimate
+    elif method == "layers" and estimate.shape == graph.image.shape:
+        estimate = estimate.clamp(0.0, data_range)
         stopped = [f"layer by layer, not every step exact: projected on [0, {data_range:g}]"] * estimate.shape[0]
+    else:
+        stopped = [f"layer by layer with the {method!r} route, not every step exact"] * estimate.shape[0]
     return _result(graph, estimate, layer, method, walk.steps, data_range, stopped=stopped)
 
 

@@ -41,7 +41,7 @@ from invertnet.metrics import relative_error
 from invertnet.pinv import SolveOptions
 from invertnet.trace import LayerRecord
 
-__all__ = ["PROBE_ITERATIONS", "WALK_MODES", "Frontier", "LayerStep", "Walk", "Walker", "invert_graph"]
+__all__ = ["PROBE_ITERATIONS", "Frontier", "LayerStep", "Walk", "Walker", "invert_graph"]
 
 _SPLITS = (torch.cat, torch.concat, torch.stack)
 
@@ -175,12 +175,9 @@ def _join(*notes: str) -> str:
     return "; ".join(n for n in notes if n)
 
 
-#: How the walk spends below its exact chain: ``"layers"`` solves every step in full (the paper's reading),
-#: ``"auto"`` stops proving where the proofs end and only probes below (the default's completion takes over).
-WALK_MODES = ("layers", "auto")
-#: ``mode="auto"``: LSQR's cap on each convolution below the exact chain (an estimate for the start, no more).
+#: ``probe``: LSQR's cap on each convolution below the exact chain (an estimate for the start, no more).
 PROBE_ITERATIONS = 30
-#: ``mode="auto"``: joins below the exact chain get a short joint solve (a start for the completion, no more).
+#: ``probe``: joins below the exact chain get a short joint solve (a start for the completion, no more).
 PROBE_BLOCK = JointOptions(tol=1e-6, lbfgs_evaluations=50, max_steps=2)
 
 
@@ -249,12 +246,14 @@ class Walker:
         :func:`invertnet.reconstruct`).
     block : JointOptions, optional
         For joins solved jointly (default ``JointOptions(tol=1e-12)``).
-    mode : {"layers", "auto"}
-        ``"layers"``: every step solved in full; a step whose input is not exact is damped
-        (:attr:`~invertnet.inverses.InversionContext.regularise`). ``"auto"``: the same while the steps are
-        proven (and the active set only where the count lets the known rows determine the layer's input); below,
-        each step is only probed (LSQR capped at :data:`PROBE_ITERATIONS`, joins by :data:`PROBE_BLOCK`): the
-        estimate is a candidate start for the completion.
+    probe : bool, default False
+        The default's walk: every step solved in full while the steps are proven (and the active set only where
+        the count lets the known rows determine the layer's input); below, each step is only probed (LSQR capped
+        at :data:`PROBE_ITERATIONS`, joins by :data:`PROBE_BLOCK`): the estimate is a candidate start for the
+        completion. ``False``: every step solved in full (the layer-by-layer reading).
+    damp : bool, default False
+        ``probe=False``: a convolution whose input is not exact solves a damped problem
+        (:attr:`~invertnet.inverses.InversionContext.regularise`) instead of amplifying that input's error.
     progress : callable, optional
         Called with one line per inverted node.
     """
@@ -268,14 +267,14 @@ class Walker:
         relu: str = "active_set",
         options: SolveOptions | None = None,
         block: JointOptions | None = None,
-        mode: str = "layers",
+        probe: bool = False,
+        damp: bool = False,
         progress: Callable[[str], None] | None = None,
     ) -> None:
         if relu not in RELU_MODES:
             raise OptionError(f"expected relu in {RELU_MODES}, got {relu!r}; 'identity' is the paper's ReLU baseline")
-        if mode not in WALK_MODES:
-            raise OptionError(f"expected a walk mode in {WALK_MODES}, got {mode!r}")
-        self.graph, self.method, self.maxpool, self.relu, self.mode = graph, method, maxpool, relu, mode
+        self.graph, self.method, self.maxpool, self.relu = graph, method, maxpool, relu
+        self.probe, self.damp = probe, damp and not probe
         self.options = options or SolveOptions()
         self.block = block or JointOptions(tol=1e-12)
         self.progress = progress
@@ -315,7 +314,7 @@ class Walker:
 
     def _probing(self, incoming: _Value) -> bool:
         """Below the exact chain in ``"auto"`` mode: only an estimate for the completion's start is wanted."""
-        return self.mode == "auto" and not incoming.exact and incoming.constraints is None
+        return self.probe and not incoming.exact and incoming.constraints is None
 
     def _context(self, name: str, incoming: _Value) -> InversionContext:
         options = self.options
@@ -330,8 +329,8 @@ class Walker:
             self.relu,
             incoming.exact,
             incoming.constraints,
-            regularise=self.mode == "layers" and not incoming.exact and incoming.constraints is None,
-            probe=self.mode == "auto",
+            regularise=self.damp and not incoming.exact and incoming.constraints is None,
+            probe=self.probe,
         )
 
     def _update_frontier(self, name: str, incoming: _Value) -> None:
@@ -352,7 +351,7 @@ class Walker:
         would spend minutes on one of many minimum-norm points): the constraints stay the frontier's target and
         the completion takes it from there; below, the walk only probes.
         """
-        if self.mode != "auto" or incoming.constraints is None or len(node.parents) != 1:
+        if not self.probe or incoming.constraints is None or len(node.parents) != 1:
             return incoming
         if not isinstance(node.module, (nn.Conv2d, nn.Linear)):
             return incoming
@@ -490,7 +489,7 @@ def invert_graph(
 ) -> tuple[torch.Tensor, list[LayerStep]]:
     """Invert ``graph`` from its target back to its input, layer by layer; the estimate of the input and the steps.
 
-    A thin form of :class:`Walker` in ``"layers"`` mode (every step solved in full).
+    A thin form of :class:`Walker`: every step solved in full, nothing damped (the paper's reading).
 
     Parameters
     ----------
@@ -504,7 +503,5 @@ def invert_graph(
     progress : callable, optional
         Called with one line per inverted node.
     """
-    walk = Walker(
-        graph, method, maxpool=maxpool, relu=relu, options=options, block=block, mode="layers", progress=progress
-    ).run()
+    walk = Walker(graph, method, maxpool=maxpool, relu=relu, options=options, block=block, progress=progress).run()
     return walk.estimate, walk.steps
