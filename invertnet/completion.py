@@ -159,7 +159,8 @@ def _pick_start(
     with torch.no_grad():
         scored = [problem.objective(c, everyone, weight) for c in candidates]
     values = torch.stack([value for _, value in scored])
-    values[1:] = torch.where(torch.stack([residual for residual, _ in scored[1:]]) <= START_TOL, values[1:], torch.inf)
+    for k, (residual, _) in enumerate(scored[1:], start=1):
+        values[k] = torch.where(residual <= START_TOL, values[k], torch.inf)
     values = torch.nan_to_num(values, nan=float("inf"))
     best = values.argmin(dim=0)
     x = torch.stack(candidates)[best, everyone]
