@@ -57,7 +57,10 @@ PANEL = [
     Row("AlexNet", lambda: build_model("alexnet"), "features.4"),
     Row("All-CNN-B ReLU", lambda: build_model("all-cnn-b-relu"), "conv1", 224),
 ]
-MAIN_JOB = [Row("All-CNN-B CReLU", lambda: build_model("all-cnn-b-crelu"), f"conv{k}", 224) for k in range(1, 5)]
+MAIN_JOB = [
+    Row("All-CNN-B CReLU", lambda: build_model("all-cnn-b-crelu"), f"conv{k}", 224, before=target)
+    for k, target in ((1, 28.7), (2, 40.0), (3, 27.0), (4, 27.0))  # conv1: the walk's; conv2..4: issue 19's targets
+]
 
 
 def flat(image: torch.Tensor) -> torch.Tensor:
