@@ -227,6 +227,8 @@ def invert_graph(
             )
 
     names: list[str] = []
+    stopped: list[str] = []  # nodes on the path whose input the walk cannot see
+    reached = False
     with torch.no_grad():
         for name in reversed(order):
             if name in skip or name not in pending:
@@ -239,9 +241,10 @@ def invert_graph(
             y, exact_so_far = incoming.tensor, incoming.exact
             if node.op == "input":
                 unsolved(incoming.deferred, "the input")
-                estimate = y
+                estimate, reached = y, True
                 break
             if not node.parents:
+                stopped.append(node.label)
                 continue
             ctx = InversionContext(
                 method, maxpool, options, name == graph.target, relu, exact_so_far, incoming.constraints
@@ -294,4 +297,10 @@ def invert_graph(
                 solved(incoming, target, step.estimate, step.exact)
             if progress is not None:
                 progress(f"{node.label}: {step.route}{'' if step.exact else ' (lossy)'}")
+    if not reached or estimate.shape != graph.image.shape:  # never an inner value as "the image"
+        where = f" at {', '.join(map(repr, stopped))}" if stopped else ""
+        raise UnsupportedLayerError(
+            f"expected the walk to reach the input, {tuple(graph.image.shape)}, got stopped{where} with a value of "
+            f"shape {tuple(estimate.shape)}; reconstruct from a node before it, or use method='joint'"
+        )
     return estimate, steps
