@@ -39,7 +39,9 @@ The house, in layers (imports point down only):
    - :mod:`invertnet.bounds` -- Rademacher complexities and Theorem 4.1's bound.
    - :mod:`invertnet.invariance` -- invariance scores (Goodfellow et al. 2009).
    - :mod:`invertnet.sparsity` -- activation sparsity per layer.
-   - :mod:`invertnet.io` -- images (scikit-image), weights (``weights_only=True`` / safetensors).
+   - :mod:`invertnet.images` -- image files decoded as their owners see them (Pillow, tifffile), or refused
+     saying why; the pixel limit from the header.
+   - :mod:`invertnet.io` -- writing images atomically, weights (``weights_only=True`` / safetensors, by content).
    - :mod:`invertnet.plotting` -- paper figures.
    - :mod:`invertnet.evaluate` -- ``evaluate``: every image of a dataset from every layer with every method,
      resumable and distributed (``torchrun``); ``summarize``: means with 95% intervals.

@@ -39,6 +39,7 @@ LAYERS = {
     "bounds": 4,
     "invariance": 4,
     "sparsity": 4,
+    "images": 4,
     "io": 4,
     "plotting": 4,
     "evaluate": 4,
