@@ -26,7 +26,10 @@ from skimage import transform
 
 from invertnet.errors import DTypeError, ImageReadError, InvertnetError, NonFiniteError, OptionError, TooLargeError
 
-__all__ = ["MAX_IMAGE_SIZE", "load_image", "pixel_limit"]
+__all__ = ["MAX_IMAGE_SIZE", "READ_SUFFIXES", "load_image", "pixel_limit"]
+
+#: Extensions of the image files a folder is listed for (:func:`invertnet.evaluate.image_files`).
+READ_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
 
 #: Largest side :func:`load_image` resizes to: a 3 x 4096 x 4096 float64 image is already 384 MiB,
 #: and every layer's features and the inversion's buffers are larger still.

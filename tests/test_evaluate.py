@@ -143,8 +143,8 @@ def test_interrupt_keeps_the_finished_rows(model, images, tmp_path, monkeypatch)
 
 def _row(image, psnr, exact=True, layer="conv1", method="auto"):
     return EvaluationRow(
-        image, layer, method, psnr, psnr / 100, 1 / psnr, psnr / 1000, exact, False, "lsqr", psnr / 10,
-        "m", "0", 32, "float64", "switches", "active_set", "", "",
+        image, "0", layer, method, psnr, psnr / 100, 1 / psnr, psnr / 1000, exact, False, "lsqr", psnr / 10,
+        "m", "0", 32, None, "float64", "switches", "active_set", "", "",
     )  # fmt: skip
 
 
@@ -216,7 +216,7 @@ def test_foreign_or_damaged_file_is_refused(model, images, tmp_path):
     _run(model, images, out, size=12, methods=["patch"])
     lines = out.read_text().splitlines(keepends=True)
     out.write_text("".join([*lines[:2], "a.png,1,patch\n", *lines[2:]]))
-    with pytest.raises(ResultsFileError, match="line 3: expected 19 fields, got 3"):
+    with pytest.raises(ResultsFileError, match="line 3: expected 21 fields, got 3"):
         read_rows(out)
     rows = _run(model, images, foreign, size=12, methods=["patch"], overwrite=True)
     assert len(read_rows(foreign)) == len(rows) == 6
@@ -258,7 +258,7 @@ def test_cli_writes_rows_summary_and_figure(images, tmp_path):
     assert len(rows) == 12
     assert {(r.model, r.size, r.dtype) for r in rows} == {(CHAIN, 12, "float64")}
     summary = (tmp_path / "s.csv").read_text().splitlines()
-    assert summary[0].startswith("layer,method,n,psnr,psnr_ci,")
+    assert summary[0].startswith("layer,method,n,perfect,undefined,psnr,psnr_ci,")
     assert len(summary) == 5
     assert skio.imread(tmp_path / "f.png").ndim == 3
     # the same command again: every row is there, nothing is recomputed, the summary files need --force

@@ -42,6 +42,7 @@ LAYERS = {
     "images": 4,
     "io": 4,
     "plotting": 4,
+    "results": 4,
     "evaluate": 4,
     "cli": 5,
     "__main__": 5,
