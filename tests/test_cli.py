@@ -52,7 +52,8 @@ def test_all_layers_figure(tmp_path):
     out = tmp_path / "row.png"
     result, _ = run(["reconstruct", "--all-layers", ASSETS / "chelsea.png", *FAST, "--out", out], tmp_path)
     assert result.exit_code == 0, result.output
-    assert [line.split()[0] for line in result.stdout.splitlines()[1:5]] == ["conv1", "conv2", "conv3", "conv4"]
+    layers = [line.split()[0] for line in result.stdout.splitlines()[1:] if line.strip().startswith("conv")]
+    assert layers == ["conv1", "conv2", "conv3", "conv4"]
     assert skio.imread(out).ndim == 3
 
 
@@ -103,7 +104,10 @@ def test_existing_output_is_kept_without_force(tmp_path):
     ("make_args", "match"),
     [
         (lambda d: ["reconstruct", "--layer", "conv1", d / "missing.png"], "does not exist"),
-        (lambda d: ["reconstruct", "--layer", "conv1", d / "corrupt.png"], "expected an image scikit-image can read"),
+        (
+            lambda d: ["reconstruct", "--layer", "conv1", d / "corrupt.png"],
+            "which Pillow does not recognise as an image",
+        ),
         (lambda d: ["reconstruct", "--layer", "conv99", ASSETS / "astronaut.png"], "module names: conv1, conv1.conv"),
         (
             lambda d: ["reconstruct", "--layer", "conv1", ASSETS / "astronaut.png", "--weights", d / "corrupt.png"],
@@ -605,7 +609,7 @@ def test_force_never_overwrites_the_input(tmp_path, monkeypatch, no_work):
     before = (tmp_path / "in.png").read_bytes()
     args = ["reconstruct", "--layer", "conv1", tmp_path / "in.png", "--out", tmp_path / "in.png", "--force"]
     result, _ = _cli(args, tmp_path, monkeypatch)
-    _one_line_error(result, "it is the input, and writing would destroy it; choose another --out")
+    _one_line_error(result, "it is the input, and writing would destroy it (--force never overwrites an input); choose")
     assert (tmp_path / "in.png").read_bytes() == before
 
 
