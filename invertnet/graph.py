@@ -27,8 +27,9 @@ What :func:`capture` checks before any inversion, so that a wrong result never l
 
 from __future__ import annotations
 
+import contextlib
 import operator
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -240,7 +241,7 @@ def _functional(fn: object) -> Callable[..., object]:
 
 
 #: Functions that change their first argument in place (besides the operators above and ``torch.*_``).
-_IN_PLACE_FUNCTIONS: tuple[object, ...] = (*_OUT_OF_PLACE, operator.setitem, operator.ipow, operator.ifloordiv)
+_IN_PLACE_FUNCTIONS: tuple[object, ...] = (*_OUT_OF_PLACE, operator.ipow, operator.ifloordiv)
 
 
 def _in_place_name(name: str) -> bool:
@@ -251,7 +252,7 @@ def _in_place_name(name: str) -> bool:
 def is_in_place(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     """Whether ``node`` changes its first argument in place.
 
-    ``x.mul_(2)``, ``torch.relu_(x)``, ``x += 1``, ``F.relu(x, inplace=True)``, ``nn.ReLU(inplace=True)``, ``x[i] = v``.
+    ``x.mul_(2)``, ``torch.relu_(x)``, ``x += 1``, ``F.relu(x, inplace=True)``, ``nn.ReLU(inplace=True)``.
 
     Examples
     --------
@@ -283,8 +284,8 @@ def _redirect_in_place(graph_module: fx.GraphModule, values: dict[str, object], 
 
     fx records ``h.mul_(2); act(h)`` as ``act`` reading ``h``: the recorded values are right (the model ran), the
     edges are not, so a walk would invert ``act`` into ``h`` as it was before the change. An in-place node returns
-    the tensor it changed, so its later readers read it instead. A change that returns no tensor (``h[i] = v``)
-    cannot be walked back: refused when ``h`` is read after it.
+    the tensor it changed, so its later readers read it instead. (``h[i] = v`` does not trace: such a forward is
+    walked as a hook-traced chain, which refuses it.)
     """
     modules = dict(graph_module.named_modules())
     nodes = [n for n in graph_module.graph.nodes if n.name in values]
@@ -295,25 +296,10 @@ def _redirect_in_place(graph_module: fx.GraphModule, values: dict[str, object], 
             continue
         source = n.args[0]
         later = [u for u in list(source.users) if u is not n and position.get(u, -1) > position[n]]
-        if later and not isinstance(values[n.name], torch.Tensor):
-            raise UnsupportedLayerError(
-                f"expected values that are not changed in place after use, got node {n.name!r} ({_describe(n)}), "
-                f"which writes into {source.name!r} in place and returns no tensor, and {later[0].name!r} reads "
-                f"{source.name!r} after it; write it out of place (e.g. with torch.where), or reconstruct from a node "
-                "before it"
-            )
         for user in later:
             user.replace_input_with(source, n)
         changed.append(n)
     return changed
-
-
-def _describe(n: fx.Node) -> str:
-    if n.op == "call_method":
-        return f".{n.target}()"
-    if n.op == "call_module":
-        return str(n.target)
-    return str(getattr(n.target, "__name__", n.target))
 
 
 def _stack_keys(node: fx.Node) -> list[str]:
@@ -432,6 +418,18 @@ def _labels(nodes: Iterable[fx.Node]) -> dict[str, str]:
 _OPS = {"placeholder": "input", "call_module": "module", "call_function": "function", "call_method": "method"}
 
 
+@contextlib.contextmanager
+def _exits_are_errors(model: nn.Module) -> Iterator[None]:
+    """``sys.exit()`` in a model's code (while fx traces it, or while it runs) as a :class:`ForwardError`."""
+    try:
+        yield
+    except SystemExit as err:
+        raise ForwardError(
+            f"expected {type(model).__name__}'s forward pass to return, but it called sys.exit({err.code!r}); remove "
+            "the exit from the model's code"
+        ) from None
+
+
 def capture(model: nn.Module, image: torch.Tensor, layer: str) -> Graph:
     """Trace ``model``, run it on ``image`` up to ``layer`` and keep the nodes that value depends on.
 
@@ -470,6 +468,11 @@ def capture(model: nn.Module, image: torch.Tensor, layer: str) -> Graph:
     [('x', ()), ('conv', ('x',)), ('relu (relu)', ('conv',)), ('add (add)', ('relu', 'x'))]
     """
     model = require_module(model)
+    with _exits_are_errors(model):
+        return _capture(model, image, layer)
+
+
+def _capture(model: nn.Module, image: torch.Tensor, layer: str) -> Graph:
     _require_name(layer)
     image = model_input(model, image)
     _require_finite_image(image)
@@ -649,13 +652,14 @@ def check_layer(model: nn.Module, layer: str) -> None:
     """
     model = require_module(model)
     _require_name(layer)
-    try:
-        graph_module = _symbolic_trace(model)
-    except Exception:  # fx cannot trace: module names only
-        from invertnet.trace import find_layer
+    with _exits_are_errors(model):
+        try:
+            graph_module = _symbolic_trace(model)
+        except Exception:  # fx cannot trace: module names only
+            from invertnet.trace import find_layer
 
-        find_layer(model, layer)
-        return
+            find_layer(model, layer)
+            return
     _resolve(graph_module, model, layer)
 
 
@@ -665,7 +669,11 @@ def graph_layers(model: nn.Module, image: torch.Tensor) -> list[tuple[str, str, 
     Falls back to the modules that run (hooks) when fx cannot trace the forward.
     """
     model = require_module(model)
-    image = model_input(model, image)
+    with _exits_are_errors(model):
+        return _graph_layers(model, model_input(model, image))
+
+
+def _graph_layers(model: nn.Module, image: torch.Tensor) -> list[tuple[str, str, str, tuple[int, ...]]]:
     try:
         graph_module = _symbolic_trace(model)
     except Exception:  # fx cannot trace: list modules instead
