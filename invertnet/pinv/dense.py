@@ -71,7 +71,8 @@ class DenseRoute(Route):
         if flops > DENSE_MAX_FLOPS:
             raise TooLargeError(
                 f"method 'dense': expected an SVD of at most DENSE_MAX_FLOPS={DENSE_MAX_FLOPS:.2g} flops, got "
-                f"{flops:.2g} for this layer's {op.out_dim:,} x {op.in_dim:,} matrix (minutes at a few GFLOP/s); use "
+                f"{flops:.2g} for this layer's {op.out_dim:,} x {op.in_dim:,} matrix (about {flops / 5e9:.0f} s on one "
+                "core at 5 GFLOP/s); use "
                 "method='lsqr' (any size) or 'auto', or raise invertnet.pinv.dense.DENSE_MAX_FLOPS to wait for it"
             )
 
