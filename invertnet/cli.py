@@ -1,9 +1,12 @@
 """The ``invertnet`` command line: parse, call the library, print, write files.
 
-Every error from bad input ends as one line on stderr and exit code 2, with no traceback;
-outputs are checked before any work is done (extension, directory, permission to write),
-never overwritten without ``--force``, and written atomically; SIGTERM exits cleanly with
-code 143 and leaves no temporary file.
+Every error from bad input (and from a user's model code: its import, its factory, its forward) ends as
+one line on stderr and exit code 2, with no traceback; outputs are checked before any work is done
+(extension, directory, permission to write), never overwritten without ``--force``, never the same file
+as another output, an input or an output's lock file (with or without ``--force``), and written
+atomically; SIGTERM exits cleanly with code 143 and leaves no temporary file. ``evaluate`` exits with
+code 3 when it skipped images it could not read (it lists them). A result is printed ``(exact)`` only
+when it says so.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from invertnet.evaluate import (
     summarize,
     write_summary,
 )
-from invertnet.graph import check_layer, graph_layers
+from invertnet.graph import check_layer, check_weights, graph_layers
 from invertnet.images import MAX_IMAGE_SIZE, load_image
 from invertnet.information import crelu_twin, format_information, layer_information
 from invertnet.injectivity import injectivity_report
@@ -947,6 +950,7 @@ def spectrum_command(
     model = _model(model_name, weights, seed, torch.device("cpu"), torch.float64)
     if layer is not None:
         find_layer(model, layer)
+    check_weights(model)
     report = injectivity_report(model, (side, side), layer, progress=_progress())
     click.echo(
         f"{model_name} at {side}x{side} (unknowns: C/2 behind a CReLU input; sigma exact = DFT or dense SVD, "

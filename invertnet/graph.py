@@ -50,7 +50,7 @@ from invertnet.errors import (
 from invertnet.inverses.registry import has_inverse
 from invertnet.trace import LayerRecord, Trace, model_input, require_module, trace
 
-__all__ = ["Graph", "Node", "capture", "check_layer", "graph_layers", "is_in_place"]
+__all__ = ["Graph", "Node", "capture", "check_layer", "check_weights", "graph_layers", "is_in_place"]
 
 
 @dataclass
@@ -591,6 +591,26 @@ def _require_weights(named: Iterable[tuple[str, object]]) -> None:
                     "layer outputs its bias alone and keeps nothing of its input; load trained weights or "
                     "initialise the layer"
                 )
+
+
+def check_weights(model: nn.Module) -> None:
+    """Refuse a model with NaN or infinite weights, or a weight tensor of all zeros, naming the layer.
+
+    :func:`capture` checks the layers a value depends on; this checks every layer (for analyses of the whole
+    model, such as :func:`invertnet.injectivity.injectivity_report`).
+
+    Examples
+    --------
+    >>> import torch
+    >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(4, 4, 1))
+    >>> _ = torch.nn.init.zeros_(model[1].weight)
+    >>> check_weights(model)
+    Traceback (most recent call last):
+    ...
+    invertnet.errors.WeightsError: expected weights that read the input, got the weight of layer '1' (Conv2d), ...
+    """
+    model = require_module(model)
+    _require_weights((name or type(model).__name__, m) for name, m in model.named_modules() if not list(m.children()))
 
 
 def _require_reproduced(graph: Graph, in_place: list[str]) -> None:

@@ -769,12 +769,20 @@ def test_the_figures_printed_describe_the_file_written(tmp_path):
             "expected finite weights, got 1 of 324 entries of the weight of layer '0' (Conv2d) NaN or infinite",
         ),
         (
+            ["spectrum", "--model", f"{USER}:make_zero_weights", "--size", "16"],
+            "got the weight of layer '2' (Conv2d), (24, 24, 3, 3), all zeros",
+        ),
+        (
+            ["spectrum", "--model", f"{USER}:make_nan_weights", "--size", "16"],
+            "expected finite weights, got 1 of 324 entries of the weight of layer '0' (Conv2d) NaN or infinite",
+        ),
+        (
             ["reconstruct", "--layer", "conv1", ASSETS / "coffee.png", *FAST, "--max-pixels", "1000"],
             "expected an image of at most 1,000 pixels, got ",
         ),
     ],
     ids=["threads-after", "unquoted-glob", "factory-value", "factory-runtime", "factory-args", "factory-exit",
-         "zero-weights", "nan-weights", "pixel-limit"],
+         "zero-weights", "nan-weights", "spectrum-zero-weights", "spectrum-nan-weights", "pixel-limit"],
 )  # fmt: skip
 def test_one_line_with_the_right_hint(tmp_path, args, match):
     result, files = run(args, tmp_path)
