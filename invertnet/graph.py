@@ -31,7 +31,7 @@ import contextlib
 import operator
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import cast
+from typing import TypeVar, cast
 
 import torch
 import torch.fx as fx
@@ -49,6 +49,8 @@ from invertnet.errors import (
 )
 from invertnet.inverses.registry import has_inverse
 from invertnet.trace import LayerRecord, Trace, model_input, require_module, trace
+
+T = TypeVar("T")
 
 __all__ = ["Graph", "Node", "capture", "check_layer", "check_weights", "graph_layers", "is_in_place"]
 
@@ -391,11 +393,27 @@ def _run(recorder: _Recorder, model: nn.Module, image: torch.Tensor) -> None:
             f"expected {type(model).__name__}'s forward pass to return a value, but it called sys.exit({err.code!r}) "
             f"at {recorder.running}; remove the exit from the model's code"
         ) from None
-    except (RuntimeError, ValueError, IndexError, TypeError) as err:
+    except Exception as err:  # the model's code may raise anything; shapes and dtypes raise these four
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        shapes = isinstance(err, (RuntimeError, ValueError, IndexError, TypeError))
         raise ForwardError(
             f"expected {type(model).__name__} to run on an input of shape {tuple(image.shape)}, but its forward "
-            f"pass failed at {recorder.running}: {first}; check the input size and channels"
+            f"pass failed at {recorder.running}: {first if shapes else f'{type(err).__name__}: {first}'}; "
+            + ("check the input size and channels" if shapes else "fix the model's code")
+        ) from err
+
+
+def _hooked(model: nn.Module, image: torch.Tensor, run: Callable[[], T]) -> T:
+    """``run()`` (a hook-traced forward of ``model``), with whatever else the model's code raises as a ForwardError."""
+    try:
+        return run()
+    except InvertnetError:
+        raise
+    except Exception as err:  # trace() names the shape errors itself; the rest is the model's code
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ForwardError(
+            f"expected {type(model).__name__} to run on an input of shape {tuple(image.shape)}, but its forward "
+            f"pass raised {type(err).__name__}{': ' + first if first else ''}; fix the model's code"
         ) from err
 
 
@@ -651,7 +669,7 @@ def _ancestors(target: fx.Node) -> set[str]:
 def _chain_graph(model: nn.Module, image: torch.Tensor, layer: str, why: str) -> Graph:
     """The hook-traced chain as a graph (fx could not trace the forward: ``why``)."""
     try:
-        recorded: Trace = trace(model, image, layer)
+        recorded: Trace = _hooked(model, image, lambda: trace(model, image, layer))
     except NotAChainError as err:
         raise NotAChainError(f"torch.fx could not trace the forward ({why}), and {err}") from None
     nodes = {"input": Node("input", "input", "input", "input", None, (), recorded.records[0].input)}
@@ -699,7 +717,8 @@ def _graph_layers(model: nn.Module, image: torch.Tensor) -> list[tuple[str, str,
     except Exception:  # fx cannot trace: list modules instead
         from invertnet.trace import list_layers
 
-        return [(i.name, i.name, i.kind, i.output_shape) for i in list_layers(model, image)]
+        infos = _hooked(model, image, lambda: list_layers(model, image))
+        return [(i.name, i.name, i.kind, i.output_shape) for i in infos]
     nodes = [n for n in graph_module.graph.nodes if n.op not in ("output", "get_attr")]
     last = nodes[-1]
     recorder = _Recorder(graph_module, last)

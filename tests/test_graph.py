@@ -20,7 +20,7 @@ from torch import nn
 from invertnet import JointOptions, UnsupportedLayerError, WeightsError, invert_jointly, reconstruct
 from invertnet.blocks import branch_lipschitz
 from invertnet.errors import ArgumentTypeError, ForwardError, NonFiniteError
-from invertnet.graph import capture
+from invertnet.graph import capture, graph_layers
 
 
 def _crelu_patterns() -> dict[str, tuple[nn.Module, int]]:
@@ -223,3 +223,24 @@ def test_a_forward_that_calls_sys_exit_is_an_error(call):
 
     with pytest.raises(ForwardError, match=r"Exits's forward pass to return, but it called sys\.exit\(0\); remove"):
         call(Exits(), torch.rand(1, 3, 8, 8), "conv")
+
+
+@pytest.mark.parametrize("error", [KeyError, AttributeError, AssertionError, ZeroDivisionError])
+def test_whatever_a_forward_raises_is_a_forward_error(error):
+    class Raises(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.head = nn.Conv2d(4, 4, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.conv(x)
+            if h.shape[0] > 0:  # fx cannot trace this: the hook-traced chain runs it
+                raise error("boom in forward")
+            return self.head(h)
+
+    message = rf"Raises to run on an input of shape \(1, 3, 8, 8\), but its forward pass raised {error.__name__}"
+    with pytest.raises(ForwardError, match=message):
+        capture(Raises(), torch.rand(1, 3, 8, 8), "head")
+    with pytest.raises(ForwardError, match=message):
+        graph_layers(Raises(), torch.rand(1, 3, 8, 8))
