@@ -524,7 +524,7 @@ def reconstruct_command(
         figure_suffix = out.suffix if out.suffix.lower() in FIGURE_SUFFIXES else ".png"  # e.g. .bmp: no figure
         outputs = [out, out.with_name(f"{out.stem}_figure{figure_suffix}")]
     kinds = ["figure"] if all_layers else ["image", "figure"]
-    names = ["--out"] if all_layers else ["--out", "the figure beside --out"]
+    names = ["--out"] * len(outputs)  # the figure beside the image is named after --out
     _claim(
         [_Output(name, path, kind) for name, path, kind in zip(names, outputs, kinds, strict=True)],
         force,
@@ -753,6 +753,9 @@ def evaluate_command(
     table = summarize(rows)
     if table:
         click.echo(format_summary(table))
+    else:
+        unwritten = " ".join(str(p) for p in (summary, figure) if p is not None)
+        click.echo(f"no rows to summarize{f': {unwritten} not written' if unwritten else ''}")
     ranks = f", {process.world} processes" if process.world > 1 else ""
     click.echo(f"wrote {out} ({len(rows)} rows{ranks})")
     if summary is not None and table:

@@ -835,3 +835,17 @@ def test_the_console_script_finds_a_module_in_the_current_directory_and_no_sibli
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
         assert "(exact)" in done.stdout
+
+
+def test_an_output_that_reaches_an_input_through_a_symlink_is_refused(tmp_path, monkeypatch, no_work):
+    shutil.copy(ASSETS / "coffee.png", tmp_path / "in.png")
+    torch.save({}, tmp_path / "w.pt")
+    (tmp_path / "alias.png").symlink_to(tmp_path / "in.png")
+    (tmp_path / "weights.png").symlink_to(tmp_path / "w.pt")
+    before = (tmp_path / "in.png").read_bytes(), (tmp_path / "w.pt").read_bytes()
+    args = ["reconstruct", "--layer", "conv1", tmp_path / "in.png", "--weights", tmp_path / "w.pt", "--force"]
+    result, _ = _cli([*args, "--out", tmp_path / "alias.png"], tmp_path, monkeypatch)
+    _one_line_error(result, "alias.png': it is the input, and writing would destroy it (--force never overwrites")
+    result, _ = _cli([*args, "--out", tmp_path / "weights.png"], tmp_path, monkeypatch)
+    _one_line_error(result, "weights.png': it is an input (--weights '")
+    assert ((tmp_path / "in.png").read_bytes(), (tmp_path / "w.pt").read_bytes()) == before
