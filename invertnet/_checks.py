@@ -32,3 +32,12 @@ def pair(value: int | tuple[int, ...], name: str) -> tuple[int, int]:
     if len(value) != 2:
         raise ShapeError(f"{name}: expected an int or a pair (h, w), got {value!r}")
     return (int(value[0]), int(value[1]))
+
+
+def consistency_tol(dtype: torch.dtype) -> float:
+    r"""The relative residual at which an estimate reproduces its target to rounding.
+
+    :math:`10^{-10}` in float64 and :math:`10^{-4}` in float32: about :math:`10^6` unit roundoffs, room for the
+    conditioning of the layers in between.
+    """
+    return 1e-10 if dtype == torch.float64 else 1e-4

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import torch
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from invertnet.compare import ComparisonRow
@@ -60,11 +61,33 @@ def _display(image: torch.Tensor) -> npt.NDArray[np.float64]:
     return array[..., 0] if array.shape[-1] == 1 else array
 
 
+def _provenance(result: Reconstruction) -> str:
+    """In a few words: exact (proven), completed (and how consistent), or layer by layer."""
+    if result.exact:
+        return "exact (proven)"
+    residual = f"feat. res. {float(result.feature_residual[0]):.1g}"
+    if result.completion is not None:
+        if result.determined is not None:
+            share = float(result.determined.expand_as(result.image[:1]).double().mean())
+            return f"{share:.0%} determined, rest completed; {residual}"
+        return f"completed; {residual}"
+    return residual
+
+
 def _metrics_line(result: Reconstruction) -> str:
     return (
         f"PSNR {float(result.psnr[0]):.2f} dB\nSSIM {float(result.ssim[0]):.3f}\n"
-        f"rel. err. {float(result.relative_error[0]):.3g}"
+        f"rel. err. {float(result.relative_error[0]):.3g}\n{_provenance(result)}"
     )
+
+
+def _outline_undetermined(ax: Axes, result: Reconstruction) -> None:
+    """Outline the pixels the features do not determine (filled by the prior), when a proof gives them."""
+    if result.determined is None:
+        return
+    free = ~result.determined.expand_as(result.image[:1])[0].all(dim=0)
+    if bool(free.any()):
+        ax.contour(free.cpu().numpy().astype(float), levels=[0.5], colors="#00c8ff", linewidths=0.8)
 
 
 def reconstruction_figure(result: Reconstruction) -> Figure:
@@ -75,6 +98,7 @@ def reconstruction_figure(result: Reconstruction) -> Figure:
     axes[0].imshow(_display(result.input), cmap="gray", vmin=0, vmax=1)
     axes[0].set_title("input")
     axes[1].imshow(_display(result.image), cmap="gray", vmin=0, vmax=1)
+    _outline_undetermined(axes[1], result)
     axes[1].set_title(f"from {result.layer} ({result.method})")
     shown = axes[2].imshow(error, cmap="magma")
     axes[2].set_title("|error|, mean over channels")
@@ -96,6 +120,7 @@ def layer_row_figure(results: Sequence[Reconstruction]) -> Figure:
     axes[0].set_title("input")
     for ax, result in zip(axes[1:], results, strict=True):
         ax.imshow(_display(result.image), cmap="gray", vmin=0, vmax=1)
+        _outline_undetermined(ax, result)
         ax.set_title(result.layer)
         ax.set_xlabel(_metrics_line(result), fontsize=9)
     for ax in axes:

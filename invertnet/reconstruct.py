@@ -15,13 +15,15 @@ Both return a :class:`Reconstruction` with the estimate and its metrics against 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
 
-from invertnet.errors import InvertnetError, OptionError
+from invertnet.completion import CompletionOptions, CompletionResult, complete
+from invertnet.errors import InvertnetError, NotAChainError, OptionError
 from invertnet.graph import Graph, capture
 from invertnet.injectivity import ruled_out_by_count
 from invertnet.inverses import MAXPOOL_MODES, RELU_MODES
@@ -29,7 +31,7 @@ from invertnet.joint import JOINT_STARTS, JointOptions, JointResult, match_featu
 from invertnet.metrics import psnr, relative_error, ssim
 from invertnet.pinv import CONV_METHODS, SolveOptions
 from invertnet.pinv.base import LiveTable
-from invertnet.walk import LayerStep, invert_graph
+from invertnet.walk import LayerStep, Walk, Walker, invert_graph
 
 __all__ = [
     "JOINT_STARTS",
@@ -56,9 +58,20 @@ LAYERS_START_TOL = 1e-6
 LAYERS_PROBE_ITERATIONS = 30
 
 
-#: Methods of :func:`reconstruct`: every convolution route (layer by layer), and ``"joint"`` (read live).
+#: Methods of :func:`reconstruct` (read live: a new convolution route is a new layer-by-layer method).
 RECONSTRUCTION_METHODS: Mapping[str, str] = LiveTable(
-    lambda: {**CONV_METHODS, "joint": "match the features of the whole prefix (invert_jointly)"}
+    lambda: {
+        "auto": "the default: every step proven exact, then a feature-consistent completion with a natural-image "
+        "prior where the proofs end",
+        "layers": "the paper's layer-by-layer reading, each convolution by the cheapest route that provably "
+        "computes its pseudo-inverse (steps below an inexact one damped)",
+        **{
+            name: f"layer by layer, every convolution by {name!r}: {text}"
+            for name, text in CONV_METHODS.items()
+            if name != "auto"
+        },
+        "joint": "match the features of the whole prefix (invert_jointly)",
+    }
 )
 
 
@@ -87,6 +100,17 @@ class Reconstruction:
         Evaluations, steps, inner iterations and residual history of the joint inversion.
     note : str
         Said when the dimension count shows that the features have many preimages.
+    completion : CompletionResult or None
+        ``method="auto"`` where the walk's proofs end: the completion's start, residual history and stop.
+    frontier : str
+        ``method="auto"``: the node whose value (or box) the completion matched (the deepest one the exact steps
+        determine); the requested layer for the other methods.
+    determined : torch.Tensor or None
+        A boolean mask, broadcastable to ``image``, of the input entries the features are proven to determine
+        (every step exact, and the first layer injective on the pixels it reads); ``None`` when no proof covers
+        the input (``exact`` results determine every entry).
+    stopped : list of str
+        Per image, why the method stopped (every step exact; the completion's reason; the joint solve's).
     """
 
     image: torch.Tensor
@@ -102,20 +126,29 @@ class Reconstruction:
     data_range: float = 1.0
     joint: JointResult | None = None
     note: str = ""
+    completion: CompletionResult | None = None
+    frontier: str = ""
+    determined: torch.Tensor | None = None
+    stopped: list[str] = field(default_factory=list)
 
     @property
     def exact(self) -> bool:
-        """Layer by layer: every step is exact, so the reconstruction returns the input up to rounding.
+        """Every step is proven exact, so the reconstruction returns the input up to rounding.
 
-        Joint: the features determine the input only where the prefix is injective, which the walk cannot
-        prove; ``exact`` is then False and ``feature_residual`` says how well the features are matched.
+        A completed or joint result is never exact: the features determine the input only where the prefix is
+        injective, which no step proved; ``feature_residual`` says how well the features are matched.
         """
-        return self.method != "joint" and bool(self.steps) and all(step.exact for step in self.steps)
+        return (
+            self.method != "joint"
+            and self.completion is None
+            and bool(self.steps)
+            and all(step.exact for step in self.steps)
+        )
 
     @property
     def closed_form(self) -> bool:
-        """Every step was computed without iteration (never for ``"joint"``)."""
-        return self.method != "joint" and all(step.closed_form for step in self.steps)
+        """Every step was computed without iteration (never for ``"joint"`` or a completion)."""
+        return self.method != "joint" and self.completion is None and all(step.closed_form for step in self.steps)
 
 
 def _check_common(method: str, maxpool: str, data_range: float) -> None:
@@ -173,9 +206,20 @@ def _result(
     method: str,
     steps: list[LayerStep],
     data_range: float,
+    *,
     joint: JointResult | None = None,
+    completion: CompletionResult | None = None,
+    frontier: str = "",
+    determined: torch.Tensor | None = None,
+    stopped: list[str] | None = None,
 ) -> Reconstruction:
     original = graph.image
+    if image.shape != original.shape:
+        raise NotAChainError(
+            f"expected the reconstruction of layer {layer!r} to have the input's shape {tuple(original.shape)}, got "
+            f"{tuple(image.shape)}: a node between the input and the layer changes the layout in a way the walk "
+            "does not follow; reconstruct from a layer below it, or use method='joint'"
+        )
     many = _many_preimages(graph)
     note = (
         f"the features have many preimages ({many} has fewer responses than unknowns): this is one of them"
@@ -199,7 +243,61 @@ def _result(
         data_range=data_range,
         joint=joint,
         note=note,
+        completion=completion,
+        frontier=frontier or graph.nodes[graph.target].label,
+        determined=determined,
+        stopped=stopped or [],
     )
+
+
+def _single_prefix(
+    model: nn.Module, image: torch.Tensor, layer: str, until: str
+) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The prefix up to node ``until`` on a float32 copy of ``model`` (None where a copy is not possible)."""
+    try:
+        copy32 = copy.deepcopy(model).float()
+        graph32 = capture(copy32, image.float(), layer)
+    except (InvertnetError, RuntimeError, TypeError):  # e.g. a model that pins its dtype: no float32 stage
+        return None
+    if until not in graph32.nodes:
+        return None
+
+    def prefix(x: torch.Tensor) -> torch.Tensor:
+        return graph32.evaluate({graph32.input: x}, until=until)
+
+    return prefix
+
+
+def _complete(
+    model: nn.Module,
+    graph: Graph,
+    layer: str,
+    walk: Walk,
+    options: CompletionOptions,
+    data_range: float,
+    progress: Callable[[str], None] | None,
+) -> CompletionResult:
+    """The completion from the walk's frontier (see :mod:`invertnet.completion`)."""
+    options = options if options.box is not None else replace(options, box=(0.0, data_range))
+    frontier = walk.frontier
+    box = options.box or (0.0, data_range)
+    flat = torch.full_like(graph.image, (box[0] + box[1]) / 2)
+    starts = {"flat": flat, "walk": walk.estimate} if walk.estimate.shape == flat.shape else {"flat": flat}
+    free = None if walk.determined is None else ~walk.determined
+    until = frontier.name
+
+    def prefix(x: torch.Tensor) -> torch.Tensor:
+        return graph.evaluate({graph.input: x}, until=until)
+
+    single = None
+    if options.single and graph.image.dtype == torch.float64 and until != graph.input:
+        single = _single_prefix(model, graph.image, layer, until)
+
+    def report(round_: int, residual: float) -> None:
+        if progress is not None:
+            progress(f"completion of {frontier.label}: round {round_}, residual {residual:.3g}")
+
+    return complete(prefix, frontier.target, starts, options, free=free, f_single=single, progress=report)
 
 
 def reconstruct(
@@ -213,45 +311,54 @@ def reconstruct(
     data_range: float = 1.0,
     options: SolveOptions | None = None,
     joint: JointOptions | None = None,
+    completion: CompletionOptions | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Reconstruction:
-    r"""Reconstruct ``image`` from the features of ``layer``, inverting one layer at a time.
+    r"""Reconstruct ``image`` from the features of ``layer``: exact where proven, consistent and natural elsewhere.
+
+    ``method="auto"`` (the default) walks down from the layer taking every step that is proven exact
+    (:class:`~invertnet.walk.Walker`). If every step down to the image is exact, that is the answer, with no
+    prior. Otherwise the walk's *frontier* (the deepest value or box the proofs determine) is handed to the
+    completion (:mod:`invertnet.completion`): an input whose prefix meets it, chosen by a natural-image prior
+    (total variation in ``[0, data_range]``) among the many that do, from the better of the walk's estimate and a
+    flat image. What the exact steps determined stays. The other methods are the paper's layer-by-layer reading
+    (``"layers"``, or one convolution route for every layer) and the joint inversion (``"joint"``).
 
     Parameters
     ----------
     model : nn.Module
-        ``nn.Sequential`` or any module whose forward is a chain of named submodules (what it is not, e.g.
-        a skip connection or a reused module, is refused with the place named), in eval mode where it has
-        BatchNorm or Dropout. Computation runs in its dtype and on its device: use ``model.double()`` for
-        exactness checks.
+        Any module whose forward torch.fx can trace (residual, dense and branching networks, functional calls),
+        or a chain of named submodules; in eval mode where it has BatchNorm or Dropout. Computation runs in its
+        dtype and on its device: use ``model.double()`` for exactness checks.
     image : torch.Tensor
         ``(N, C, H, W)``, floating point.
     layer : str
-        Qualified module name; a container (``"conv3"``) means its output.
+        A node or qualified module name; a container (``"conv3"``) means its output.
     method : str, default "auto"
-        A convolution route of :data:`~invertnet.pinv.CONV_METHODS` (``"auto"``: per layer the cheapest route
-        that provably computes :math:`A^+`; ``"patch"``: the paper's reading), or ``"joint"``, a thin alias of
-        :func:`invert_jointly` with the ``joint`` options.
+        One of :data:`RECONSTRUCTION_METHODS`: ``"auto"``, ``"layers"``, a convolution route of
+        :data:`~invertnet.pinv.CONV_METHODS` for every layer (``"patch"``: the paper's reading), or ``"joint"``
+        (:func:`invert_jointly` with the ``joint`` options).
     maxpool : {"switches", "guess"}
         Unpool max-pooling with the switches recorded in the forward pass, or spread each maximum over its
         window (a guess: without switches the positions are lost).
     relu : {"active_set", "identity"}
         How ReLU, ReLU6 and Hardtanh are undone. ``"active_set"``: their output read as equations (entries
         inside the clip levels) and inequalities (entries at a level), solved with the convolution or Linear
-        layer below (:mod:`invertnet.activeset`); exact where the known rows determine that layer's input (the
-        step's note gives the certificate), else the minimum-norm input that reproduces the output. That
-        layer is then solved by the active set whatever ``method`` says. Only exact outputs are read so (the
-        features, or estimates every step above returned exactly); below an inexact step the identity.
-        ``"identity"``: the output as it is (the paper's ReLU baseline).
+        layer below (:mod:`invertnet.activeset`); exact where the known rows determine that layer's input.
+        With ``"auto"`` the active set is solved only where the known rows are at least the unknowns (else the
+        equations and inequalities are the completion's target). ``"identity"``: the output as it is (the
+        paper's ReLU baseline). Not used by ``"joint"``.
     data_range : float, default 1.0
-        Span of valid pixel values, for PSNR and SSIM.
+        Span of valid pixel values: for PSNR and SSIM, the box of the completion (and of a ``"layers"``
+        estimate that is not exact).
     options : SolveOptions, optional
-        Cutoffs, LSQR's tolerance and cap of the convolution routes. A layer whose LSQR stops unconverged says
-        so in its step's note (no warning is raised).
+        Cutoffs, LSQR's tolerance and cap of the convolution routes.
     joint : JointOptions, optional
         ``method="joint"`` only.
+    completion : CompletionOptions, optional
+        ``method="auto"``: the prior (any differentiable callable), its weight, the caps.
     progress : callable, optional
-        Called with one line per inverted layer (the CLI prints them on a terminal).
+        Called with one line per inverted layer and completion round (the CLI prints them on a terminal).
 
     Returns
     -------
@@ -269,14 +376,50 @@ def reconstruct(
     """
     _check_common(method, maxpool, data_range)
     if method == "joint":
+        if relu != "active_set" or completion is not None:
+            raise OptionError(
+                "method='joint' matches the features directly: it takes neither relu nor completion options, got "
+                f"relu={relu!r}{' and completion options' if completion is not None else ''}; drop them"
+            )
         return invert_jointly(
             model, image, layer, joint, maxpool=maxpool, data_range=data_range, solve=options, progress=progress
         )
     if joint is not None:
         raise OptionError(f"joint options go with method='joint', got method={method!r}; drop them or use 'joint'")
+    if completion is not None and method != "auto":
+        raise OptionError(f"completion options go with method='auto', got method={method!r}; drop them")
     graph = capture(model, image, layer)
-    estimate, steps = invert_graph(graph, method, maxpool=maxpool, relu=relu, options=options, progress=progress)
-    return _result(graph, estimate, layer, method, steps, data_range)
+    if method == "auto":
+        walk = Walker(graph, "auto", maxpool=maxpool, relu=relu, options=options, probe=True, progress=progress).run()
+        if walk.exact:
+            stopped = ["every step exact: the walk returned the input"] * graph.image.shape[0]
+            return _result(graph, walk.estimate, layer, method, walk.steps, data_range, stopped=stopped)
+        done = _complete(model, graph, layer, walk, completion or CompletionOptions(), data_range, progress)
+        return _result(
+            graph,
+            done.image,
+            layer,
+            method,
+            walk.steps,
+            data_range,
+            completion=done,
+            frontier=walk.frontier.label,
+            determined=walk.determined,
+            stopped=done.stopped,
+        )
+    route = "auto" if method == "layers" else method
+    walk = Walker(
+        graph, route, maxpool=maxpool, relu=relu, options=options, damp=method == "layers", progress=progress
+    ).run()
+    estimate = walk.estimate
+    if walk.exact:
+        stopped = ["every step exact: the walk returned the input"] * estimate.shape[0]
+    elif method == "layers" and estimate.shape == graph.image.shape:
+        estimate = estimate.clamp(0.0, data_range)
+        stopped = [f"layer by layer, not every step exact: projected on [0, {data_range:g}]"] * estimate.shape[0]
+    else:
+        stopped = [f"layer by layer with the {method!r} route, not every step exact"] * estimate.shape[0]
+    return _result(graph, estimate, layer, method, walk.steps, data_range, stopped=stopped)
 
 
 def invert_jointly(
@@ -363,4 +506,8 @@ def invert_jointly(
             on_round(round_, residual)
 
     result = match_features(prefix, graph.features, start, options, report, lbfgs=lbfgs)
-    return _result(graph, result.image, layer, "joint", steps, data_range, result)
+    stopped = [
+        f"joint: {'met the tolerance' if bool(ok) else 'stopped above the tolerance'}, residual {float(r):.2g}"
+        for ok, r in zip(result.converged, result.residual, strict=True)
+    ]
+    return _result(graph, result.image, layer, "joint", steps, data_range, joint=result, stopped=stopped)

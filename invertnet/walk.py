@@ -26,19 +26,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
+from torch import nn
 
+from invertnet.activations import CReLU
 from invertnet.activeset import Constraints
 from invertnet.blocks import solve_block
 from invertnet.errors import OptionError, UnsupportedLayerError
 from invertnet.graph import Graph, Node
 from invertnet.inverses import RELU_MODES, InversionContext, StepResult, inverse_for
 from invertnet.inverses.functions import as_module, function_inverse_for
-from invertnet.joint import JointOptions
+from invertnet.inverses.pairs import PairStep, crelu_pair_inverse
+from invertnet.joint import FeatureTarget, JointOptions
 from invertnet.metrics import relative_error
 from invertnet.pinv import SolveOptions
 from invertnet.trace import LayerRecord
 
-__all__ = ["LayerStep", "invert_graph"]
+__all__ = ["PROBE_ITERATIONS", "Frontier", "LayerStep", "Walk", "Walker", "invert_graph"]
 
 _SPLITS = (torch.cat, torch.concat, torch.stack)
 
@@ -172,6 +175,317 @@ def _join(*notes: str) -> str:
     return "; ".join(n for n in notes if n)
 
 
+#: ``probe``: LSQR's cap on each convolution below the exact chain (an estimate for the start, no more).
+PROBE_ITERATIONS = 30
+#: ``probe``: joins below the exact chain get a short joint solve (a start for the completion, no more).
+PROBE_BLOCK = JointOptions(tol=1e-6, lbfgs_evaluations=50, max_steps=2)
+
+
+@dataclass(frozen=True)
+class Frontier:
+    """The deepest node whose every preimage the walk knows, and what is known of its value.
+
+    Attributes
+    ----------
+    name, label : str
+        The node (the graph's input when the walk is exact all the way down).
+    target : FeatureTarget
+        Its value (equal bounds: proven by exact steps from the features) or the box a clipping activation or
+        max-pooling above leaves for it (constraints handed down, not solved).
+    """
+
+    name: str
+    label: str
+    target: FeatureTarget
+
+
+@dataclass(frozen=True)
+class Walk:
+    """What a walk returns: the estimate of the input, the steps, and what the completion may build on.
+
+    Attributes
+    ----------
+    estimate : torch.Tensor
+        The estimate of the graph's input.
+    steps : list of LayerStep
+        From the target down.
+    frontier : Frontier
+        The deepest node whose preimages are known exactly (see :class:`Frontier`).
+    determined : torch.Tensor, optional
+        When every step is exact but the last one leaves input entries that no output reads: a boolean mask
+        (broadcastable to ``estimate``) of the entries the features determine.
+    """
+
+    estimate: torch.Tensor
+    steps: list[LayerStep]
+    frontier: Frontier
+    determined: torch.Tensor | None = None
+
+    @property
+    def exact(self) -> bool:
+        """Every step is exact: the estimate is the input."""
+        return bool(self.steps) and all(step.exact for step in self.steps)
+
+
+def _known_rows(constraints: Constraints) -> torch.Tensor:
+    """Per image, how many entries the constraints fix (equations)."""
+    return (constraints.lower == constraints.upper).flatten(1).sum(dim=1)
+
+
+class Walker:
+    """Invert a captured graph from its target back to its input, node by node (see the module docstring).
+
+    Parameters
+    ----------
+    graph : Graph
+        From :func:`invertnet.graph.capture`.
+    method : str
+        The convolution route (``"auto"`` or a name of :data:`invertnet.pinv.ROUTES`).
+    maxpool, relu, options
+        The max-pool mode, how clipping activations are undone and the routes' options (see
+        :func:`invertnet.reconstruct`).
+    block : JointOptions, optional
+        For joins solved jointly (default ``JointOptions(tol=1e-12)``).
+    probe : bool, default False
+        The default's walk: every step solved in full while the steps are proven (and the active set only where
+        the count lets the known rows determine the layer's input); below, each step is only probed (LSQR capped
+        at :data:`PROBE_ITERATIONS`, joins by :data:`PROBE_BLOCK`): the estimate is a candidate start for the
+        completion. ``False``: every step solved in full (the layer-by-layer reading).
+    damp : bool, default False
+        ``probe=False``: a convolution whose input is not exact solves a damped problem
+        (:attr:`~invertnet.inverses.InversionContext.regularise`) instead of amplifying that input's error.
+    progress : callable, optional
+        Called with one line per inverted node.
+    """
+
+    def __init__(
+        self,
+        graph: Graph,
+        method: str = "auto",
+        *,
+        maxpool: str = "switches",
+        relu: str = "active_set",
+        options: SolveOptions | None = None,
+        block: JointOptions | None = None,
+        probe: bool = False,
+        damp: bool = False,
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
+        if relu not in RELU_MODES:
+            raise OptionError(f"expected relu in {RELU_MODES}, got {relu!r}; 'identity' is the paper's ReLU baseline")
+        self.graph, self.method, self.maxpool, self.relu = graph, method, maxpool, relu
+        self.probe, self.damp = probe, damp and not probe
+        self.options = options or SolveOptions()
+        self.block = block or JointOptions(tol=1e-12)
+        self.progress = progress
+        self.pending: dict[str, list[_Value]] = {graph.target: [_Value(graph.features, True)]}
+        self.skip: set[str] = set()
+        self.steps: list[LayerStep] = []
+        self.names: list[str] = []
+        self.order = list(graph.nodes)
+        self.dominators = _dominators(graph)
+        self.consumers = graph.consumers()
+        self.frontier = Frontier(graph.target, graph.nodes[graph.target].label, FeatureTarget.equal(graph.features))
+        self.determined: torch.Tensor | None = None
+
+    # -- bookkeeping of constraints handed down --------------------------------------------------------------
+
+    def _unsolved(self, deferred: tuple[int, ...], where: str) -> None:
+        """The constraints of ``deferred`` reached a node that does not solve them: they keep the identity reading."""
+        for k in deferred:
+            note = f"identity reading: {where} does not solve the active set's constraints"
+            self.steps[k] = replace(self.steps[k], note=_join(self.steps[k].note, note))
+
+    def _solved(self, value: _Value, target: str, x: torch.Tensor, exact: bool) -> None:
+        """The constraints of ``value`` were solved with ``x`` the input of the solving node: redo the steps above."""
+        graph = self.graph
+        for k in value.deferred:
+            parent = graph.nodes[graph.nodes[self.names[k]].parents[0]]
+            redone = graph.evaluate({target: x}, until=parent.name)
+            self.steps[k] = replace(
+                self.steps[k],
+                estimate=redone,
+                exact=self.steps[k].exact or exact,  # a lossy step is as exact as the solve of what it handed down
+                relative_error=_error(redone, parent.value, x.shape[0]),
+                note=_join(self.steps[k].note, f"solved with the layer below ({self.steps[-1].name})"),
+            )
+
+    # -- the walk -------------------------------------------------------------------------------------------------
+
+    def _probing(self, incoming: _Value) -> bool:
+        """Below the exact chain in ``"auto"`` mode: only an estimate for the completion's start is wanted."""
+        return self.probe and not incoming.exact and incoming.constraints is None
+
+    def _context(self, name: str, incoming: _Value) -> InversionContext:
+        options = self.options
+        if self._probing(incoming):
+            cap = PROBE_ITERATIONS if options.maxiter is None else min(options.maxiter, PROBE_ITERATIONS)
+            options = replace(options, maxiter=cap, warn=False)
+        return InversionContext(
+            self.method,
+            self.maxpool,
+            options,
+            name == self.graph.target,
+            self.relu,
+            incoming.exact,
+            incoming.constraints,
+            regularise=self.damp and not incoming.exact and incoming.constraints is None,
+            probe=self.probe,
+        )
+
+    def _update_frontier(self, name: str, incoming: _Value) -> None:
+        """Move the frontier down to ``name`` when its preimages are known and every path to the target crosses it."""
+        if name not in self.dominators[self.graph.target]:
+            return
+        node = self.graph.nodes[name]
+        if incoming.exact:
+            self.frontier = Frontier(name, node.label, FeatureTarget.equal(incoming.tensor))
+        elif incoming.constraints is not None and incoming.exact_above:
+            c = incoming.constraints
+            self.frontier = Frontier(name, node.label, FeatureTarget.between(c.lower, c.upper))
+
+    def _gate_active_set(self, node: Node, incoming: _Value) -> _Value:
+        """``"auto"``: constraints whose known rows are too few to determine the layer's input are not solved.
+
+        Fewer equations than unknowns leave a preimage set no single solve can pick from (an active-set solve
+        would spend minutes on one of many minimum-norm points): the constraints stay the frontier's target and
+        the completion takes it from there; below, the walk only probes.
+        """
+        if not self.probe or incoming.constraints is None or len(node.parents) != 1:
+            return incoming
+        if not isinstance(node.module, (nn.Conv2d, nn.Linear)):
+            return incoming
+        unknowns = node.first_input[0].numel()
+        rows = _known_rows(incoming.constraints)
+        if bool((rows >= unknowns).all()):
+            return incoming
+        fewest = int(rows.min())
+        for k in incoming.deferred:
+            note = (
+                f"not solved: {node.label!r} has {fewest} known rows for {unknowns} unknowns, too few to determine its "
+                "input; the constraints are the completion's target"
+            )
+            self.steps[k] = replace(self.steps[k], note=_join(self.steps[k].note, note))
+        return _Value(incoming.tensor, False)
+
+    def _crelu_pair(self, node: Node, y: torch.Tensor, incoming: _Value) -> tuple[StepResult, Node, CReLU, str] | None:
+        """A linear layer read through a CReLU, solved as one absolute value equation when that is proven unique."""
+        if not incoming.exact or incoming.constraints is not None or len(node.parents) != 1:
+            return None
+        parent = self.graph.nodes[node.parents[0]]
+        if not isinstance(parent.module, CReLU) or len(self.consumers[parent.name]) != 1 or not parent.parents:
+            return None
+        if node.module is None:
+            return None
+        solved = crelu_pair_inverse(node.module, parent.module, y)
+        if not isinstance(solved, PairStep):
+            return None
+        step = StepResult(solved.z, "absolute_value", solved.exact, False, solved.note)
+        return step, parent, parent.module, parent.parents[0]
+
+    def _record(self, node: Node, step: StepResult, target: str, n: int, note: str = "") -> None:
+        truth = self.graph.nodes[target].value
+        self.steps.append(
+            LayerStep(
+                node.label,
+                _kind(node),
+                step.route,
+                step.exact,
+                step.closed_form,
+                step.estimate,
+                _error(step.estimate, truth, n),
+                _join(note, step.note),
+            )
+        )
+        self.names.append(node.name)
+        if self.progress is not None:
+            self.progress(f"{node.label}: {step.route}{'' if step.exact else ' (lossy)'}")
+
+    def _join_block(self, name: str, node: Node, y: torch.Tensor, incoming: _Value) -> tuple[StepResult, str]:
+        index = {n: i for i, n in enumerate(self.order)}
+        start = max(self.dominators[name] - {name}, key=index.__getitem__)
+        self.skip |= _ancestors(self.graph, name) - _ancestors(self.graph, start)
+        block = PROBE_BLOCK if self._probing(incoming) else self.block
+        result = solve_block(self.graph, node, start, y, self.options, block)
+        return StepResult(result.estimate, result.route, result.exact, False, result.note), start
+
+    def run(self) -> Walk:
+        """Walk from the target to the input."""
+        graph = self.graph
+        estimate = graph.features
+        stopped: list[str] = []  # nodes on the path whose input the walk cannot see
+        reached = False
+        with torch.no_grad():
+            for name in reversed(self.order):
+                if name in self.skip or name not in self.pending:
+                    continue
+                node = graph.nodes[name]
+                values = self.pending.pop(name)
+                incoming, reconciled = _reconcile(values)
+                for v in values if len(values) > 1 else ():
+                    self._unsolved(v.deferred, f"{node.label!r} (read by {len(values)} nodes)")
+                self._update_frontier(name, incoming)
+                y, n = incoming.tensor, incoming.tensor.shape[0]
+                if node.op == "input":
+                    self._unsolved(incoming.deferred, "the input")
+                    estimate, reached = y, True
+                    break
+                if not node.parents:
+                    stopped.append(node.label)
+                    continue
+                incoming = self._gate_active_set(node, incoming)
+                if node.target in _SPLITS:
+                    self._unsolved(incoming.deferred, repr(node.label))
+                    for parent, part in _split(node, graph, y):
+                        self.pending.setdefault(parent, []).append(_Value(part, incoming.exact))
+                    self._record(node, StepResult(y, "split", True), node.parents[0], n, reconciled)
+                    continue
+                if len(node.parents) > 1:
+                    self._unsolved(incoming.deferred, f"{node.label!r} (a join)")
+                    step, target = self._join_block(name, node, y, incoming)
+                    self.pending.setdefault(target, []).append(_Value(step.estimate, incoming.exact and step.exact))
+                    self._record(node, step, target, n, reconciled)
+                    continue
+                pair = self._crelu_pair(node, y, incoming)
+                if pair is not None:
+                    step, crelu_node, crelu, below = pair
+                    through = StepResult(crelu(step.estimate), step.route, step.exact, False, "")
+                    self._record(node, through, crelu_node.name, n, reconciled)
+                    self._record(crelu_node, step, below, n)
+                    self.skip.add(crelu_node.name)
+                    self.pending.setdefault(below, []).append(_Value(step.estimate, step.exact))
+                    continue
+                step = invert_node(node, graph, y, self._context(name, incoming))
+                target = node.parents[0]
+                handed: _Value | None = None
+                if step.constraints is not None and incoming.constraints is None:  # a clipping activation
+                    handed = _Value(step.estimate, False, step.constraints, (len(self.steps),), incoming.exact)
+                elif step.constraints is not None:  # carried through
+                    deferred = (*incoming.deferred, len(self.steps))
+                    handed = replace(incoming, tensor=step.estimate, constraints=step.constraints, deferred=deferred)
+                elif step.resolves:
+                    handed = _Value(step.estimate, incoming.exact_above and step.exact)
+                else:
+                    self._unsolved(incoming.deferred, f"{node.label!r} ({_kind(node)})")
+                if graph.nodes[target].op == "input" and incoming.exact and step.determined is not None:
+                    self.determined = step.determined
+                self.pending.setdefault(target, []).append(
+                    handed or _Value(step.estimate, incoming.exact and step.exact)
+                )
+                self._record(node, step, target, n, reconciled)
+                if step.resolves:
+                    self._solved(incoming, target, step.estimate, step.exact)
+        if not reached or estimate.shape != graph.image.shape:  # never an inner value as "the image"
+            where = f" at {', '.join(map(repr, stopped))}" if stopped else ""
+            raise UnsupportedLayerError(
+                f"expected the walk to reach the input, {tuple(graph.image.shape)}, got stopped{where} with a value of "
+                f"shape {tuple(estimate.shape)}; reconstruct from a node before it, or use method='joint'"
+            )
+        steps = self.steps
+        determined = self.determined if steps and all(s.exact for s in steps[:-1]) else None
+        return Walk(estimate, steps, self.frontier, determined)
+
+
 def invert_graph(
     graph: Graph,
     method: str = "auto",
@@ -182,7 +496,9 @@ def invert_graph(
     block: JointOptions | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> tuple[torch.Tensor, list[LayerStep]]:
-    """Invert ``graph`` from its target back to its input; the estimate of the input and the steps, top first.
+    """Invert ``graph`` from its target back to its input, layer by layer; the estimate of the input and the steps.
+
+    A thin form of :class:`Walker`: every step solved in full, nothing damped (the paper's reading).
 
     Parameters
     ----------
@@ -196,111 +512,5 @@ def invert_graph(
     progress : callable, optional
         Called with one line per inverted node.
     """
-    if relu not in RELU_MODES:
-        raise OptionError(f"expected relu in {RELU_MODES}, got {relu!r}; 'identity' is the paper's ReLU baseline")
-    options = options or SolveOptions()
-    block = block or JointOptions(tol=1e-12)
-    pending: dict[str, list[_Value]] = {graph.target: [_Value(graph.features, True)]}
-    skip: set[str] = set()
-    dominators: dict[str, set[str]] | None = None
-    order = list(graph.nodes)
-    steps: list[LayerStep] = []
-    estimate = graph.features
-
-    def unsolved(deferred: tuple[int, ...], where: str) -> None:
-        """The constraints of ``deferred`` reached a node that does not solve them: they keep the identity reading."""
-        for k in deferred:
-            note = f"identity reading: {where} does not solve the active set's constraints"
-            steps[k] = replace(steps[k], note=_join(steps[k].note, note))
-
-    def solved(value: _Value, target: str, x: torch.Tensor, exact: bool) -> None:
-        """The constraints of ``value`` were solved with ``x`` the input of the solving node: redo the steps above."""
-        for k in value.deferred:
-            parent = graph.nodes[graph.nodes[names[k]].parents[0]]
-            redone = graph.evaluate({target: x}, until=parent.name)
-            steps[k] = replace(
-                steps[k],
-                estimate=redone,
-                exact=steps[k].exact or exact,  # a lossy step is as exact as the solve of what it handed down
-                relative_error=_error(redone, parent.value, x.shape[0]),
-                note=_join(steps[k].note, f"solved with the layer below ({steps[-1].name})"),
-            )
-
-    names: list[str] = []
-    stopped: list[str] = []  # nodes on the path whose input the walk cannot see
-    reached = False
-    with torch.no_grad():
-        for name in reversed(order):
-            if name in skip or name not in pending:
-                continue
-            node = graph.nodes[name]
-            values = pending.pop(name)
-            incoming, reconciled = _reconcile(values)
-            for v in values if len(values) > 1 else ():
-                unsolved(v.deferred, f"{node.label!r} (read by {len(values)} nodes)")
-            y, exact_so_far = incoming.tensor, incoming.exact
-            if node.op == "input":
-                unsolved(incoming.deferred, "the input")
-                estimate, reached = y, True
-                break
-            if not node.parents:
-                stopped.append(node.label)
-                continue
-            ctx = InversionContext(
-                method, maxpool, options, name == graph.target, relu, exact_so_far, incoming.constraints
-            )
-            handed: _Value | None = None
-            if node.target in _SPLITS:
-                unsolved(incoming.deferred, repr(node.label))
-                for parent, part in _split(node, graph, y):
-                    pending.setdefault(parent, []).append(_Value(part, exact_so_far))
-                step = StepResult(y, "split", True)
-                target = node.parents[0]
-            elif len(node.parents) == 1:
-                step = invert_node(node, graph, y, ctx)
-                target = node.parents[0]
-                if step.constraints is not None and incoming.constraints is None:  # a clipping activation
-                    handed = _Value(step.estimate, False, step.constraints, (len(steps),), exact_so_far)
-                elif step.constraints is not None:  # carried through
-                    deferred = (*incoming.deferred, len(steps))
-                    handed = replace(incoming, tensor=step.estimate, constraints=step.constraints, deferred=deferred)
-                elif step.resolves:
-                    handed = _Value(step.estimate, incoming.exact_above and step.exact)
-                else:
-                    unsolved(incoming.deferred, f"{node.label!r} ({_kind(node)})")
-                pending.setdefault(target, []).append(handed or _Value(step.estimate, exact_so_far and step.exact))
-            else:
-                unsolved(incoming.deferred, f"{node.label!r} (a join)")
-                dominators = dominators or _dominators(graph)
-                index = {n: i for i, n in enumerate(order)}
-                start = max(dominators[name] - {name}, key=index.__getitem__)
-                skip |= _ancestors(graph, name) - _ancestors(graph, start)
-                result = solve_block(graph, node, start, y, options, block)
-                step = StepResult(result.estimate, result.route, result.exact, False, result.note)
-                target = start
-                pending.setdefault(target, []).append(_Value(step.estimate, exact_so_far and step.exact))
-            truth = graph.nodes[target].value
-            steps.append(
-                LayerStep(
-                    node.label,
-                    _kind(node),
-                    step.route,
-                    step.exact,
-                    step.closed_form,
-                    step.estimate,
-                    _error(step.estimate, truth, y.shape[0]),
-                    _join(reconciled, step.note),
-                )
-            )
-            names.append(name)
-            if step.resolves:
-                solved(incoming, target, step.estimate, step.exact)
-            if progress is not None:
-                progress(f"{node.label}: {step.route}{'' if step.exact else ' (lossy)'}")
-    if not reached or estimate.shape != graph.image.shape:  # never an inner value as "the image"
-        where = f" at {', '.join(map(repr, stopped))}" if stopped else ""
-        raise UnsupportedLayerError(
-            f"expected the walk to reach the input, {tuple(graph.image.shape)}, got stopped{where} with a value of "
-            f"shape {tuple(estimate.shape)}; reconstruct from a node before it, or use method='joint'"
-        )
-    return estimate, steps
+    walk = Walker(graph, method, maxpool=maxpool, relu=relu, options=options, block=block, progress=progress).run()
+    return walk.estimate, walk.steps

@@ -86,10 +86,10 @@ def test_reconstruct_takes_a_batch_and_gives_each_image_its_single_run():
     net = nn.Sequential(nn.Conv2d(3, 12, 2), CReLU(), nn.Conv2d(24, 10, 3, stride=2)).double()
     x = torch.rand(2, 3, 13, 13, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     x[1] *= 100.0  # a different scale: a different number of LSQR iterations
-    batch = reconstruct(net, x, "2")
+    batch = reconstruct(net, x, "2", method="layers")
     assert "lsqr" in [step.route for step in batch.steps]
     for i in range(2):
-        single = reconstruct(net, x[i : i + 1], "2")
+        single = reconstruct(net, x[i : i + 1], "2", method="layers")
         assert [s.route for s in single.steps] == [s.route for s in batch.steps]
         # the same iterations; a batch sums in another order: measured up to 1e-12 relative, 1e-9 allowed
         assert torch.allclose(batch.image[i], single.image[0], rtol=1e-9, atol=1e-9 * float(x[i].abs().max()))

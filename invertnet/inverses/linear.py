@@ -23,6 +23,9 @@ from invertnet.errors import ShapeError, UnsupportedLayerError
 from invertnet.inverses.registry import InversionContext, StepResult, register_inverse, require_eval
 from invertnet.operators import ConvOperator, LinearOperator, MatrixOperator
 from invertnet.pinv import ConvLayer, SolveInfo, conv_pinv, pinv_rtol
+from invertnet.pinv.patch import full_column_rank
+from invertnet.pinv.window import window_inverse
+from invertnet.solvers import lsqr
 from invertnet.trace import LayerRecord
 
 __all__: list[str] = ["LinearPinv", "active_set_step", "linear_pinv", "linear_step"]
@@ -88,6 +91,77 @@ def active_set_step(
     return StepResult(result.x, "active_set", bool(result.exact.all()), False, _active_set_note(result), resolves=True)
 
 
+#: ``regularise``: the Tikhonov weight of a damped step, relative to a bound on the operator's norm.
+DAMPING = 1e-2
+#: ``regularise``: LSQR's cap on a damped step.
+DAMPED_MAXITER = 200
+
+
+class _Damped(LinearOperator):
+    r""":math:`x \mapsto (A x, \lambda x)`: least squares on it is Tikhonov damping.
+
+    :math:`\min_x \|A x - z\|^2 + \lambda^2 \|x\|^2`.
+    """
+
+    def __init__(self, op: LinearOperator, damp: float) -> None:
+        self.op, self.damp = op, damp
+        self.in_shape = op.in_shape
+        self.out_shape = (op.out_dim + op.in_dim,)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.op.forward(x).flatten(1), self.damp * x.flatten(1)], dim=1)
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        m = self.op.out_dim
+        top = self.op.adjoint(y[:, :m].reshape(-1, *self.op.out_shape))
+        return top + self.damp * y[:, m:].reshape(-1, *self.op.in_shape)
+
+
+def norm_bound(op: ConvOperator) -> float:
+    r"""An upper bound on :math:`\|A\|_2` of a convolution from its weights (Schur test).
+
+    :math:`\|A\|_\infty` is the largest absolute row sum, one filter's; every tap of every filter reads an input
+    pixel at most once, so an absolute column sum is at most :math:`\sum_{o, taps} |w_{o, c}|` over the filters
+    that read channel :math:`c`; then :math:`\|A\|_2 \le \sqrt{\|A\|_1 \|A\|_\infty}`.
+    """
+    weight = op.weight.detach().abs().double()
+    rows = float(weight.flatten(1).sum(dim=1).max())
+    per_group = weight.shape[0] // op.groups
+    columns = max(float(weight[g * per_group : (g + 1) * per_group].sum(dim=(0, 2, 3)).max()) for g in range(op.groups))
+    return math.sqrt(rows * columns)
+
+
+def _damped_conv(module: nn.Conv2d, y: torch.Tensor, size: tuple[int, int], ctx: InversionContext) -> StepResult:
+    """A convolution whose output is not exact: Tikhonov-damped least squares, so its error is not amplified."""
+    op = ConvOperator.from_conv(module, size)
+    z = y if module.bias is None else y - module.bias.detach().to(y).reshape(1, -1, 1, 1)
+    damp = DAMPING * norm_bound(op)
+    rhs = torch.cat([z.flatten(1), z.new_zeros(z.shape[0], op.in_dim)], dim=1)
+    cap = DAMPED_MAXITER if ctx.options.maxiter is None else min(ctx.options.maxiter, DAMPED_MAXITER)
+    solution = lsqr(_Damped(op, damp), rhs, atol=1e-8, btol=1e-8, maxiter=cap, warn=False)
+    note = (
+        f"the output is not exact: Tikhonov-damped least squares (lambda = {DAMPING:g} x a bound on ||A||, "
+        f"{solution.iterations} LSQR iterations), so its error is not amplified by small singular values"
+    )
+    return StepResult(solution.x, "damped", False, False, note)
+
+
+#: ``probe``: LSQR's cap on a convolution that no certificate can prove injective.
+PROBE_MAXITER = 30
+
+
+def _certified(layer: ConvLayer, like: torch.Tensor) -> bool:
+    """Whether a certificate proves the layer injective on the pixels it reads (window or patch; cached)."""
+    return window_inverse(layer, like) is not None or full_column_rank(layer)
+
+
+def _determined_pixels(layer: ConvLayer, like: torch.Tensor) -> torch.Tensor | None:
+    """The pixels a convolution determines when it is injective on the pixels it reads but leaves some unread."""
+    if layer.reads_every_pixel() or not _certified(layer, like):
+        return None
+    return (layer.coverage() > 0).to(like.device).reshape(1, 1, *layer.op.in_shape[1:])
+
+
 @register_inverse(nn.Conv2d)
 def _invert_conv(module: nn.Module, record: LayerRecord, y: torch.Tensor, ctx: InversionContext) -> StepResult:
     if not isinstance(module, nn.Conv2d):
@@ -96,10 +170,23 @@ def _invert_conv(module: nn.Module, record: LayerRecord, y: torch.Tensor, ctx: I
     if ctx.constraints is not None:
         bias = None if module.bias is None else module.bias.detach()
         return active_set_step(ConvOperator.from_conv(module, (h, w)), ctx.constraints, bias, ctx)
+    if ctx.regularise:
+        return _damped_conv(module, y, (h, w), ctx)
     options = replace(ctx.options, warn=False)
+    layer = ConvLayer(module, (h, w))
+    if ctx.probe and not _certified(layer, y):  # no proof can come of a full solve: an estimate is enough
+        cap = PROBE_MAXITER if options.maxiter is None else min(options.maxiter, PROBE_MAXITER)
+        options = replace(options, maxiter=cap)
     estimate, info = conv_pinv(module, y, (h, w), ctx.method, options=options, return_info=True)
-    step = linear_step(info, ConvLayer(module, (h, w)).loss() if not info.exact else "")
-    return StepResult(estimate, step.route, step.exact, step.closed_form, step.note)
+    step = linear_step(info, layer.loss() if not info.exact else "")
+    determined = None if info.exact or not info.converged else _determined_pixels(layer, y)
+    if determined is not None:
+        step = replace(step, note=_join_notes(step.note, "every pixel it reads is determined (injective on them)"))
+    return StepResult(estimate, step.route, step.exact, step.closed_form, step.note, determined=determined)
+
+
+def _join_notes(*notes: str) -> str:
+    return "; ".join(n for n in notes if n)
 
 
 @register_inverse(nn.BatchNorm2d)

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from invertnet._checks import consistency_tol
 from invertnet.activeset import Constraints, clip_levels
 from invertnet.errors import OutOfRangeError, UnsupportedLayerError
 from invertnet.inverses.registry import InversionContext, StepResult, register_inverse
@@ -244,6 +245,8 @@ def _invert_clip(module: nn.Module, record: LayerRecord, y: torch.Tensor, ctx: I
     """
     lo, hi = clip_levels(module)
     y, note = _guard(y, lo, math.inf if hi is None else hi, record, ctx, _levels(lo, hi))
+    if not ctx.top:  # an estimate, exact only to rounding: entries within rounding of a level are at it
+        y = snap_to_levels(y, lo, hi)
     clipped = (y == lo) | (y == hi) if hi is not None else y == lo
     if ctx.relu == "active_set" and ctx.constraints is not None:
         note = _join(note, "the constraints from above carried through the clip to the layer below")
@@ -265,6 +268,20 @@ def _invert_clip(module: nn.Module, record: LayerRecord, y: torch.Tensor, ctx: I
         "(set to the clip level)"
     )
     return StepResult(y, "identity", False, note=_join(note, lost))
+
+
+def snap_to_levels(y: torch.Tensor, lo: float, hi: float | None) -> torch.Tensor:
+    r"""Entries of an estimate within rounding of a clip level, set to the level.
+
+    A clip's output recovered by exact steps is exact only to rounding: an entry the activation clipped comes back
+    as :math:`\pm 10^{-12}` rather than :math:`\ell`, and read as an equation it would pin the pre-activation to that
+    value instead of bounding it. Within :func:`~invertnet._checks.consistency_tol` times the largest entry of its
+    image, an entry counts as clipped.
+    """
+    scale = y.flatten(1).abs().amax(dim=1).reshape(-1, *([1] * (y.ndim - 1))) if y.ndim > 1 else y.abs().amax()
+    tol = consistency_tol(y.dtype) * scale
+    y = torch.where((y - lo).abs() <= tol, torch.full_like(y, lo), y)
+    return y if hi is None else torch.where((y - hi).abs() <= tol, torch.full_like(y, hi), y)
 
 
 def _levels(lo: float, hi: float | None) -> str:

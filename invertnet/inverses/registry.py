@@ -58,6 +58,12 @@ class InversionContext:
         equations and inequalities. A layer that can solve them (Conv2d, Linear) does, and says so
         (:attr:`StepResult.resolves`); one that can carry them to its input (BatchNorm2d, Identity) hands them
         down (:attr:`StepResult.constraints`); any other ignores them and inverts ``y``.
+    regularise : bool, default False
+        ``y`` is not exact: a layer with a null space or small singular values solves a damped problem rather
+        than amplifying the error of ``y`` (:func:`invertnet.reconstruct` with ``method="layers"``).
+    probe : bool, default False
+        Only a proven step is worth its full cost (the default's walk): an iterative route that cannot prove its
+        result exact stops at a few iterations (an estimate for the completion's start).
     """
 
     method: str
@@ -67,6 +73,8 @@ class InversionContext:
     relu: str = "active_set"
     exact: bool = True
     constraints: Constraints | None = None
+    regularise: bool = False
+    probe: bool = False
 
 
 @dataclass(frozen=True)
@@ -91,6 +99,10 @@ class StepResult:
     resolves : bool, default False
         The step solved the constraints of :attr:`InversionContext.constraints`: its estimate is consistent
         with every step that handed them down, and ``exact`` holds for that whole chain.
+    determined : torch.Tensor, optional
+        Where the step is not ``exact`` but returns part of its input exactly (e.g. a convolution that is injective
+        on the pixels it reads and leaves others unread): a boolean mask, broadcastable to the estimate, of the
+        entries it returns exactly from an exact output.
     """
 
     estimate: torch.Tensor
@@ -100,6 +112,7 @@ class StepResult:
     note: str = ""
     constraints: Constraints | None = None
     resolves: bool = False
+    determined: torch.Tensor | None = None
 
 
 LayerInverse = Callable[[nn.Module, LayerRecord, torch.Tensor, InversionContext], StepResult]
