@@ -16,7 +16,16 @@ import torch.nn.functional as F
 from patterns import ResBlock, Stem
 from torch import nn
 
-from invertnet import AVR, CONV_METHODS, CReLU, InvertnetError, Proportional, reconstruct, supported_layers
+from invertnet import (
+    AVR,
+    CONV_METHODS,
+    RECONSTRUCTION_METHODS,
+    CReLU,
+    InvertnetError,
+    Proportional,
+    reconstruct,
+    supported_layers,
+)
 from invertnet.graph import graph_layers
 from invertnet.joint import JointOptions
 
@@ -25,6 +34,10 @@ from invertnet.joint import JointOptions
 #: layer solved through its active set).
 EXACT = 1e-8
 SIZE = 6
+#: The layer-by-layer walk ("layers" where the default completes what the walk leaves, else the default), and the
+#: convolution routes.
+WALK = "layers" if "layers" in RECONSTRUCTION_METHODS else "auto"
+ROUTES = [m for m in CONV_METHODS if m != "auto"]
 
 
 class InPlace(nn.Module):
@@ -187,9 +200,12 @@ def test_exact_means_rounding_on_every_inverse_and_route():
     for name, model in _battery().items():
         model = model.double().eval()
         clipping = any(isinstance(m, (nn.ReLU, nn.ReLU6, nn.Hardtanh)) for m in model.modules())
-        for node, conv in _nodes(model, image):
-            # every node with "auto"; every route from every convolution (what is below it is walked the same way)
-            for method in CONV_METHODS if conv else ("auto",):
+        nodes = _nodes(model, image)
+        for node, conv in nodes:
+            # every node with the walk; every route from every convolution (what is below it is walked the same
+            # way); the default from the last node
+            methods = [WALK, *ROUTES] if conv else [WALK]
+            for method in methods + (["auto"] if node == nodes[-1][0] and "auto" not in methods else []):
                 for relu in ("active_set", "identity") if clipping else ("active_set",):
                     where = f"{name}, {node}, {method}, relu={relu}"
                     try:
