@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 import invertnet
-from invertnet.graph import capture
 from invertnet import JointOptions
+from invertnet.graph import capture
 from invertnet.io import load_image
 from invertnet.metrics import psnr, ssim
 from invertnet.models import build_model, trained_mobilenet_v2
@@ -40,22 +40,27 @@ class Row:
     build: Callable[[], nn.Module]
     layer: str
     size: int = 64
+    #: the joint inversion's PSNR in issue 19's table (main 563144b), the default's target; None: this run's joint
+    before: float | None = None
 
 
 PANEL = [
-    Row("All-CNN-B CReLU", lambda: build_model("all-cnn-b-crelu"), "conv3"),
-    Row("MobileNetV2 (trained)", trained_mobilenet_v2, "features.1"),
-    Row("MobileNetV2 (trained)", trained_mobilenet_v2, "features.3"),
-    Row("ResNet-18", lambda: build_model("resnet18"), "layer1.0"),
-    Row("ResNet-18", lambda: build_model("resnet18"), "layer2.0"),
-    Row("All-CNN-B ReLU", lambda: build_model("all-cnn-b-relu"), "conv2"),
-    Row("SqueezeNet 1.0", lambda: build_model("squeezenet1_0"), "features.3"),
-    Row("VGG-16-BN", lambda: build_model("vgg16_bn"), "features.13"),
+    Row("All-CNN-B CReLU", lambda: build_model("all-cnn-b-crelu"), "conv3", before=20.4),
+    Row("MobileNetV2 (trained)", trained_mobilenet_v2, "features.1", before=35.7),
+    Row("MobileNetV2 (trained)", trained_mobilenet_v2, "features.3", before=20.5),
+    Row("ResNet-18", lambda: build_model("resnet18"), "layer1.0", before=14.8),
+    Row("ResNet-18", lambda: build_model("resnet18"), "layer2.0", before=11.9),
+    Row("All-CNN-B ReLU", lambda: build_model("all-cnn-b-relu"), "conv2", before=25.7),
+    Row("SqueezeNet 1.0", lambda: build_model("squeezenet1_0"), "features.3", before=12.8),
+    Row("VGG-16-BN", lambda: build_model("vgg16_bn"), "features.13", before=19.6),
     Row("DenseNet-121", lambda: build_model("densenet121"), "features.denseblock1"),
     Row("AlexNet", lambda: build_model("alexnet"), "features.4"),
     Row("All-CNN-B ReLU", lambda: build_model("all-cnn-b-relu"), "conv1", 224),
 ]
-MAIN_JOB = [Row("All-CNN-B CReLU", lambda: build_model("all-cnn-b-crelu"), f"conv{k}", 224) for k in range(1, 5)]
+MAIN_JOB = [
+    Row("All-CNN-B CReLU", lambda: build_model("all-cnn-b-crelu"), f"conv{k}", 224, before=target)
+    for k, target in ((1, 28.7), (2, 40.0), (3, 27.0), (4, 27.0))  # conv1: the walk's; conv2..4: issue 19's targets
+]
 
 
 def flat(image: torch.Tensor) -> torch.Tensor:
@@ -71,8 +76,10 @@ def run(method: str, model: nn.Module, image: torch.Tensor, layer: str) -> tuple
         result = invertnet.reconstruct(model, image, layer, method)
     why = result.stopped[0] if result.stopped else ""
     if result.completion is not None:
-        why = f"[{result.frontier}, start {result.completion.start[0]}, {int(result.completion.evaluations[0])} ev, " \
-              f"{int(result.completion.steps[0])} GN] {why}"
+        why = (
+            f"[{result.frontier}, start {result.completion.start[0]}, {int(result.completion.evaluations[0])} ev, "
+            f"{int(result.completion.steps[0])} GN] {why}"
+        )
     return result.image, float(result.feature_residual[0]), why
 
 
@@ -86,7 +93,7 @@ def feature_residual(model: nn.Module, image: torch.Tensor, estimate: torch.Tens
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=None, help="comma-separated row numbers (1-based) of the panel")
-    parser.add_argument("--methods", default="flat,auto,joint")
+    parser.add_argument("--methods", default="flat,layers,auto,joint")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--main-job", action="store_true", help="All-CNN-B CReLU at 224 px, conv1..conv4")
     args = parser.parse_args()
@@ -97,10 +104,12 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), float64, astronaut")
     print(f"{'#':>2} {'model':<22} {'layer':<21} {'px':>4} {'method':<6} {'PSNR':>7} {'SSIM':>7} {'feat.res.':>9} "
           f"{'s':>7}  stopped")  # fmt: skip
+    verdicts = []
     for k in picked:
         row = rows[k - 1]
         model = row.build().double().eval()
         image = load_image(ASSET, row.size)[0].double()
+        measured: dict[str, tuple[float, float, float]] = {}
         for method in methods:
             start = time.perf_counter()
             if method == "flat":
@@ -110,11 +119,36 @@ def main() -> None:
                 estimate, residual, why = run(method, copy.deepcopy(model), image, row.layer)
             seconds = time.perf_counter() - start
             quality = float(psnr(estimate, image, 1.0)[0]), float(ssim(estimate, image, 1.0)[0])
+            measured[method] = (quality[0], residual, seconds)
             print(
                 f"{k:>2} {row.label:<22} {row.layer:<21} {row.size:>4} {method:<6} {quality[0]:7.2f} {quality[1]:7.4f} "
                 f"{residual:9.2g} {seconds:7.1f}  {why}",
                 flush=True,
             )
+        verdicts.append(_verdict(k, row, measured))
+    print("\ntargets (issue 19): PSNR >= joint's (the issue's table, else this run's) and > flat; residual <= 1e-3; "
+          "seconds <= this run's joint")  # fmt: skip
+    for line in verdicts:
+        print(line)
+
+
+def _verdict(k: int, row: Row, measured: dict[str, tuple[float, float, float]]) -> str:
+    """Whether the default met the row's targets, from this run's numbers."""
+    if "auto" not in measured:
+        return f"{k:>2} (no default in this run)"
+    psnr_auto, residual, seconds = measured["auto"]
+    parts = []
+    reference = row.before if row.before is not None else measured.get("joint", (float("nan"),))[0]
+    parts.append(f"PSNR {psnr_auto:.2f} vs {reference:.2f}: {'ok' if psnr_auto >= reference else 'MISSED'}")
+    if "flat" in measured:
+        parts.append(f"above flat {measured['flat'][0]:.2f}: {'ok' if psnr_auto > measured['flat'][0] else 'MISSED'}")
+    parts.append(f"residual {residual:.2g}: {'ok' if residual <= 1e-3 else 'MISSED'}")
+    if "joint" in measured:
+        joint_seconds = measured["joint"][2]
+        parts.append(
+            f"{seconds:.1f} s vs joint {joint_seconds:.1f} s: {'ok' if seconds <= joint_seconds else 'MISSED'}"
+        )
+    return f"{k:>2} " + "; ".join(parts)
 
 
 if __name__ == "__main__":

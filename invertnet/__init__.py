@@ -21,13 +21,20 @@ The house, in layers (imports point down only):
    - :mod:`invertnet.pinv` -- the inversion routes, one a file (``patch``, ``window``, ``fft``,
      ``dense``, ``lsqr``), ``conv_pinv`` and ``"auto"`` (the cheapest provable route), ``patch_pinv``.
    - :mod:`invertnet.spectrum` -- ``sigma_min``/``sigma_max`` (Lanczos; Cholesky of the Gram matrix), exact spectra.
-   - :mod:`invertnet.joint` -- matching features (L-BFGS, then pattern-fixed Gauss-Newton).
+   - :mod:`invertnet.absolute_value` -- generalized absolute value equations ``A z + B|z| = c`` (a linear layer
+     read through a CReLU): generalized Newton, and proofs of uniqueness.
+   - :mod:`invertnet.priors` -- differentiable image priors (``TotalVariation``).
+   - :mod:`invertnet.joint` -- matching features (L-BFGS, then pattern-fixed Gauss-Newton), its phases.
+   - :mod:`invertnet.completion` -- the default's completion: a feature-consistent input, with a prior on what
+     the features leave free.
 3. Walking a model, measuring
    - :mod:`invertnet.trace` -- run a model once up to a layer, record the chain of modules, refuse
      (naming the place) what a chain walk cannot follow; ``layer_outputs`` of any architecture.
    - :mod:`invertnet.injectivity` -- dimension counts and ``injectivity_report``.
    - :mod:`invertnet.inverses` -- the registry of layer inverses (``register_inverse``).
-   - :mod:`invertnet.reconstruct` -- ``reconstruct`` (layer by layer) and ``invert_jointly``.
+   - :mod:`invertnet.walk` -- the node-by-node walk (``Walker``), its frontier for the completion.
+   - :mod:`invertnet.reconstruct` -- ``reconstruct`` (the default: exact steps, then the completion; ``"layers"``;
+     a route) and ``invert_jointly``.
    - :mod:`invertnet.compare` -- ``compare_methods``: every method from every layer, as a table.
    - :mod:`invertnet.metrics` -- ``psnr``, ``ssim`` (Wang et al. 2004 or scikit-image's defaults),
      ``relative_error``.
@@ -83,6 +90,7 @@ from invertnet.activations import (
     leaky_relu_inverse,
 )
 from invertnet.compare import ComparisonRow, compare_methods
+from invertnet.completion import CompletionOptions, CompletionResult
 from invertnet.errors import (
     AdjointMismatchError,
     DTypeError,
@@ -107,6 +115,7 @@ from invertnet.joint import JointOptions, JointResult
 from invertnet.metrics import psnr, relative_error, ssim
 from invertnet.operators import ConvOperator, LinearOperator, dottest
 from invertnet.pinv import CONV_METHODS, ROUTES, Route, SolveInfo, SolveOptions, conv_pinv, patch_pinv, register_route
+from invertnet.priors import TotalVariation
 from invertnet.reconstruct import (
     RECONSTRUCTION_METHODS,
     LayerStep,
@@ -126,6 +135,8 @@ __all__ = [
     "AdjointMismatchError",
     "CReLU",
     "ComparisonRow",
+    "CompletionOptions",
+    "CompletionResult",
     "ConvOperator",
     "DTypeError",
     "ForwardError",
@@ -150,6 +161,7 @@ __all__ = [
     "SolveOptions",
     "StepResult",
     "TooLargeError",
+    "TotalVariation",
     "TrainingModeError",
     "UnsupportedLayerError",
     "WeightsError",

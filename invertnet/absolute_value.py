@@ -11,7 +11,8 @@ a generalized absolute value equation (GAVE) in the pre-activation :math:`z`, wi
 :math:`(\rho_+, \rho_-)` reading that a linear pseudo-inverse treats as free. On a sign pattern
 :math:`s = \mathrm{sign}(z)` it is linear, :math:`(A + B D_s) z = c` with :math:`D_s = \mathrm{diag}(s)`.
 
-**Solver** (:func:`solve_absolute_value`, dense and batched; :func:`solve_absolute_value_op`, matrix-free):
+**Solver** (:func:`solve_absolute_value`, batched over systems that share :math:`A` and :math:`B`, e.g. the pixels of a
+1x1 convolution):
 Mangasarian's generalized Newton method, :math:`z_{k+1} = (A + B D(z_k))^{+} c`, which is the semismooth Newton
 step for :math:`F(z) = A z + B|z| - c` with the generalized Jacobian :math:`A + B D(z)`. A step that does not
 lower :math:`\|F\|` is halved (:math:`A + B D(z)` times the step is :math:`-F(z)`, a descent direction for
@@ -51,8 +52,6 @@ import torch
 
 from invertnet._checks import consistency_tol
 from invertnet.errors import ShapeError
-from invertnet.operators import LinearOperator
-from invertnet.solvers import lsqr
 
 __all__ = [
     "AbsoluteValueResult",
@@ -60,7 +59,6 @@ __all__ = [
     "absolute_value_uniqueness",
     "crelu_split",
     "solve_absolute_value",
-    "solve_absolute_value_op",
 ]
 
 #: Step halvings of the safeguarded Newton step before a system is declared stalled.
@@ -200,7 +198,7 @@ class AbsoluteValueResult:
     Attributes
     ----------
     z : torch.Tensor
-        ``(K, n)`` (dense) or ``(N, *in_shape)`` (matrix-free).
+        ``(K, n)``.
     residual : torch.Tensor
         ``(K,)`` relative residuals :math:`\|A z + B|z| - c\| / \|c\|` (0 where :math:`c = 0` is solved exactly).
     consistent : torch.Tensor
@@ -357,95 +355,6 @@ def solve_absolute_value(
     left = (residual > tol * scale).nonzero().flatten()
     if left.numel() and A.shape[1] <= ENUMERATE_MAX:
         z[left], residual[left] = _enumerate(A, B, c[left], z[left], tol)
-    consistent = residual <= tol * scale
-    relative = residual / scale.clamp(min=torch.finfo(c.dtype).tiny)
-    return AbsoluteValueResult(z, relative, consistent, iterations, stalled & ~consistent)
-
-
-class _PatternOperator(LinearOperator):
-    r""":math:`A + B D_s` for fixed signs ``s`` (one per sample and entry), from operators ``A`` and ``B``."""
-
-    def __init__(self, A: LinearOperator, B: LinearOperator, signs: torch.Tensor) -> None:
-        self.A, self.B, self.signs = A, B, signs
-        self.in_shape, self.out_shape = A.in_shape, A.out_shape
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.A.forward(x) + self.B.forward(self.signs * x)
-
-    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        return self.A.adjoint(y) + self.signs * self.B.adjoint(y)
-
-
-def solve_absolute_value_op(
-    A: LinearOperator,
-    B: LinearOperator,
-    c: torch.Tensor,
-    z0: torch.Tensor,
-    *,
-    tol: float | None = None,
-    maxiter: int = 30,
-    inner_maxiter: int = 300,
-) -> AbsoluteValueResult:
-    r"""Solve :math:`A z + B|z| = c` matrix-free, per sample (``A, B`` operators of one geometry, e.g. convolutions).
-
-    Each Newton step solves :math:`(A + B D_{s_k}) \delta = -F(z_k)` by LSQR from zero (capped at
-    ``inner_maxiter``), then halves the step until :math:`\|F\|` decreases.
-
-    Parameters
-    ----------
-    A, B : LinearOperator
-        Same ``in_shape`` and ``out_shape``.
-    c : torch.Tensor
-        ``(N, *A.out_shape)``.
-    z0 : torch.Tensor
-        ``(N, *A.in_shape)`` start.
-    tol, maxiter
-        As for :func:`solve_absolute_value`.
-    inner_maxiter : int, default 300
-        LSQR iterations per Newton step at most.
-
-    Returns
-    -------
-    AbsoluteValueResult
-        ``z`` of shape ``(N, *A.in_shape)``.
-    """
-    tol = consistency_tol(c.dtype) if tol is None else tol
-    n = c.shape[0]
-    z = z0.detach().clone()
-    scale = c.flatten(1).norm(dim=1)
-
-    def residual_of(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        sub_a, sub_b = A.forward(x), B.forward(x.abs())
-        return sub_a + sub_b - c[index]
-
-    everyone = torch.arange(n, device=c.device)
-    residual = residual_of(z, everyone).flatten(1).norm(dim=1)
-    iterations = torch.zeros(n, dtype=torch.long, device=c.device)
-    stalled = torch.zeros(n, dtype=torch.bool, device=c.device)
-    for _ in range(maxiter):
-        active = ((residual > tol * scale) & ~stalled).nonzero().flatten()
-        if active.numel() == 0:
-            break
-        iterations[active] += 1
-        za = z[active]
-        signs = torch.where(za >= 0, 1.0, -1.0).to(c.dtype)
-        op = _PatternOperator(A, B, signs)
-        solution = lsqr(op, -residual_of(za, active), atol=1e-14, btol=1e-14, maxiter=inner_maxiter, warn=False)
-        before = residual[active]
-        t = torch.ones(active.numel(), dtype=c.dtype, device=c.device)
-        searching = torch.ones(active.numel(), dtype=torch.bool, device=c.device)
-        for _ in range(HALVINGS + 1):
-            rows = searching.nonzero().flatten()
-            if rows.numel() == 0:
-                break
-            trial = za[rows] + t[rows].reshape(-1, *([1] * (za.ndim - 1))) * solution.x[rows]
-            r = residual_of(trial, active[rows]).flatten(1).norm(dim=1)
-            better = r < before[rows]
-            who = active[rows[better]]
-            z[who], residual[who] = trial[better], r[better]
-            searching[rows[better]] = False
-            t[rows[~better]] /= 2
-        stalled[active[searching]] = True
     consistent = residual <= tol * scale
     relative = residual / scale.clamp(min=torch.finfo(c.dtype).tiny)
     return AbsoluteValueResult(z, relative, consistent, iterations, stalled & ~consistent)

@@ -51,7 +51,7 @@ class CompletionOptions:
         The prior's weight in the first stage, relative to the squared norm of the target (as ``--tv``).
     box : (float, float), optional
         Valid input values; :func:`invertnet.reconstruct` passes ``(0, data_range)`` for images.
-    evaluations : int, default 300
+    evaluations : int, default 500
         L-BFGS evaluations per image over all stages (split evenly).
     rounds : int, default 1
         Bregman rounds of L-BFGS (the evaluations split evenly): each adds the misfit left back to the target.
@@ -73,7 +73,7 @@ class CompletionOptions:
     prior: Prior | None = field(default_factory=TotalVariation)
     weight: float = 0.01
     box: tuple[float, float] | None = None
-    evaluations: int = 300
+    evaluations: int = 500
     rounds: int = 1
     max_steps: int = 10
     cycles: int = 1
@@ -159,7 +159,8 @@ def _pick_start(
     with torch.no_grad():
         scored = [problem.objective(c, everyone, weight) for c in candidates]
     values = torch.stack([value for _, value in scored])
-    values[1:] = torch.where(torch.stack([residual for residual, _ in scored[1:]]) <= START_TOL, values[1:], torch.inf)
+    for k, (residual, _) in enumerate(scored[1:], start=1):
+        values[k] = torch.where(residual <= START_TOL, values[k], torch.inf)
     values = torch.nan_to_num(values, nan=float("inf"))
     best = values.argmin(dim=0)
     x = torch.stack(candidates)[best, everyone]

@@ -405,7 +405,8 @@ class Walker:
         index = {n: i for i, n in enumerate(self.order)}
         start = max(self.dominators[name] - {name}, key=index.__getitem__)
         self.skip |= _ancestors(self.graph, name) - _ancestors(self.graph, start)
-        block = PROBE_BLOCK if self._probing(incoming) else self.block
+        # a joint block solve is never proven (only a contractive fixed point is), so the default only probes it
+        block = PROBE_BLOCK if self.probe else self.block
         result = solve_block(self.graph, node, start, y, self.options, block)
         return StepResult(result.estimate, result.route, result.exact, False, result.note), start
 
