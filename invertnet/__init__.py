@@ -51,10 +51,15 @@ The house, in layers (imports point down only):
    - :mod:`invertnet.bounds` -- Rademacher complexities and Theorem 4.1's bound.
    - :mod:`invertnet.invariance` -- invariance scores (Goodfellow et al. 2009).
    - :mod:`invertnet.sparsity` -- activation sparsity per layer.
-   - :mod:`invertnet.io` -- images (scikit-image), weights (``weights_only=True`` / safetensors).
+   - :mod:`invertnet.images` -- image files decoded as their owners see them (Pillow, tifffile), or refused
+     saying why; the pixel limit from the header.
+   - :mod:`invertnet.io` -- writing images atomically, weights (``weights_only=True`` / safetensors, by content).
    - :mod:`invertnet.plotting` -- paper figures.
+   - :mod:`invertnet.results` -- the results file of ``evaluate``: rows keyed by resolved path and content
+     hash, one writer at a time (a lock), resuming.
    - :mod:`invertnet.evaluate` -- ``evaluate``: every image of a dataset from every layer with every method,
-     resumable and distributed (``torchrun``); ``summarize``: means with 95% intervals.
+     resumable and distributed (``torchrun``), unreadable images skipped and listed; ``summarize``: means with
+     95% intervals, perfect rows counted apart.
 5. :mod:`invertnet.cli` -- the ``invertnet`` command, thin.
 
 One vocabulary throughout: a step (and a solve, and a reconstruction) is ``closed_form`` when it is

@@ -1,34 +1,48 @@
 """The ``invertnet`` command line: parse, call the library, print, write files.
 
-Every error from bad input ends as one line on stderr and exit code 2, with no traceback;
-outputs are checked before any work is done (extension, directory, permission to write),
-never overwritten without ``--force``, and written atomically; SIGTERM exits cleanly with
-code 143 and leaves no temporary file.
+Every error from bad input (and from a user's model code: its import, its factory, its forward) ends as
+one line on stderr and exit code 2, with no traceback; outputs are checked before any work is done
+(extension, directory, permission to write), never overwritten without ``--force``, never the same file
+as another output, an input or an output's lock file (with or without ``--force``), and written
+atomically; SIGTERM exits cleanly with code 143 and leaves no temporary file. ``evaluate`` exits with
+code 3 when it skipped images it could not read (it lists them). A result is printed ``(exact)`` only
+when it says so.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import signal
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 import click
 import torch
 
 from invertnet.compare import compare_methods, format_comparison
 from invertnet.errors import InvertnetError
-from invertnet.evaluate import evaluate, format_summary, process_group, summarize, write_summary
-from invertnet.graph import check_layer, graph_layers
+from invertnet.evaluate import (
+    BAD_IMAGES,
+    evaluate,
+    format_summary,
+    image_files,
+    process_group,
+    summarize,
+    write_summary,
+)
+from invertnet.graph import check_layer, check_weights, graph_layers
+from invertnet.images import MAX_IMAGE_SIZE, load_image
 from invertnet.information import crelu_twin, format_information, layer_information
 from invertnet.injectivity import injectivity_report
-from invertnet.io import MAX_IMAGE_SIZE, check_image_path, check_suffix, load_image, load_state_dict, save_image
+from invertnet.io import check_image_path, check_suffix, load_state_dict, save_image
 from invertnet.joint import LBFGS_ROUND, JointOptions
+from invertnet.metrics import psnr, relative_error, ssim
 from invertnet.models import MODELS, count_parameters
 from invertnet.pairing import expected_random_mu, pairing_by_layer
 from invertnet.plotting import (
@@ -51,6 +65,7 @@ from invertnet.reconstruct import (
     invert_jointly,
     reconstruct,
 )
+from invertnet.results import lock_path
 from invertnet.specs import check_spec, describe_spec, load_model
 
 __all__ = ["main"]
@@ -87,7 +102,8 @@ class _OneLineErrors(click.Group):
             sys.exit(2)
         except click.UsageError as err:
             where = f" (see '{err.ctx.command_path} --help')" if err.ctx is not None else ""
-            _fail(f"{err.format_message()}{where}")
+            hint = _hint(err)
+            _fail(f"{err.format_message().rstrip('.')}{hint}" if hint else f"{err.format_message()}{where}")
         except click.ClickException as err:
             _fail(err.format_message())
         except (InvertnetError, OSError) as err:
@@ -99,6 +115,22 @@ class _OneLineErrors(click.Group):
             first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
             _fail(f"the model failed on this input: {first}; check --size (and --model, --weights)")
         sys.exit(code if isinstance(code, int) else 0)
+
+
+def _hint(err: click.UsageError) -> str:
+    """The fix for usage errors whose click message alone misleads."""
+    command = err.ctx.info_name if err.ctx is not None else "the command"
+    if isinstance(err, click.NoSuchOption) and err.option_name == "--threads":
+        return (
+            f"; --threads is an option of invertnet itself, not of {command}: put it before the command, e.g. "
+            f"'invertnet --threads 1 {command} ...'"
+        )
+    if "unexpected extra argument" in err.format_message():
+        return (
+            f"; {command} takes one input (an unquoted glob such as photos/*.png expands to many files): quote "
+            "it, or use 'invertnet evaluate' for many images"
+        )
+    return ""
 
 
 def _fail(message: str) -> NoReturn:
@@ -152,41 +184,91 @@ def _figure_layers(spec: str, option: str) -> tuple[str, ...]:
     return zoo.figure_layers
 
 
-def _claim(
-    paths: list[Path],
-    force: bool,
-    *,
-    figures: tuple[int, ...] = (),
-    tables: tuple[int, ...] = (),
-    inputs: tuple[Path, ...] = (),
-) -> None:
+class _Output(NamedTuple):
+    """An output the command will write: the option that names it, the path, and what kind of file it is.
+
+    ``kind`` is ``"image"`` (an extension of :data:`invertnet.io.IMAGE_SUFFIXES`), ``"figure"`` (any extension
+    matplotlib writes) or ``"table"`` (``.csv``); ``resumed`` outputs may exist without --force (evaluate's --out).
+    """
+
+    option: str
+    path: Path
+    kind: str
+    resumed: bool = False
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """One file by resolved path (symlinks followed), or by inode for two existing names (hard links)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _spec_file(spec: str | None) -> list[tuple[str, Path]]:
+    """The .py file a --model spec reads (an input too), if it names one."""
+    if spec is None or ":" not in spec:
+        return []
+    module = spec.rpartition(":")[0]
+    return [("--model", Path(module))] if module.endswith(".py") or "/" in module or os.sep in module else []
+
+
+def _claim(outputs: Sequence[_Output], force: bool, inputs: Sequence[tuple[str, Path]] = ()) -> None:
     """Refuse outputs that cannot be written or exist (without --force), before any work is done.
 
-    ``paths[i]`` is a figure (any extension matplotlib writes) for ``i`` in ``figures``, a ``.csv`` table
-    for ``i`` in ``tables``, else an image (an extension of :data:`invertnet.io.IMAGE_SUFFIXES`). An output
-    that is one of ``inputs`` is refused even with --force. Each directory is probed by creating and removing
-    a temporary file: ``os.access`` says yes to root even where writing fails.
+    No output may be the same file as another output, an input (the image, the weights, the model's file,
+    evaluate's images) or a sidecar of an output (the lock file of a results file), compared by resolved path
+    through symlinks, with or without --force. Each directory is probed by creating and removing a temporary
+    file: ``os.access`` says yes to root even where writing fails.
     """
+    claimed: list[tuple[str, Path]] = []  # what each file is, and the file
+    for output in outputs:
+        for what, other in claimed:
+            if _same_file(output.path, other):
+                raise click.ClickException(
+                    f"{output.option} {str(output.path)!r} is the same file as {what}; give each output its own file"
+                )
+        claimed.append((f"{output.option} {str(output.path)!r}", output.path))
+        if output.kind == "table" and output.resumed:
+            claimed.append((f"the lock file of {output.option} {str(output.path)!r}", lock_path(output.path)))
+    for output in outputs:
+        for option, source in inputs:
+            if source.exists() and _same_file(output.path, source):
+                what = {"IMAGE": "the input", "IMAGES": "one of the input images"}.get(
+                    option, f"an input ({option} {str(source)!r})"
+                )
+                raise click.ClickException(
+                    f"cannot write {str(output.path)!r}: it is {what}, and writing would destroy it (--force never "
+                    f"overwrites an input); choose another {output.option}"
+                )
     probed: set[Path] = set()
-    sources = {p.resolve() for p in inputs if p.exists()}
-    for i, path in enumerate(paths):
-        if path.resolve() in sources:
-            raise click.ClickException(
-                f"cannot write {str(path)!r}: it is the input, and writing would destroy it; choose another --out"
-            )
+    for output in outputs:
+        path = output.path
         if path.is_dir():
-            raise click.ClickException(f"cannot write {str(path)!r}: it is a directory; give a file name with --out")
-        if i in tables:
+            raise click.ClickException(
+                f"cannot write {str(path)!r}: it is a directory; give a file name with {output.option}"
+            )
+        if output.kind == "table":
             check_suffix(path, (".csv",), "a table file name")
         else:
-            (check_figure_path if i in figures else check_image_path)(path)
-        if path.exists() and not force:
-            raise click.ClickException(f"{str(path)!r} exists; pass --force to overwrite it or choose another --out")
+            (check_figure_path if output.kind == "figure" else check_image_path)(path)
+        if path.exists() and not force and not output.resumed:
+            raise click.ClickException(
+                f"{str(path)!r} exists; pass --force to overwrite it or choose another {output.option}"
+            )
         if not path.parent.is_dir():
             raise click.ClickException(f"cannot write {str(path)!r}: directory {str(path.parent)!r} does not exist")
         if path.parent not in probed:
             _probe_writable(path)
             probed.add(path.parent)
+
+
+def _inputs(image: Path | None, weights: Path | None, spec: str | None) -> list[tuple[str, Path]]:
+    """The files a command reads: an output may be none of them."""
+    named = [("IMAGE", image), ("--weights", weights)]
+    return [(option, path) for option, path in named if path is not None] + _spec_file(spec)
 
 
 def _probe_writable(path: Path) -> None:
@@ -208,13 +290,34 @@ def _metrics(result: Reconstruction) -> str:
     )
 
 
+def _clipped(result: Reconstruction) -> Reconstruction | None:
+    """The result as the files show it (clipped to [0, data_range]), when clipping changes the estimate."""
+    shown = result.image.clamp(0, result.data_range)
+    if torch.equal(shown, result.image):
+        return None
+    small = min(shown.shape[-2:]) < 11  # as reconstruct: SSIM needs an 11x11 window
+    return dataclasses.replace(
+        result,
+        image=shown,
+        psnr=psnr(shown, result.input, result.data_range),
+        ssim=torch.full_like(result.ssim, float("nan")) if small else ssim(shown, result.input, result.data_range),
+        relative_error=relative_error(shown, result.input),
+    )
+
+
 def _losses(result: Reconstruction) -> str:
-    """'exact', or which steps lose what, grouped by what they lose."""
+    """What the result says of itself: 'exact', or which steps lose what, or that nothing proves it exact."""
+    if result.exact:
+        return "exact"
     lost: dict[str, list[str]] = {}
     for step in result.steps:
         if not step.exact:
             lost.setdefault(step.note, []).append(step.name)
-    return "exact" if not lost else "lossy: " + "; ".join(f"{', '.join(names)}: {note}" for note, names in lost.items())
+    if lost:
+        return "lossy: " + "; ".join(f"{', '.join(names)}: {note}" for note, names in lost.items())
+    if result.method == "joint":
+        return "not proven exact: matching the features does not prove the input unique"
+    return "not proven exact"
 
 
 model_option = click.option(
@@ -300,6 +403,24 @@ size_option = click.option(
 )
 
 
+#: Exit status of ``evaluate`` when it skipped images it could not read (it lists them); errors exit with 2.
+SKIPPED_EXIT = 3
+
+bits_option = click.option(
+    "--bits",
+    type=click.IntRange(1, 32),
+    default=None,
+    help="Bit depth of integer pixels (divided by 2**bits - 1), for TIFFs whose values leave the scale open "
+    "[default: by the file].",
+)
+max_pixels_option = click.option(
+    "--max-pixels",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Refuse images with more pixels than this, from the header, before decoding (0: no limit) "
+    "[default: Pillow's MAX_IMAGE_PIXELS, 89,478,485].",
+)
+
 maxpool_option = click.option(
     "--maxpool",
     type=click.Choice(MAXPOOL_MODES),
@@ -364,7 +485,9 @@ def cli() -> None:
     help="Output PNG [default: IMAGE-STEM_LAYER.png, or IMAGE-STEM_layers.png with --all-layers].",
 )
 @tv_option
-@click.option("--force", is_flag=True, help="Overwrite existing outputs.")
+@bits_option
+@max_pixels_option
+@click.option("--force", is_flag=True, help="Overwrite existing outputs (never an input).")
 def reconstruct_command(
     image: Path,
     layer: str | None,
@@ -380,6 +503,8 @@ def reconstruct_command(
     dtype: str,
     out: Path | None,
     tv: float,
+    bits: int | None,
+    max_pixels: int | None,
     force: bool,
 ) -> None:
     """Reconstruct IMAGE from the features of one layer (or of conv1..conv4 with --all-layers).
@@ -397,12 +522,18 @@ def reconstruct_command(
         out = out or Path(f"{image.stem}_{layer}.png")
         figure_suffix = out.suffix if out.suffix.lower() in FIGURE_SUFFIXES else ".png"  # e.g. .bmp: no figure
         outputs = [out, out.with_name(f"{out.stem}_figure{figure_suffix}")]
-    _claim(outputs, force, figures=(0,) if all_layers else (1,), inputs=(image,))
+    kinds = ["figure"] if all_layers else ["image", "figure"]
+    names = ["--out"] * len(outputs)  # the figure beside the image is named after --out
+    _claim(
+        [_Output(name, path, kind) for name, path, kind in zip(names, outputs, kinds, strict=True)],
+        force,
+        _inputs(image, weights, model_name),
+    )
     model = _model(model_name, weights, seed, _device(device), DTYPES[dtype])
     layers = _figure_layers(model_name, "--all-layers") if layer is None else (layer,)
     for name in layers:
         check_layer(model, name)
-    picture, note = load_image(image, _side(model_name, size))
+    picture, note = load_image(image, _side(model_name, size), bits=bits, max_pixels=max_pixels)
     if note:
         click.echo(f"input: {note}")
     results = []
@@ -428,6 +559,9 @@ def reconstruct_command(
         else:
             result = reconstruct(model, picture, name, method, maxpool=maxpool, relu=relu, progress=_progress())
         click.echo(f"{name:>8}  {_metrics(result)}   ({_losses(result)})")
+        clipped = _clipped(result)
+        if clipped is not None:
+            click.echo(f"{'':>8}  {_metrics(clipped)}   (as written: the estimate clipped to [0, 1])")
         results.append(result)
     if all_layers:
         save_figure(layer_row_figure(results), out)
@@ -471,7 +605,9 @@ def _methods(text: str) -> list[str]:
 @click.option("--dtype", type=click.Choice(sorted(DTYPES)), default="float64", show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Figure [default: IMAGE-STEM_compare.png].")
 @tv_option
-@click.option("--force", is_flag=True, help="Overwrite an existing figure.")
+@bits_option
+@max_pixels_option
+@click.option("--force", is_flag=True, help="Overwrite an existing figure (never an input).")
 def compare_command(
     image: Path,
     model_name: str,
@@ -484,6 +620,8 @@ def compare_command(
     dtype: str,
     out: Path | None,
     tv: float,
+    bits: int | None,
+    max_pixels: int | None,
     force: bool,
 ) -> None:
     """Compare inversion methods on IMAGE from several layers: one table, one figure.
@@ -494,11 +632,11 @@ def compare_command(
     layers = _names(layer_list, "--layers") if layer_list is not None else list(_figure_layers(model_name, "compare"))
     methods = _methods(method_list)
     out = out or Path(f"{image.stem}_compare.png")
-    _claim([out], force, figures=(0,), inputs=(image,))
+    _claim([_Output("--out", out, "figure")], force, _inputs(image, weights, model_name))
     model = _model(model_name, weights, seed, _device(device), DTYPES[dtype])
     for name in layers:
         check_layer(model, name)
-    picture, note = load_image(image, _side(model_name, size))
+    picture, note = load_image(image, _side(model_name, size), bits=bits, max_pixels=max_pixels)
     if note:
         click.echo(f"input: {note}")
     rows = compare_methods(model, picture, layers, methods, joint=_joint_options(tv), progress=_progress())
@@ -508,7 +646,7 @@ def compare_command(
 
 
 @cli.command("evaluate")
-@click.argument("images")
+@click.argument("images", nargs=-1, required=True)
 @model_option
 @weights_option
 @seed_option
@@ -523,20 +661,31 @@ def compare_command(
     "--out",
     type=click.Path(path_type=Path),
     required=True,
-    help="Results CSV, one row per image, layer and method; an existing one with the same settings is resumed.",
+    help="Results CSV, one row per image, layer and method; an existing one with the same settings is resumed "
+    "(locked while a run writes it: OUT.lock).",
 )
 @click.option("--summary", type=click.Path(path_type=Path), default=None, help="Summary CSV (layer x method).")
 @click.option("--figure", type=click.Path(path_type=Path), default=None, help="PSNR against depth per method.")
 @tv_option
+@bits_option
+@max_pixels_option
+@click.option(
+    "--bad-images",
+    type=click.Choice(BAD_IMAGES),
+    default="skip",
+    show_default=True,
+    help=f"An image that cannot be read: list it and go on (the exit status is then {SKIPPED_EXIT}), or stop there.",
+)
 @click.option(
     "--force",
     is_flag=True,
-    help="Overwrite --summary and --figure, and an --out of other settings (same settings: always resumed).",
+    help="Overwrite --summary and --figure, and an --out of other settings or one that cannot be read (same "
+    "settings: always resumed). Never an input.",
 )
 @click.pass_context
 def evaluate_command(
     ctx: click.Context,
-    images: str,
+    images: tuple[str, ...],
     model_name: str,
     weights: Path | None,
     seed: int,
@@ -551,27 +700,31 @@ def evaluate_command(
     summary: Path | None,
     figure: Path | None,
     tv: float,
+    bits: int | None,
+    max_pixels: int | None,
+    bad_images: str,
     force: bool,
 ) -> None:
-    """Reconstruct every image of IMAGES (a folder or a quoted glob) from each layer with each method.
+    """Reconstruct every image of IMAGES (folders, files or quoted globs) from each layer with each method.
 
     Appends one row per image, layer and method to --out as it goes (PSNR, SSIM, relative error,
-    feature residual, exact, route, seconds): a re-run skips the rows already there. Prints the mean of
-    each layer and method with its 95% interval. Under 'torchrun --nproc_per_node=N -m invertnet
-    evaluate ...' the images are shared among the N processes and rank 0 writes the one file.
+    feature residual, exact, route, seconds): a re-run skips the rows already there, and recomputes the
+    images whose content changed. Prints the mean of each layer and method with its 95% interval, and the
+    images it could not read (exit status 3 when there are some). Under 'torchrun --nproc_per_node=N -m
+    invertnet evaluate ...' the images are shared among the N processes and rank 0 writes the one file.
     """
     layers = _names(layer_list, "--layers") if layer_list is not None else list(_figure_layers(model_name, "evaluate"))
     methods = _methods(method_list)
-    if summary is not None:
-        _claim([summary], force, tables=(0,))
-    if figure is not None:
-        _claim([figure], force, figures=(0,))
-    _claim([out], True, tables=(0,))  # an existing --out is resumed; evaluate refuses one of other settings
+    listed = image_files(list(images))
+    outputs = [_Output("--out", out, "table", resumed=True)]  # evaluate refuses an --out of other settings
+    outputs += [_Output("--summary", summary, "table")] if summary is not None else []
+    outputs += [_Output("--figure", figure, "figure")] if figure is not None else []
+    _claim(outputs, force, [*(("IMAGES", p) for p in listed), *_inputs(None, weights, model_name)])
     with process_group(_device(device), ctx.find_root().meta.get("invertnet.threads")) as process:
         model = _model(model_name, weights, seed, process.device, DTYPES[dtype])
         rows = evaluate(
             model,
-            images,
+            listed,
             layers,
             methods,
             size=_side(model_name, size),
@@ -581,20 +734,41 @@ def evaluate_command(
             model_name=model_name,
             out=out,
             overwrite=force,
+            bits=bits,
+            max_pixels=max_pixels,
+            bad_images=bad_images,
             progress=_progress(),
         )
     if process.rank != 0:
         return
+    if rows.stale:
+        changed = sorted({row.image for row in rows.stale})
+        click.echo(
+            f"dropped {len(rows.stale)} rows of {len(changed)} images whose content changed since (computed again): "
+            f"{', '.join(changed)}"
+        )
+    if rows.duplicates:
+        click.echo(f"dropped {rows.duplicates} duplicate rows from {out} (the first of each kept)")
     table = summarize(rows)
-    click.echo(format_summary(table))
+    if table:
+        click.echo(format_summary(table))
+    else:
+        unwritten = " ".join(str(p) for p in (summary, figure) if p is not None)
+        click.echo(f"no rows to summarize{f': {unwritten} not written' if unwritten else ''}")
     ranks = f", {process.world} processes" if process.world > 1 else ""
     click.echo(f"wrote {out} ({len(rows)} rows{ranks})")
-    if summary is not None:
+    if summary is not None and table:
         write_summary(table, summary)
         click.echo(f"wrote {summary}")
-    if figure is not None:
+    if figure is not None and table:
         save_figure(evaluation_figure(table), figure)
         click.echo(f"wrote {figure}")
+    for skipped in rows.skipped:
+        click.echo(f"skipped {skipped.image}: {skipped.reason}")
+    if rows.skipped:
+        total = len(rows.skipped) + len({row.image for row in rows})
+        click.echo(f"skipped {len(rows.skipped)} of {total} images (exit status {SKIPPED_EXIT})")
+        ctx.exit(SKIPPED_EXIT)
 
 
 @cli.command("information")
@@ -617,7 +791,9 @@ def evaluate_command(
 @click.option(
     "--out", type=click.Path(path_type=Path), default=None, help="Figure [default: IMAGE-STEM_information.png]."
 )
-@click.option("--force", is_flag=True, help="Overwrite an existing figure.")
+@bits_option
+@max_pixels_option
+@click.option("--force", is_flag=True, help="Overwrite an existing figure (never an input).")
 def information_command(
     image: Path,
     model_name: str,
@@ -628,6 +804,8 @@ def information_command(
     size: int | None,
     device: str,
     out: Path | None,
+    bits: int | None,
+    max_pixels: int | None,
     force: bool,
 ) -> None:
     """What each ReLU layer keeps of IMAGE: active share, certificate, PSNR by reading.
@@ -640,11 +818,11 @@ def information_command(
         _names(layer_list, "--layers") if layer_list is not None else list(_figure_layers(model_name, "information"))
     )
     out = out or Path(f"{image.stem}_information.png")
-    _claim([out], force, figures=(0,), inputs=(image,))
+    _claim([_Output("--out", out, "figure")], force, _inputs(image, weights, model_name))
     model = _model(model_name, weights, seed, _device(device), torch.float64)
     for name in layers:
         check_layer(model, name)
-    picture, note = load_image(image, _side(model_name, size))
+    picture, note = load_image(image, _side(model_name, size), bits=bits, max_pixels=max_pixels)
     if note:
         click.echo(f"input: {note}")
     rows = layer_information(model, picture, layers, twin=crelu_twin(model) if twin else None, progress=_progress())
@@ -701,7 +879,8 @@ def pairing_command(
         click.echo(f"note: --model {model_name} without --weights has Gaussian filters (seed 0)")
     stem = checkpoint.stem if checkpoint is not None else str(model_name).replace(":", "_").replace("/", "_")
     out = out or Path(f"{Path(stem).stem}_pairing.png")
-    _claim([out], force, figures=(0,), inputs=(checkpoint,) if checkpoint is not None else ())
+    sources = [("CHECKPOINT", checkpoint)] if checkpoint is not None else []
+    _claim([_Output("--out", out, "figure")], force, [*sources, *_inputs(None, weights, model_name)])
     if checkpoint is not None:
         state = load_state_dict(checkpoint)
     else:
@@ -768,11 +947,12 @@ def spectrum_command(
 ) -> None:
     """Print, per convolution and pooling layer, whether it can be inverted and how stably."""
     if plot is not None:
-        _claim([plot], force, figures=(0,))
+        _claim([_Output("--plot", plot, "figure")], force, _inputs(None, weights, model_name))
     side = _side(model_name, size, cap=64)
     model = _model(model_name, weights, seed, torch.device("cpu"), torch.float64)
     if layer is not None:
         check_layer(model, layer)
+    check_weights(model)
     report = injectivity_report(model, (side, side), layer, progress=_progress())
     click.echo(
         f"{model_name} at {side}x{side} (unknowns: C/2 behind a CReLU input; sigma_min: the estimate (exact for "

@@ -2,11 +2,16 @@ r"""Evaluate inversions over a dataset: one row per image, layer and method, a s
 
 :func:`evaluate` streams the images of a folder or a glob through a :class:`torch.utils.data.DataLoader`,
 reconstructs each from every layer with every method (:func:`~invertnet.reconstruct.reconstruct`) and
-returns one :class:`EvaluationRow` per (image, layer, method). With ``out``, every finished row is appended
-to a CSV file as one complete line (``fsync`` after each): an interrupt loses only the rows in flight, a
-re-run skips the rows already there, and a line cut short by a crash is dropped. The file records the
-settings of its rows (model and a hash of its weights, size, dtype, options); a run with other settings
-is refused, saying what differs.
+returns one :class:`~invertnet.results.EvaluationRow` per (image, layer, method). With ``out``, every finished
+row is appended to a CSV file as one complete line (``fsync`` after each): an interrupt loses only the rows in
+flight, a re-run skips the rows already there, and a line cut short by a crash is dropped. Rows are keyed by
+the image's resolved path and carry a hash of its content: a re-run recomputes an image that changed (and
+drops its old rows, saying so). The file records the settings of its rows (model and a hash of its weights,
+size, dtype, options); a run with other settings is refused, saying what differs. One run writes a file at a
+time (:func:`~invertnet.results.exclusive_lock`). See :mod:`invertnet.results` for the file itself.
+
+An image that cannot be read (corrupt, too large, an ambiguous integer scale, ...) is skipped and listed with
+its reason in the result (:attr:`Evaluation.skipped`); ``bad_images="fail"`` makes the first one an error.
 
 Under ``torchrun`` (an initialised :mod:`torch.distributed` process group, see :func:`process_group`), the
 images still to do are dealt to the ranks (image ``k`` of them to rank ``k % world``); after every
@@ -19,7 +24,9 @@ is the one a single process writes, up to row order and the ``seconds`` column.
 
     \bar v \pm t_{0.975,\, n-1} \, \frac{s}{\sqrt n}, \qquad s^2 = \frac{1}{n-1} \sum_i (v_i - \bar v)^2,
 
-undefined (NaN) for :math:`n = 1`.
+over the rows where the metric is finite, undefined (NaN) for fewer than two. Rows whose estimate equals the
+input (PSNR :math:`+\infty`) are counted apart as ``perfect``; rows with an undefined metric (the relative
+error of an all-zero image) as ``undefined``.
 """
 
 from __future__ import annotations
@@ -29,12 +36,11 @@ import csv
 import dataclasses
 import glob
 import hashlib
-import io
 import math
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -46,18 +52,23 @@ from scipy.special import stdtrit
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from invertnet.errors import ImageReadError, OptionError, ResultsFileError
+from invertnet.errors import ImageReadError, InvertnetError, OptionError
 from invertnet.graph import check_layer
-from invertnet.io import IMAGE_SUFFIXES, atomic_write, load_image
+from invertnet.images import READ_SUFFIXES, load_image
+from invertnet.io import atomic_write
 from invertnet.joint import JointOptions
 from invertnet.pinv import SolveOptions
 from invertnet.reconstruct import RECONSTRUCTION_METHODS, RELU_MODES, Reconstruction, reconstruct
+from invertnet.results import EvaluationRow, append_rows, content_hash, exclusive_lock, prepare, read_rows
 from invertnet.trace import require_module
 
 __all__ = [
+    "BAD_IMAGES",
+    "Evaluation",
     "EvaluationRow",
     "ImageFiles",
     "Process",
+    "SkippedImage",
     "SummaryRow",
     "evaluate",
     "format_summary",
@@ -69,149 +80,48 @@ __all__ = [
     "write_summary",
 ]
 
+#: What :func:`evaluate` does with an image it cannot read: list it and go on, or stop with its error.
+BAD_IMAGES = ("skip", "fail")
+
 
 @dataclass(frozen=True)
-class EvaluationRow:
-    """One reconstruction of one image from one layer with one method, and the settings it was made with.
+class SkippedImage:
+    """An image :func:`evaluate` could not read: its path and why."""
+
+    image: str
+    reason: str
+
+
+class Evaluation(list[EvaluationRow]):
+    """:func:`evaluate`'s rows (it is their list), and what it skipped and dropped on the way.
 
     Attributes
     ----------
-    image : str
-        The image file, as listed from ``images`` (the key of the row, with ``layer`` and ``method``).
-    layer, method : str
-    psnr, ssim, relative_error, feature_residual : float
-        As in :class:`~invertnet.reconstruct.Reconstruction` (``data_range`` 1).
-    exact, closed_form : bool
-        As in :class:`~invertnet.reconstruct.Reconstruction`.
-    route : str
-        The routes of the steps from ``layer`` down to the input, joined by ``">"``; ``"joint"`` for the
-        joint inversion.
-    seconds : float
-        Wall-clock time of the reconstruction (forward pass included, image loading not). The first row of a
-        layer in each process also pays one-time costs (lazy imports, the cached window factorisation of
-        :mod:`invertnet.windows`): 2 s against 0.03 s for ConvPool-CNN-C's conv1 at 32 px.
-    model : str
-        The name the model was given (``--model``), for reading; ``model_sha256`` identifies it.
-    model_sha256 : str
-        :func:`model_fingerprint` of the model (its structure and every tensor of its state).
-    size : int or None
-        The side images were resized to (None: their own size).
-    dtype, maxpool, relu, solve, joint : str
-        The model's dtype, the unpooling mode, how clipping activations were read, and the ``repr`` of the
-        options (empty: the defaults).
+    skipped : list of SkippedImage
+        Images that could not be read, with the reason (none with ``bad_images="fail"``: the first is raised).
+    stale : list of EvaluationRow
+        Rows of the results file whose image changed since they were computed: dropped from the file, and
+        computed again.
+    duplicates : int
+        Rows found twice in the results file (one key twice): dropped, the first kept.
     """
 
-    image: str
-    layer: str
-    method: str
-    psnr: float
-    ssim: float
-    relative_error: float
-    feature_residual: float
-    exact: bool
-    closed_form: bool
-    route: str
-    seconds: float
-    model: str
-    model_sha256: str
-    size: int | None
-    dtype: str
-    maxpool: str
-    relu: str
-    solve: str
-    joint: str
-
-    @property
-    def key(self) -> tuple[str, str, str]:
-        """``(image, layer, method)``: what a resumed run skips."""
-        return (self.image, self.layer, self.method)
-
-
-#: The columns of a results file, in order.
-COLUMNS = tuple(f.name for f in dataclasses.fields(EvaluationRow))
-#: The columns every row of one file shares (``model`` is a label: the hash identifies the model).
-SETTINGS = ("model_sha256", "size", "dtype", "maxpool", "relu", "solve", "joint")
-
-
-def _bool(text: str) -> bool:
-    if text not in ("True", "False"):
-        raise ValueError(f"expected True or False, got {text!r}")
-    return text == "True"
-
-
-def _size(text: str) -> int | None:
-    return int(text) if text else None
-
-
-_PARSE: dict[str, Callable[[str], Any]] = {"float": float, "bool": _bool, "str": str, "int | None": _size}
-
-
-def _cells(row: EvaluationRow) -> list[str]:
-    """The row as CSV cells: floats by ``repr`` (they read back bit for bit), None as an empty cell."""
-    values = dataclasses.astuple(row)
-    return [repr(v) if isinstance(v, float) else "" if v is None else str(v) for v in values]
-
-
-def _line(row: EvaluationRow) -> str:
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerow(_cells(row))
-    return buffer.getvalue()
-
-
-def _parse(cells: list[str], where: str) -> EvaluationRow:
-    if len(cells) != len(COLUMNS):
-        raise ResultsFileError(
-            f"{where}: expected {len(COLUMNS)} fields, got {len(cells)}; the file was edited or is damaged: fix "
-            "the line or start over (overwrite=True, --force)"
-        )
-    values = {}
-    for field, cell in zip(dataclasses.fields(EvaluationRow), cells, strict=True):
-        try:
-            values[field.name] = _PARSE[str(field.type)](cell)
-        except ValueError as err:
-            raise ResultsFileError(
-                f"{where}: column {field.name!r}: {err}; the file was edited or is damaged: fix the line or start "
-                "over (overwrite=True, --force)"
-            ) from None
-    return EvaluationRow(**values)
-
-
-def _read(path: Path) -> tuple[list[EvaluationRow], int, bool]:
-    """Rows of a results file, the byte length of its complete lines, and whether it has a header.
-
-    A last line without its newline (a write cut short) is left out of both.
-    """
-    data = path.read_bytes()
-    complete = data.rfind(b"\n") + 1
-    lines = data[:complete].decode("utf-8").splitlines()
-    if not lines:
-        return [], complete, False
-    header = next(csv.reader([lines[0]]))
-    if tuple(header) != COLUMNS:
-        raise ResultsFileError(
-            f"{str(path)!r}: expected the columns of an evaluation ({', '.join(COLUMNS)}), got {', '.join(header)}; "
-            "choose another file, or start over (overwrite=True, --force)"
-        )
-    rows = [_parse(cells, f"{str(path)!r}, line {n}") for n, cells in enumerate(csv.reader(lines[1:]), start=2)]
-    return rows, complete, True
-
-
-def read_rows(path: str | os.PathLike[str]) -> list[EvaluationRow]:
-    """The rows of a results file written by :func:`evaluate` (a last line cut short is left out).
-
-    Raises
-    ------
-    ResultsFileError
-        Other columns than :class:`EvaluationRow`'s, or a complete line that does not parse.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ResultsFileError(f"expected a results file of invertnet evaluate, got {str(path)!r}, which is not a file")
-    return _read(path)[0]
+    def __init__(
+        self,
+        rows: Iterable[EvaluationRow] = (),
+        skipped: Sequence[SkippedImage] = (),
+        stale: Sequence[EvaluationRow] = (),
+        duplicates: int = 0,
+    ) -> None:
+        super().__init__(rows)
+        self.skipped, self.stale, self.duplicates = list(skipped), list(stale), duplicates
 
 
 def image_files(images: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """The image files ``images`` names, sorted: a folder (its image files), a glob, one file, or a list.
+    """The image files ``images`` names: a folder (its image files, sorted), a glob (sorted), a file, or a list.
+
+    A list is expanded item by item, in its order. A file named twice (also through another spelling or a
+    symlink) is listed once.
 
     Examples
     --------
@@ -221,16 +131,32 @@ def image_files(images: str | os.PathLike[str] | Sequence[str | os.PathLike[str]
     ...     _ = (folder / name).write_bytes(b"")
     >>> [p.name for p in image_files(folder)]
     ['a.png', 'b.png']
+    >>> [p.name for p in image_files([folder / "b.png", folder, folder / ".." / folder.name / "a.png"])]
+    ['b.png', 'a.png']
     """
-    if not isinstance(images, (str, os.PathLike)):
-        return [Path(p) for p in images]
-    text = os.fspath(images)
+    if isinstance(images, (str, os.PathLike)):
+        found = _expand(os.fspath(images))
+    else:
+        found = [path for item in images for path in _expand(os.fspath(item))]
+        if not found:
+            raise ImageReadError("expected image files, folders or glob patterns, got an empty list")
+    seen: set[Path] = set()
+    unique = []
+    for path in found:
+        resolved = path.resolve()
+        if resolved not in seen:
+            seen.add(resolved)
+            unique.append(path)
+    return unique
+
+
+def _expand(text: str) -> list[Path]:
     folder = Path(text)
     if folder.is_dir():
-        found = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        found = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in READ_SUFFIXES)
         if not found:
             raise ImageReadError(
-                f"expected image files ({', '.join(IMAGE_SUFFIXES)}) in folder {text!r}, found none; give another "
+                f"expected image files ({', '.join(READ_SUFFIXES)}) in folder {text!r}, found none; give another "
                 "folder or a glob such as 'photos/**/*.JPEG'"
             )
         return found
@@ -246,21 +172,34 @@ def image_files(images: str | os.PathLike[str] | Sequence[str | os.PathLike[str]
     return matched
 
 
-class ImageFiles(Dataset[tuple[int, torch.Tensor]]):
-    """Images loaded with :func:`~invertnet.io.load_image` (centre crop and resize to ``size``), by index.
+class ImageFiles(Dataset[tuple[int, torch.Tensor, str]]):
+    """Images loaded with :func:`~invertnet.images.load_image` (centre crop and resize to ``size``), by index.
 
-    Item ``i`` is ``(indices[i], image)``, ``image`` of shape ``(1, 3, size, size)``, float64 in [0, 1].
+    Item ``i`` is ``(indices[i], image, reason)``: ``image`` of shape ``(1, 3, size, size)``, float64 in [0, 1],
+    and ``reason`` empty; or, for a file that cannot be read, an empty tensor and why (the error's message).
     """
 
-    def __init__(self, paths: Sequence[Path], indices: Sequence[int], size: int | None) -> None:
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        indices: Sequence[int],
+        size: int | None,
+        bits: int | None = None,
+        max_pixels: int | None = None,
+    ) -> None:
         self.paths, self.indices, self.size = list(paths), list(indices), size
+        self.bits, self.max_pixels = bits, max_pixels
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor, str]:
         index = self.indices[i]
-        return index, load_image(self.paths[index], self.size)[0]
+        try:
+            image = load_image(self.paths[index], self.size, bits=self.bits, max_pixels=self.max_pixels)[0]
+        except (InvertnetError, OSError) as err:  # a bad image is the dataset's, not the run's: said, skipped
+            return index, torch.empty(0), str(err)
+        return index, image, ""
 
 
 def model_fingerprint(model: nn.Module) -> str:
@@ -354,43 +293,30 @@ def _raise_first(errors: Sequence[BaseException | None]) -> None:
             raise error
 
 
-def _prepare(out: Path, settings: dict[str, Any], overwrite: bool) -> list[EvaluationRow]:
-    """Rows already in ``out`` (checked against ``settings``); the file ends with a complete line after this."""
-    try:
-        rows, complete, has_header = _read(out) if out.is_file() else ([], 0, False)
-    except ResultsFileError:
-        if not overwrite:
-            raise
-        rows, complete, has_header = [], 0, False
-    for row in rows:
-        differ = [
-            f"{k}: {getattr(row, k)!r} in the file, {v!r} now" for k, v in settings.items() if getattr(row, k) != v
-        ]
-        if differ and not overwrite:
-            raise ResultsFileError(
-                f"{str(out)!r} holds rows of other settings ({'; '.join(differ)}); resume with the same settings, "
-                "start over (overwrite=True, --force), or choose another file"
-            )
-        if differ:
-            rows, has_header = [], False
-            break
-    if not has_header:
-        with atomic_write(out) as tmp:
-            tmp.write_text(",".join(COLUMNS) + "\n", encoding="utf-8")
-    elif complete < out.stat().st_size:
-        os.truncate(out, complete)  # a line cut short by a crash
-    return rows
-
-
-def _append(fd: int, data: bytes) -> None:
-    """Append complete lines and flush them to the disk (a signal waits for Python's next bytecode)."""
-    while data:
-        data = data[os.write(fd, data) :]
-    os.fsync(fd)
-
-
 def _route(result: Reconstruction) -> str:
     return "joint" if result.method == "joint" else ">".join(step.route for step in result.steps)
+
+
+def _hashes(paths: Sequence[Path]) -> tuple[dict[str, str], list[SkippedImage]]:
+    """The content hash of every file by its resolved path, and the files that cannot be read."""
+    hashes, unreadable = {}, []
+    for path in paths:
+        try:
+            hashes[str(path.resolve())] = content_hash(path)
+        except OSError as err:
+            unreadable.append(SkippedImage(str(path.resolve()), f"cannot read {str(path)!r}: {err.strerror or err}"))
+    return hashes, unreadable
+
+
+class _Plan(NamedTuple):
+    """What rank 0 found: the images (resolved), their hashes, the rows done, and what was dropped or skipped."""
+
+    paths: list[Path]
+    hashes: dict[str, str]
+    done: list[EvaluationRow]
+    stale: list[EvaluationRow]
+    duplicates: int
+    unreadable: list[SkippedImage]
 
 
 def evaluate(
@@ -408,8 +334,11 @@ def evaluate(
     out: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     num_workers: int = 0,
+    bits: int | None = None,
+    max_pixels: int | None = None,
+    bad_images: str = "skip",
     progress: Callable[[str], None] | None = None,
-) -> list[EvaluationRow]:
+) -> Evaluation:
     """Reconstruct every image from every layer with every method; one row each.
 
     Parameters
@@ -417,39 +346,48 @@ def evaluate(
     model : nn.Module
         As for :func:`~invertnet.reconstruct.reconstruct` (its dtype and device are used), the same on every
         rank of a distributed run (checked by :func:`model_fingerprint`).
-    images : path, glob or sequence of paths
+    images : path, glob or sequence of them
         See :func:`image_files`.
     layers, methods : sequence of str
         Layer names and methods of :data:`~invertnet.reconstruct.RECONSTRUCTION_METHODS`, each once; checked
         before any work.
     size : int, optional
-        Centre-crop and resize every image to ``size x size`` (:func:`~invertnet.io.load_image`).
+        Centre-crop and resize every image to ``size x size`` (:func:`~invertnet.images.load_image`).
     maxpool, relu, options, joint
         Passed to every :func:`~invertnet.reconstruct.reconstruct` call (``joint`` to the ``"joint"`` ones).
     model_name : str, optional
         The ``model`` column (default: the model's class name).
     out : path, optional
-        Results file (CSV, one row a line). Rows already in it are skipped; rows of other settings are
-        refused unless ``overwrite``, which starts the file over.
+        Results file (CSV, one row a line; :mod:`invertnet.results`), locked for the run. Rows already in it are
+        skipped (their image's resolved path and content hash match); rows of an image whose content changed are
+        dropped and computed again; rows of other settings are refused unless ``overwrite``, which starts the
+        file over (as it does a file that is damaged or not UTF-8).
     num_workers : int, default 0
         Processes of the :class:`~torch.utils.data.DataLoader` that load and resize images ahead.
+    bits, max_pixels
+        Passed to :func:`~invertnet.images.load_image` (``bits`` is recorded with the rows' settings).
+    bad_images : {"skip", "fail"}
+        An image that cannot be read: list it in :attr:`Evaluation.skipped` and go on, or raise its error.
     progress : callable, optional
-        Called with a line for every finished row.
+        Called with a line for every finished row and every skipped image.
 
     Returns
     -------
-    list of EvaluationRow
-        One per (image, layer, method), the ones read from ``out`` included, image-major in the order of
-        ``images``, ``layers`` and ``methods`` (on every rank of a distributed run).
+    Evaluation
+        The list of :class:`~invertnet.results.EvaluationRow`, one per (image, layer, method) of the images read,
+        the ones read from ``out`` included, image-major in the order of ``images``, ``layers`` and ``methods``
+        (on every rank of a distributed run); with the images skipped and the rows dropped.
 
     Raises
     ------
     ImageReadError
-        ``images`` names no image file (or one that cannot be read).
+        ``images`` names no image file; with ``bad_images="fail"``, an image that cannot be read (or the error
+        :func:`~invertnet.images.load_image` raised for it).
     OptionError, LayerNotFoundError
-        An unknown, repeated or missing method or layer.
+        An unknown, repeated or missing method or layer, or an unknown ``bad_images``.
     ResultsFileError
-        ``out`` holds rows of other settings, other columns, or a damaged line.
+        ``out`` holds rows of other settings, other columns, a damaged line or bytes that are not UTF-8, or
+        another run is writing it.
 
     Examples
     --------
@@ -459,10 +397,13 @@ def evaluate(
     >>> folder = pathlib.Path(tempfile.mkdtemp())
     >>> for i in range(2):
     ...     save_image(torch.rand(3, 12, 12), folder / f"{i}.png")
+    >>> _ = (folder / "2.png").write_text("not an image")
     >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 12, 2), CReLU()).double()
     >>> rows = evaluate(net, folder, ["1"], ["patch"], out=folder / "results.csv")
     >>> [(pathlib.Path(r.image).name, r.route, r.exact, r.psnr > 100) for r in rows]
     [('0.png', 'invert_crelu>patch', True, True), ('1.png', 'invert_crelu>patch', True, True)]
+    >>> [(pathlib.Path(s.image).name, "not recognise as an image" in s.reason) for s in rows.skipped]
+    [('2.png', True)]
     >>> len(read_rows(folder / "results.csv")), len(evaluate(net, folder, ["1"], ["patch"], out=folder / "results.csv"))
     (2, 2)
     """
@@ -477,12 +418,15 @@ def evaluate(
         raise OptionError(f"evaluate: expected methods among {list(RECONSTRUCTION_METHODS)}, got {unknown}")
     if relu not in RELU_MODES:
         raise OptionError(f"evaluate: expected relu in {RELU_MODES}, got {relu!r}")
+    if bad_images not in BAD_IMAGES:
+        raise OptionError(f"evaluate: expected bad_images in {BAD_IMAGES}, got {bad_images!r}")
     for layer in layers:
         check_layer(model, layer)
     rank, world = _world()
     settings: dict[str, Any] = {
         "model_sha256": model_fingerprint(model),
         "size": size,
+        "bits": bits,
         "dtype": _dtype(model),
         "maxpool": maxpool,
         "relu": relu,
@@ -496,24 +440,78 @@ def evaluate(
             "or load weights"
         )
 
-    # Rank 0 lists the images and reads the file; every rank gets the plan (or the error) from it.
-    plan: tuple[list[Path], list[EvaluationRow]] | None = None
-    error: BaseException | None = None
-    if rank == 0:
-        try:
-            paths = image_files(images)
-            plan = (paths, _prepare(Path(out), settings, overwrite) if out is not None else [])
-        except Exception as err:  # every rank raises it, not only rank 0
-            error = err
-    plan, error = _broadcast((plan, error), world)
-    _raise_first([error])
-    if plan is None:  # only with an error, raised above
-        raise RuntimeError("evaluate: rank 0 sent no plan")
-    paths, done_rows = plan
-    done = {row.key for row in done_rows}
-    names = [str(p) for p in paths]
-    todo = [(i, layer, m) for i, name in enumerate(names) for layer in layers for m in methods]
-    todo = [(i, layer, m) for i, layer, m in todo if (names[i], layer, m) not in done]
+    # Rank 0 lists the images, locks and reads the file; every rank gets the plan (or the error) from it.
+    with contextlib.ExitStack() as held:
+        plan: _Plan | None = None
+        error: BaseException | None = None
+        if rank == 0:
+            try:
+                paths = image_files(images)
+                files, unreadable = _hashes(paths)
+                if unreadable and bad_images == "fail":
+                    raise ImageReadError(unreadable[0].reason)
+                prepared = None
+                if out is not None:
+                    held.enter_context(exclusive_lock(out))
+                    prepared = prepare(Path(out), settings, files, overwrite)
+                plan = _Plan(
+                    [p.resolve() for p in paths],
+                    files,
+                    prepared.rows if prepared else [],
+                    prepared.stale if prepared else [],
+                    prepared.duplicates if prepared else 0,
+                    unreadable,
+                )
+            except Exception as err:  # every rank raises it, not only rank 0
+                error = err
+        plan, error = _broadcast((plan, error), world)
+        _raise_first([error])
+        if plan is None:  # only with an error, raised above
+            raise RuntimeError("evaluate: rank 0 sent no plan")
+        return _run(
+            model,
+            layers,
+            methods,
+            plan,
+            settings,
+            size,
+            bits,
+            max_pixels,
+            bad_images,
+            rank,
+            world,
+            out if rank == 0 else None,
+            model_name,
+            num_workers,
+            progress,
+            dict(maxpool=maxpool, relu=relu, options=options, joint=joint),
+        )
+
+
+def _run(
+    model: nn.Module,
+    layers: list[str],
+    methods: list[str],
+    plan: _Plan,
+    settings: dict[str, Any],
+    size: int | None,
+    bits: int | None,
+    max_pixels: int | None,
+    bad_images: str,
+    rank: int,
+    world: int,
+    out: str | os.PathLike[str] | None,
+    model_name: str | None,
+    num_workers: int,
+    progress: Callable[[str], None] | None,
+    how: dict[str, Any],
+) -> Evaluation:
+    """The rows still to do, dealt to the ranks, computed, exchanged and appended (by rank 0, to ``out``)."""
+    names = [str(p) for p in plan.paths]
+    skipped = list(plan.unreadable)
+    readable = [i for i, name in enumerate(names) if name in plan.hashes]
+    done = {row.key for row in plan.done}
+    todo = [(i, layer, m) for i in readable for layer in layers for m in methods if (names[i], layer, m) not in done]
     per_image = Counter(i for i, _, _ in todo)
     pending = list(per_image)  # images with rows to do, in order: image k of them goes to rank k % world
     mine = pending[rank::world]
@@ -521,77 +519,88 @@ def evaluate(
     rounds = max(sum(per_image[i] for i in pending[r::world]) for r in range(world))
 
     label = model_name or type(model).__name__
-    loader = DataLoader(ImageFiles(paths, mine, size), batch_size=None, num_workers=num_workers)
+    loader = DataLoader(ImageFiles(plan.paths, mine, size, bits, max_pixels), batch_size=None, num_workers=num_workers)
     loaded = iter(loader)
-    current: tuple[int, torch.Tensor] | None = None
+    current: tuple[int, torch.Tensor, str] | None = None
     new: list[EvaluationRow] = []
-    fd = os.open(out, os.O_WRONLY | os.O_APPEND) if out is not None and rank == 0 else None
+    fd = os.open(out, os.O_WRONLY | os.O_APPEND) if out is not None else None
+    joint = how.pop("joint")
     try:
         for r in range(rounds):
-            row, error = None, None
+            row, error, skip = None, None, None
             if r < len(cells):
                 index, layer, method = cells[r]
                 try:
                     if current is None or current[0] != index:
                         current = next(loaded)
-                    start = time.perf_counter()
-                    result = reconstruct(
-                        model,
-                        current[1],
-                        layer,
-                        method,
-                        maxpool=maxpool,
-                        relu=relu,
-                        options=options,
-                        joint=joint if method == "joint" else None,
-                    )
-                    seconds = time.perf_counter() - start
-                    row = EvaluationRow(
-                        names[index],
-                        layer,
-                        method,
-                        float(result.psnr[0]),
-                        float(result.ssim[0]),
-                        float(result.relative_error[0]),
-                        float(result.feature_residual[0]),
-                        result.exact,
-                        result.closed_form,
-                        _route(result),
-                        seconds,
-                        label,
-                        **settings,
-                    )
+                        if current[2]:
+                            if bad_images == "fail":
+                                raise ImageReadError(current[2])
+                            skip = SkippedImage(names[index], current[2])
+                    if not current[2]:
+                        start = time.perf_counter()
+                        result = reconstruct(
+                            model, current[1], layer, method, joint=joint if method == "joint" else None, **how
+                        )
+                        seconds = time.perf_counter() - start
+                        row = EvaluationRow(
+                            names[index],
+                            plan.hashes[names[index]],
+                            layer,
+                            method,
+                            float(result.psnr[0]),
+                            float(result.ssim[0]),
+                            float(result.relative_error[0]),
+                            float(result.feature_residual[0]),
+                            result.exact,
+                            result.closed_form,
+                            _route(result),
+                            seconds,
+                            label,
+                            **settings,
+                        )
                 except Exception as err:  # every rank raises it once the others' rows are written
                     if world == 1:
                         raise
                     error = err
+                where = f"rank {rank}: " if world > 1 else ""
                 if progress is not None and row is not None:
-                    where = f"rank {rank}: " if world > 1 else ""
                     progress(f"{where}{row.image} {layer} {method}: PSNR {row.psnr:.2f} dB in {row.seconds:.1f} s")
-            exchanged = _exchange((row, error), world)
-            arrived = [row for row, _ in exchanged if row is not None]
+                if progress is not None and skip is not None:
+                    progress(f"{where}skipped {skip.image}: {skip.reason}")
+            exchanged = _exchange((row, error, skip), world)
+            arrived = [row for row, _, _ in exchanged if row is not None]
             if fd is not None and arrived:
-                _append(fd, "".join(_line(row) for row in arrived).encode("utf-8"))
+                append_rows(fd, arrived)
             new += arrived
-            _raise_first([error for _, error in exchanged])
+            skipped += [skip for _, _, skip in exchanged if skip is not None]
+            _raise_first([error for _, error, _ in exchanged])
     finally:
         if fd is not None:
             os.close(fd)
     order = {key: n for n, key in enumerate((name, layer, m) for name in names for layer in layers for m in methods)}
-    rows = {row.key: row for row in [*done_rows, *new] if row.key in order}
-    return sorted(rows.values(), key=lambda row: order[row.key])
+    rows = {row.key: row for row in [*plan.done, *new] if row.key in order}
+    position = {name: n for n, name in enumerate(names)}
+    skipped.sort(key=lambda s: position.get(s.image, len(names)))
+    return Evaluation(sorted(rows.values(), key=lambda row: order[row.key]), skipped, plan.stale, plan.duplicates)
 
 
 @dataclass(frozen=True)
 class SummaryRow:
-    """Per layer and method: the number of rows, each metric's mean and the half-width of its 95% interval.
+    r"""Per layer and method: the number of rows, each metric's mean and the half-width of its 95% interval.
 
-    ``exact`` is the share of exact rows, ``seconds`` the mean time. A half-width is NaN for one row.
+    Means and intervals are over the rows where the metric is finite; a half-width is NaN for fewer than two
+    such rows, a mean NaN for none. ``perfect`` counts the rows whose estimate equals the input (PSNR
+    :math:`+\infty`: left out of the PSNR mean); ``undefined`` counts the rows with a non-finite SSIM, relative
+    error or feature residual (e.g. the relative error of an all-zero image: left out of that metric's mean).
+    ``exact`` is the share of exact rows, ``seconds`` the mean time.
     """
 
     layer: str
     method: str
     n: int
+    perfect: int
+    undefined: int
     psnr: float
     psnr_ci: float
     ssim: float
@@ -605,8 +614,11 @@ class SummaryRow:
 
 
 def _mean_ci(values: Sequence[float], confidence: float) -> tuple[float, float]:
-    """Mean and half-width of the Student-t interval (NaN for fewer than two values)."""
+    """Mean and half-width of the Student-t interval of the finite values (NaN for none, resp. fewer than two)."""
     array = np.asarray(values, dtype=np.float64)
+    array = array[np.isfinite(array)]
+    if array.size == 0:
+        return math.nan, math.nan
     mean = float(array.mean())
     if array.size < 2:
         return mean, math.nan
@@ -619,11 +631,15 @@ def summarize(rows: Sequence[EvaluationRow], confidence: float = 0.95) -> list[S
 
     Examples
     --------
-    >>> row = EvaluationRow("a.png", "conv1", "auto", 30.0, 0.9, 0.1, 0.0, True, False, "lsqr", 1.0,
-    ...                     "m", "0", 32, "float64", "switches", "active_set", "", "")
+    >>> row = EvaluationRow("a.png", "0", "conv1", "auto", 30.0, 0.9, 0.1, 0.0, True, False, "lsqr", 1.0,
+    ...                     "m", "0", 32, None, "float64", "switches", "active_set", "", "")
     >>> s = summarize([row, dataclasses.replace(row, image="b.png", psnr=32.0, exact=False)])[0]
     >>> s.n, s.psnr, round(s.psnr_ci, 3), s.exact
     (2, 31.0, 12.706, 0.5)
+    >>> black = dataclasses.replace(row, image="black.png", psnr=math.inf, relative_error=math.nan)
+    >>> s = summarize([row, black])[0]
+    >>> s.n, s.perfect, s.undefined, s.psnr, s.relative_error
+    (2, 1, 1, 30.0, 0.1)
     """
     if not 0 < confidence < 1:
         raise OptionError(f"summarize: expected a confidence in (0, 1), got {confidence}; e.g. 0.95")
@@ -641,20 +657,43 @@ def summarize(rows: Sequence[EvaluationRow], confidence: float = 0.95) -> list[S
             metrics: dict[str, float] = {}
             for name in ("psnr", "ssim", "relative_error", "feature_residual"):
                 metrics[name], metrics[f"{name}_ci"] = _mean_ci([getattr(r, name) for r in group], confidence)
+            perfect = sum(r.psnr == math.inf for r in group)
+            undefined = sum(
+                not all(math.isfinite(v) for v in (r.ssim, r.relative_error, r.feature_residual)) for r in group
+            )
             exact = sum(r.exact for r in group) / len(group)
             seconds = sum(r.seconds for r in group) / len(group)
-            summary.append(SummaryRow(layer, method, len(group), exact=exact, seconds=seconds, **metrics))
+            summary.append(
+                SummaryRow(layer, method, len(group), perfect, undefined, exact=exact, seconds=seconds, **metrics)
+            )
     return summary
 
 
+def _mean_text(mean: float, ci: float, digits: int) -> str:
+    """``31.02 ± 0.40``; the mean alone without an interval; ``--`` without a mean."""
+    if math.isnan(mean):
+        return "--"
+    return f"{mean:.{digits}f}" + (f" ± {ci:.{digits}f}" if math.isfinite(ci) else "")
+
+
 def format_summary(summary: Sequence[SummaryRow]) -> str:
-    """The summary as text: layer, method, n, PSNR mean ± half-width, SSIM, exact share, seconds per image."""
-    lines = [f"{'layer':<12} {'method':<7} {'n':>5} {'PSNR dB (95% CI)':>19} {'SSIM':>7} {'exact':>6} {'s/image':>8}"]
+    """The summary as text: layer, method, n, PSNR mean ± half-width, SSIM, exact share, seconds per image.
+
+    PSNR is the mean over the rows that are not perfect (the ``perfect`` column counts those: the estimate
+    equals the input); a mean of one row has no interval, a mean of none is ``--``.
+    """
+    lines = [
+        f"{'layer':<12} {'method':<7} {'n':>5} {'perfect':>7} {'PSNR dB (95% CI)':>19} {'SSIM':>7} {'exact':>6} "
+        f"{'s/image':>8}"
+    ]
     lines += [
-        f"{s.layer:<12} {s.method:<7} {s.n:>5} {f'{s.psnr:.2f} ± {s.psnr_ci:.2f}':>19} {s.ssim:>7.4f} "
-        f"{s.exact:>6.0%} {s.seconds:>8.2f}"
+        f"{s.layer:<12} {s.method:<7} {s.n:>5} {s.perfect:>7} {_mean_text(s.psnr, s.psnr_ci, 2):>19} "
+        f"{_mean_text(s.ssim, math.nan, 4):>7} {s.exact:>6.0%} {s.seconds:>8.2f}"
         for s in summary
     ]
+    undefined = [f"{s.layer} {s.method}: {s.undefined}" for s in summary if s.undefined]
+    if undefined:
+        lines.append(f"rows with an undefined metric (left out of its mean): {', '.join(undefined)}")
     return "\n".join(lines)
 
 

@@ -13,24 +13,56 @@ refused with the reason fx gave.
 Layer names: a node's name (``"layer1_0_relu_1"``, see ``invertnet layers``), a module's qualified name
 (``"layer1.0.conv1"``; a module called more than once must be named by its node), or a container
 (``"layer1.0"``: the last value computed inside it).
+
+What :func:`capture` checks before any inversion, so that a wrong result never looks like a result:
+
+- the image is finite, and so is every weight of the modules (and attributes) the value depends on; a
+  weight tensor that is all zeros is refused too (its layer keeps nothing of its input), naming the layer;
+- in-place operations (``h.mul_(2)``, ``F.relu(h, inplace=True)``, ``nn.ReLU(inplace=True)``, ``h += b``):
+  fx records ``h``'s later readers as reading ``h`` before the change, so :func:`capture` points them at the
+  in-place node instead, and the in-place node is inverted like its out-of-place twin. The graph is then run
+  again out of place and must reproduce the model's value; where it does not (an in-place change through a
+  view, ``h[...] = v``), the call is refused naming the in-place node.
 """
 
 from __future__ import annotations
 
+import contextlib
 import operator
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import cast
+from typing import TypeVar, cast
 
 import torch
 import torch.fx as fx
 from torch import nn
 
-from invertnet.errors import ForwardError, InvertnetError, LayerNotFoundError, NotAChainError
+from invertnet.errors import (
+    ArgumentTypeError,
+    ForwardError,
+    InvertnetError,
+    LayerNotFoundError,
+    NonFiniteError,
+    NotAChainError,
+    UnsupportedLayerError,
+    WeightsError,
+)
 from invertnet.inverses.registry import has_inverse
 from invertnet.trace import LayerRecord, Trace, model_input, require_module, trace
 
-__all__ = ["Graph", "Node", "capture", "check_layer", "graph_layers", "last_module_node", "layer_values"]
+T = TypeVar("T")
+
+__all__ = [
+    "Graph",
+    "Node",
+    "capture",
+    "check_layer",
+    "check_weights",
+    "graph_layers",
+    "is_in_place",
+    "last_module_node",
+    "layer_values",
+]
 
 
 @dataclass
@@ -180,6 +212,8 @@ class Graph:
         if node.op == "module" and node.module is not None:
             return node.module(*args, **kwargs)
         if node.op == "function" and callable(node.target):
+            if kwargs.get("inplace") is True:  # out of place, as for methods
+                kwargs = {**kwargs, "inplace": False}
             return _functional(node.target)(*args, **kwargs)
         if node.op == "method":
             receiver, *rest = args
@@ -209,7 +243,75 @@ def _functional(fn: object) -> Callable[..., object]:
         return replacement
     if not callable(fn):
         raise NotAChainError(f"expected a callable, got {fn!r}")
-    return fn
+    function: Callable[..., object] = fn
+    name = getattr(fn, "__name__", "")
+    if _in_place_name(name) and getattr(torch, name, None) is fn:  # torch.relu_ -> torch.relu
+        twin = getattr(torch, name[:-1], None)
+        if callable(twin):
+            function = twin
+    return function
+
+
+#: Functions that change their first argument in place (besides the operators above and ``torch.*_``).
+_IN_PLACE_FUNCTIONS: tuple[object, ...] = (*_OUT_OF_PLACE, operator.ipow, operator.ifloordiv)
+
+
+def _in_place_name(name: str) -> bool:
+    """``mul_``, ``relu_``: torch's spelling of an in-place method (not ``__add__``, not ``_private``)."""
+    return name.endswith("_") and not name.startswith("_") and len(name) > 1
+
+
+def is_in_place(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Whether ``node`` changes its first argument in place.
+
+    ``x.mul_(2)``, ``torch.relu_(x)``, ``x += 1``, ``F.relu(x, inplace=True)``, ``nn.ReLU(inplace=True)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> class M(torch.nn.Module):
+    ...     def forward(self, x):
+    ...         x.mul_(2)
+    ...         return torch.relu(x)
+    >>> traced = torch.fx.symbolic_trace(M())
+    >>> [n.name for n in traced.graph.nodes if is_in_place(n, dict(traced.named_modules()))]
+    ['mul_']
+    """
+    if not node.args or not isinstance(node.args[0], fx.Node):
+        return False
+    if node.op == "call_method":
+        return _in_place_name(str(node.target))
+    if node.op == "call_function":
+        if node.target in _IN_PLACE_FUNCTIONS or node.kwargs.get("inplace") is True:
+            return True
+        name = getattr(node.target, "__name__", "")
+        return _in_place_name(name) and getattr(torch, name, None) is node.target
+    if node.op == "call_module":
+        return getattr(modules.get(str(node.target)), "inplace", False) is True
+    return False
+
+
+def _redirect_in_place(graph_module: fx.GraphModule, values: dict[str, object], dependent: set[str]) -> list[fx.Node]:
+    """Point the readers of a value changed in place, after the change, at the in-place node; return those nodes.
+
+    fx records ``h.mul_(2); act(h)`` as ``act`` reading ``h``: the recorded values are right (the model ran), the
+    edges are not, so a walk would invert ``act`` into ``h`` as it was before the change. An in-place node returns
+    the tensor it changed, so its later readers read it instead. (``h[i] = v`` does not trace: such a forward is
+    walked as a hook-traced chain, which refuses it.)
+    """
+    modules = dict(graph_module.named_modules())
+    nodes = [n for n in graph_module.graph.nodes if n.name in values]
+    position = {n: i for i, n in enumerate(nodes)}
+    changed = []
+    for n in nodes:
+        if not is_in_place(n, modules) or not isinstance(n.args[0], fx.Node) or n.args[0].name not in dependent:
+            continue
+        source = n.args[0]
+        later = [u for u in list(source.users) if u is not n and position.get(u, -1) > position[n]]
+        for user in later:
+            user.replace_input_with(source, n)
+        changed.append(n)
+    return changed
 
 
 def _stack_keys(node: fx.Node) -> list[str]:
@@ -296,11 +398,32 @@ def _run(recorder: _Recorder, model: nn.Module, image: torch.Tensor) -> None:
         pass
     except InvertnetError:
         raise
-    except (RuntimeError, ValueError, IndexError, TypeError) as err:
+    except SystemExit as err:  # user code calling sys.exit() must not end the caller's program silently
+        raise ForwardError(
+            f"expected {type(model).__name__}'s forward pass to return a value, but it called sys.exit({err.code!r}) "
+            f"at {recorder.running}; remove the exit from the model's code"
+        ) from None
+    except Exception as err:  # the model's code may raise anything; shapes and dtypes raise these four
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        shapes = isinstance(err, (RuntimeError, ValueError, IndexError, TypeError))
         raise ForwardError(
             f"expected {type(model).__name__} to run on an input of shape {tuple(image.shape)}, but its forward "
-            f"pass failed at {recorder.running}: {first}; check the input size and channels"
+            f"pass failed at {recorder.running}: {first if shapes else f'{type(err).__name__}: {first}'}; "
+            + ("check the input size and channels" if shapes else "fix the model's code")
+        ) from err
+
+
+def _hooked(model: nn.Module, image: torch.Tensor, run: Callable[[], T]) -> T:
+    """``run()`` (a hook-traced forward of ``model``), with whatever else the model's code raises as a ForwardError."""
+    try:
+        return run()
+    except InvertnetError:
+        raise
+    except Exception as err:  # trace() names the shape errors itself; the rest is the model's code
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ForwardError(
+            f"expected {type(model).__name__} to run on an input of shape {tuple(image.shape)}, but its forward "
+            f"pass raised {type(err).__name__}{': ' + first if first else ''}; fix the model's code"
         ) from err
 
 
@@ -321,6 +444,18 @@ def _labels(nodes: Iterable[fx.Node]) -> dict[str, str]:
 
 
 _OPS = {"placeholder": "input", "call_module": "module", "call_function": "function", "call_method": "method"}
+
+
+@contextlib.contextmanager
+def _exits_are_errors(model: nn.Module) -> Iterator[None]:
+    """``sys.exit()`` in a model's code (while fx traces it, or while it runs) as a :class:`ForwardError`."""
+    try:
+        yield
+    except SystemExit as err:
+        raise ForwardError(
+            f"expected {type(model).__name__}'s forward pass to return, but it called sys.exit({err.code!r}); remove "
+            "the exit from the model's code"
+        ) from None
 
 
 def capture(model: nn.Module, image: torch.Tensor, layer: str) -> Graph:
@@ -361,28 +496,46 @@ def capture(model: nn.Module, image: torch.Tensor, layer: str) -> Graph:
     [('x', ()), ('conv', ('x',)), ('relu (relu)', ('conv',)), ('add (add)', ('relu', 'x'))]
     """
     model = require_module(model)
+    with _exits_are_errors(model):
+        return _capture(model, image, layer)
+
+
+def _capture(model: nn.Module, image: torch.Tensor, layer: str) -> Graph:
+    _require_name(layer)
     image = model_input(model, image)
+    _require_finite_image(image)
     try:
         graph_module = _symbolic_trace(model)
     except Exception as err:  # fx raises TraceError, TypeError, AttributeError, ... on untraceable code
-        return _chain_graph(model, image, layer, f"{type(err).__name__}: {str(err).strip().splitlines()[0]}")
+        graph = _chain_graph(model, image, layer, f"{type(err).__name__}: {str(err).strip().splitlines()[0]}")
+        _require_weights((node.label, node.module) for node in graph.nodes.values() if node.module is not None)
+        return graph
     target = _resolve(graph_module, model, layer)
+    modules = dict(graph_module.named_modules())
+    if any(is_in_place(n, modules) for n in graph_module.graph.nodes):
+        image = image.clone()  # the model changes values in place: not the caller's tensor
     recorder = _Recorder(graph_module, target)
     _run(recorder, model, image)
+    executed = [n for n in graph_module.graph.nodes if n.name in recorder.values]
+    in_place = _redirect_in_place(graph_module, recorder.values, _depends_on_input(executed))
     order = [n for n in graph_module.graph.nodes if n.name in recorder.values]
     dependent = _depends_on_input(order)
     needed = _ancestors(target)
     labels = _labels(order)
-    modules = dict(graph_module.named_modules())
+    _require_weights(
+        (labels[n.name], modules[str(n.target)]) for n in order if n.name in needed and n.op == "call_module"
+    )
+    _require_weights((str(n.target), recorder.values[n.name]) for n in order if n.name in needed and n.op == "get_attr")
     nodes: dict[str, Node] = {}
     for n in order:
         if n.name not in needed or n.op in ("get_attr", "output"):
             continue
         value = recorder.values[n.name]
+        # tensors, and the tuples of ``chunk``/``split`` (their parts are read by ``getitem`` nodes)
         parents = tuple(
             a.name
             for a in n.all_input_nodes
-            if a.name in dependent and isinstance(recorder.values.get(a.name), torch.Tensor)
+            if a.name in dependent and isinstance(recorder.values.get(a.name), (torch.Tensor, tuple, list))
         )
         module = modules[str(n.target)] if n.op == "call_module" else None
         first = recorder.values[parents[0]] if parents else torch.empty(0)
@@ -410,7 +563,98 @@ def capture(model: nn.Module, image: torch.Tensor, layer: str) -> Graph:
             value = getattr(value, part)
         return value
 
-    return Graph(nodes, placeholder.name, target.name, features, True, {}, modules, attribute)
+    graph = Graph(nodes, placeholder.name, target.name, features, True, {}, modules, attribute)
+    if in_place:  # also those off the path: a change through a view reaches values on it
+        _require_reproduced(graph, [labels.get(n.name, n.name) for n in in_place])
+    return graph
+
+
+def _require_name(layer: object) -> None:
+    if not isinstance(layer, str):
+        hint = f"pass {str(layer)!r}" if isinstance(layer, int) and not isinstance(layer, bool) else "pass its name"
+        raise ArgumentTypeError(
+            f"layer: expected a node or module name as a str (see 'invertnet layers'), got {type(layer).__name__} "
+            f"{layer!r}; {hint}"
+        )
+
+
+def _require_finite_image(image: torch.Tensor) -> None:
+    bad = ~torch.isfinite(image)
+    if bool(bad.any()):
+        first = tuple(int(i) for i in bad.nonzero()[0])
+        raise NonFiniteError(
+            f"image: expected finite pixel values, got {int(bad.sum())} NaN or infinite entries (the first at index "
+            f"{first}); fix or drop them before inverting"
+        )
+
+
+def _require_weights(named: Iterable[tuple[str, object]]) -> None:
+    """Refuse NaN or infinite weights, and a weight tensor of all zeros, naming the layer (``named``: modules, tensors).
+
+    A layer whose weights are all zero outputs its bias alone: nothing of its input is left to invert.
+    """
+    for label, owner in named:
+        if isinstance(owner, nn.Module):
+            tensors = [
+                *owner.named_parameters(),
+                *((n, b) for n, b in owner.named_buffers() if b.is_floating_point()),
+            ]
+            where = f"layer {label!r} ({type(owner).__name__})"
+        elif isinstance(owner, torch.Tensor) and owner.is_floating_point():
+            tensors, where = [("", owner)], f"attribute {label!r}"
+        else:
+            continue
+        for name, tensor in tensors:
+            what = f"{name} of {where}" if name else where
+            bad = int((~torch.isfinite(tensor.detach())).sum())
+            if bad:
+                raise NonFiniteError(
+                    f"expected finite weights, got {bad} of {tensor.numel()} entries of the {what} NaN or infinite; "
+                    "the training diverged or the weights are damaged: load other weights"
+                )
+            weight = name.rsplit(".", 1)[-1] == "weight" or (not name and label.rsplit(".", 1)[-1] == "weight")
+            if weight and tensor.ndim >= 2 and tensor.numel() and not bool(tensor.detach().any()):
+                raise WeightsError(
+                    f"expected weights that read the input, got the {what}, {tuple(tensor.shape)}, all zeros: the "
+                    "layer outputs its bias alone and keeps nothing of its input; load trained weights or "
+                    "initialise the layer"
+                )
+
+
+def check_weights(model: nn.Module) -> None:
+    """Refuse a model with NaN or infinite weights, or a weight tensor of all zeros, naming the layer.
+
+    :func:`capture` checks the layers a value depends on; this checks every layer (for analyses of the whole
+    model, such as :func:`invertnet.injectivity.injectivity_report`).
+
+    Examples
+    --------
+    >>> import torch
+    >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(4, 4, 1))
+    >>> _ = torch.nn.init.zeros_(model[1].weight)
+    >>> check_weights(model)
+    Traceback (most recent call last):
+    ...
+    invertnet.errors.WeightsError: expected weights that read the input, got the weight of layer '1' (Conv2d), ...
+    """
+    model = require_module(model)
+    _require_weights((name or type(model).__name__, m) for name, m in model.named_modules() if not list(m.children()))
+
+
+def _require_reproduced(graph: Graph, in_place: list[str]) -> None:
+    """Refuse a graph that, run again out of place, does not give the model's value (an in-place change fx missed)."""
+    with torch.no_grad():
+        again = graph.evaluate({graph.input: graph.image})
+    features = graph.features
+    scale = float(features.abs().max()) if features.numel() else 0.0
+    difference = float((again - features).abs().max()) if again.shape == features.shape else float("inf")
+    tolerance = float(torch.finfo(features.dtype).eps) ** 0.5 * max(scale, 1.0)
+    if not difference <= tolerance:
+        raise UnsupportedLayerError(
+            f"expected a forward pass whose in-place operations the graph can follow, got {', '.join(in_place)}, "
+            f"and the graph run out of place differs from the model's value by {difference:.2g} (an in-place change "
+            "through a view or an index); write it out of place (e.g. h = h * 2), or reconstruct from a node before it"
+        )
 
 
 def _depends_on_input(order: list[fx.Node]) -> set[str]:
@@ -435,7 +679,7 @@ def _ancestors(target: fx.Node) -> set[str]:
 def _chain_graph(model: nn.Module, image: torch.Tensor, layer: str, why: str) -> Graph:
     """The hook-traced chain as a graph (fx could not trace the forward: ``why``)."""
     try:
-        recorded: Trace = trace(model, image, layer)
+        recorded: Trace = _hooked(model, image, lambda: trace(model, image, layer))
     except NotAChainError as err:
         raise NotAChainError(f"torch.fx could not trace the forward ({why}), and {err}") from None
     nodes = {"input": Node("input", "input", "input", "input", None, (), recorded.records[0].input)}
@@ -455,13 +699,15 @@ def check_layer(model: nn.Module, layer: str) -> None:
     Used to check names before any work; the forward pass is not run.
     """
     model = require_module(model)
-    try:
-        graph_module = _symbolic_trace(model)
-    except Exception:  # fx cannot trace: module names only
-        from invertnet.trace import find_layer
+    _require_name(layer)
+    with _exits_are_errors(model):
+        try:
+            graph_module = _symbolic_trace(model)
+        except Exception:  # fx cannot trace: module names only
+            from invertnet.trace import find_layer
 
-        find_layer(model, layer)
-        return
+            find_layer(model, layer)
+            return
     _resolve(graph_module, model, layer)
 
 
@@ -471,13 +717,18 @@ def graph_layers(model: nn.Module, image: torch.Tensor) -> list[tuple[str, str, 
     Falls back to the modules that run (hooks) when fx cannot trace the forward.
     """
     model = require_module(model)
-    image = model_input(model, image)
+    with _exits_are_errors(model):
+        return _graph_layers(model, model_input(model, image))
+
+
+def _graph_layers(model: nn.Module, image: torch.Tensor) -> list[tuple[str, str, str, tuple[int, ...]]]:
     try:
         graph_module = _symbolic_trace(model)
     except Exception:  # fx cannot trace: list modules instead
         from invertnet.trace import list_layers
 
-        return [(i.name, i.name, i.kind, i.output_shape) for i in list_layers(model, image)]
+        infos = _hooked(model, image, lambda: list_layers(model, image))
+        return [(i.name, i.name, i.kind, i.output_shape) for i in infos]
     nodes = [n for n in graph_module.graph.nodes if n.op not in ("output", "get_attr")]
     last = nodes[-1]
     recorder = _Recorder(graph_module, last)

@@ -1,8 +1,7 @@
 """Images and weights in and out.
 
-- :func:`load_image`: any file scikit-image reads -> ``(1, 3, S, S)`` float tensor in [0, 1]
-  (greyscale replicated to RGB, RGBA composited over white, centre-cropped to a square, resized
-  with anti-aliasing).
+- :func:`load_image` (from :mod:`invertnet.images`): an image file -> ``(1, 3, S, S)`` float tensor in [0, 1]
+  and a note on what was converted.
 - :func:`save_image`: a ``(C, H, W)`` or ``(1, C, H, W)`` tensor -> 8-bit PNG, values clipped to
   [0, 1], written atomically.
 - :func:`load_weights`: a state dict from ``.pt``/``.pth`` (``torch.load(weights_only=True)``: no
@@ -22,21 +21,19 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import torch
-from skimage import color, io, transform
-from skimage.util import img_as_float64, img_as_ubyte
+from skimage import io
+from skimage.util import img_as_ubyte
 from torch import nn
 
 from invertnet.errors import (
     ArgumentTypeError,
-    ImageReadError,
     NonFiniteError,
-    OptionError,
     OutputPathError,
     ShapeError,
     WeightsError,
 )
+from invertnet.images import MAX_IMAGE_SIZE, load_image
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -51,9 +48,6 @@ __all__ = [
 
 #: The extensions :func:`save_image` writes (8-bit, through scikit-image / imageio).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-#: Largest side :func:`load_image` resizes to: a 3 x 4096 x 4096 float64 image is already 384 MiB,
-#: and every layer's features and the inversion's buffers are larger still.
-MAX_IMAGE_SIZE = 4096
 
 
 def check_suffix(path: str | os.PathLike[str], suffixes: tuple[str, ...], what: str) -> Path:
@@ -71,95 +65,6 @@ def check_suffix(path: str | os.PathLike[str], suffixes: tuple[str, ...], what: 
 def check_image_path(path: str | os.PathLike[str]) -> Path:
     """Return ``path`` if :func:`save_image` can write its extension; raise :class:`OutputPathError` otherwise."""
     return check_suffix(path, IMAGE_SUFFIXES, "an image file name")
-
-
-def _check_size(size: object) -> int:
-    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_IMAGE_SIZE:
-        why = (
-            f"a {size}x{size} RGB image alone takes {3 * 8 * size**2 / 2**30:.0f} GiB in float64"
-            if isinstance(size, int) and size > MAX_IMAGE_SIZE
-            else "pass a positive side such as 224"
-        )
-        raise OptionError(
-            f"load_image: expected an int size in [1, {MAX_IMAGE_SIZE}] (or None to keep the image's size), "
-            f"got {size!r}; {why}"
-        )
-    return size
-
-
-def load_image(path: str | os.PathLike[str], size: int | None = None) -> tuple[torch.Tensor, str]:
-    """Read an image as a ``(1, 3, H, W)`` float64 tensor in [0, 1], and say what was converted.
-
-    Parameters
-    ----------
-    path : path-like
-    size : int, optional
-        Centre-crop to a square and resize to ``size x size``; ``None`` keeps the image as it is.
-
-    Returns
-    -------
-    (torch.Tensor, str)
-        The image and a note on conversions (empty when none).
-
-    Raises
-    ------
-    ImageReadError
-        Missing or unreadable file, or an array that is not a 2-D greyscale, RGB or RGBA image.
-    NonFiniteError
-        A float image with NaN or infinite pixels.
-    OptionError
-        ``size`` not an int in ``[1, MAX_IMAGE_SIZE]``.
-
-    Notes
-    -----
-    Float images are expected in [0, 1]; values outside are clipped, and the note says so.
-    """
-    if size is not None:
-        size = _check_size(size)
-    path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(f"expected an image file, got {str(path)!r}, which does not exist or is not a file")
-    if path.stat().st_size == 0:
-        raise ImageReadError(f"expected an image file, got {str(path)!r}, which is empty (0 bytes)")
-    try:
-        array = io.imread(path)
-    except Exception as err:  # scikit-image raises whatever its plugin raises on a corrupt file
-        raise ImageReadError(f"expected an image scikit-image can read, got {str(path)!r}: {err}") from None
-    notes = []
-    if array.ndim == 3 and array.shape[-1] == 4:
-        array, notes = color.rgba2rgb(array, background=(1, 1, 1)), ["RGBA composited over white"]
-    elif array.ndim == 2:
-        array, notes = color.gray2rgb(array), ["greyscale replicated to 3 channels"]
-    if array.ndim != 3 or array.shape[-1] != 3:
-        raise ImageReadError(
-            f"expected a greyscale, RGB or RGBA image, got an array of shape {array.shape} from {str(path)!r}"
-        )
-    if array.size == 0:
-        raise ImageReadError(
-            f"expected an image with pixels, got an empty array of shape {array.shape} from {str(path)!r}"
-        )
-    if np.issubdtype(array.dtype, np.floating):
-        if not np.isfinite(array).all():
-            raise NonFiniteError(
-                f"expected finite pixel values, got {int((~np.isfinite(array)).sum())} NaN or infinite pixels in "
-                f"{str(path)!r}; fix or drop them before inverting"
-            )
-        low, high = float(array.min()), float(array.max())
-        if low < 0 or high > 1:
-            notes.append(f"values outside [0, 1] (min {low:.3g}, max {high:.3g}) clipped")
-    array = img_as_float64(array)
-    if size is not None:
-        h, w = array.shape[:2]
-        side = min(h, w)
-        if h != w:
-            top, left = (h - side) // 2, (w - side) // 2
-            array = array[top : top + side, left : left + side]
-            notes.append(f"centre-cropped {h}x{w} -> {side}x{side}")
-        if side != size:
-            array = transform.resize(array, (size, size), anti_aliasing=side > size)
-            notes.append(f"resized {side}x{side} -> {size}x{size}")
-    tensor = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))).unsqueeze(0).clamp(0, 1)
-    return tensor, "; ".join(notes)
 
 
 @contextlib.contextmanager
@@ -235,8 +140,29 @@ def save_image(image: torch.Tensor, path: str | os.PathLike[str]) -> None:
         io.imsave(tmp, img_as_ubyte(array), check_contrast=False)
 
 
+def _head(path: Path, n: int) -> bytes:
+    try:
+        with path.open("rb") as handle:
+            return handle.read(n)
+    except OSError as err:
+        raise WeightsError(f"expected a readable weights file, got {str(path)!r}: {err.strerror or err}") from None
+
+
+def _looks_like_safetensors(path: Path) -> bool:
+    """A safetensors file: an 8-byte little-endian header length, then a JSON object that fits in the file."""
+    head = _head(path, 9)
+    return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < path.stat().st_size
+
+
+def _looks_like_torch(path: Path) -> bool:
+    """A file ``torch.save`` wrote: a zip archive (since torch 1.6) or a pickle (protocol 2 and up)."""
+    return _head(path, 4) == b"PK\x03\x04" or _head(path, 1) == b"\x80"
+
+
 def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Read a state dict from ``.safetensors`` or from a torch file with ``weights_only=True``.
+    """Read a state dict from a safetensors file or from a torch file with ``weights_only=True``.
+
+    The format is read from the file's first bytes, not its name (a safetensors file named ``.pt`` reads).
 
     Raises
     ------
@@ -247,7 +173,7 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"expected a weights file, got {str(path)!r}, which does not exist or is not a file")
-    if path.suffix == ".safetensors":
+    if _looks_like_safetensors(path) or (path.suffix.lower() == ".safetensors" and not _looks_like_torch(path)):
         try:
             from safetensors.torch import load_file
         except ImportError:
@@ -257,7 +183,8 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         except Exception as err:  # safetensors raises its own SafetensorError on corrupt headers
             raise WeightsError(f"expected a valid .safetensors file, got {str(path)!r}: {err}") from None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with path.open("rb") as handle:  # a file object: torch 2.13 reads a path ending in .safetensors as safetensors
+            state = torch.load(handle, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling errors come in many types; the file is unusable either way
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         first = f"{type(err).__name__}: {first}" if len(first) < 20 else first

@@ -414,6 +414,8 @@ class Walker:
         """Walk from the target to the input."""
         graph = self.graph
         estimate = graph.features
+        stopped: list[str] = []  # nodes on the path whose input the walk cannot see
+        reached = False
         with torch.no_grad():
             for name in reversed(self.order):
                 if name in self.skip or name not in self.pending:
@@ -427,9 +429,10 @@ class Walker:
                 y, n = incoming.tensor, incoming.tensor.shape[0]
                 if node.op == "input":
                     self._unsolved(incoming.deferred, "the input")
-                    estimate = y
+                    estimate, reached = y, True
                     break
                 if not node.parents:
+                    stopped.append(node.label)
                     continue
                 incoming = self._gate_active_set(node, incoming)
                 if node.target in _SPLITS:
@@ -473,6 +476,12 @@ class Walker:
                 self._record(node, step, target, n, reconciled)
                 if step.resolves:
                     self._solved(incoming, target, step.estimate, step.exact)
+        if not reached or estimate.shape != graph.image.shape:  # never an inner value as "the image"
+            where = f" at {', '.join(map(repr, stopped))}" if stopped else ""
+            raise UnsupportedLayerError(
+                f"expected the walk to reach the input, {tuple(graph.image.shape)}, got stopped{where} with a value of "
+                f"shape {tuple(estimate.shape)}; reconstruct from a node before it, or use method='joint'"
+            )
         steps = self.steps
         determined = self.determined if steps and all(s.exact for s in steps[:-1]) else None
         return Walk(estimate, steps, self.frontier, determined)

@@ -21,6 +21,7 @@ from invertnet.cli import cli
 from invertnet.errors import ImageReadError, ResultsFileError
 from invertnet.evaluate import EvaluationRow, evaluate, image_files, read_rows, summarize
 from invertnet.io import load_image
+from invertnet.results import COLUMNS
 from invertnet.specs import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,8 +144,8 @@ def test_interrupt_keeps_the_finished_rows(model, images, tmp_path, monkeypatch)
 
 def _row(image, psnr, exact=True, layer="conv1", method="auto"):
     return EvaluationRow(
-        image, layer, method, psnr, psnr / 100, 1 / psnr, psnr / 1000, exact, False, "lsqr", psnr / 10,
-        "m", "0", 32, "float64", "switches", "active_set", "", "",
+        image, "0", layer, method, psnr, psnr / 100, 1 / psnr, psnr / 1000, exact, False, "lsqr", psnr / 10,
+        "m", "0", 32, None, "float64", "switches", "active_set", "", "",
     )  # fmt: skip
 
 
@@ -216,7 +217,7 @@ def test_foreign_or_damaged_file_is_refused(model, images, tmp_path):
     _run(model, images, out, size=12, methods=["patch"])
     lines = out.read_text().splitlines(keepends=True)
     out.write_text("".join([*lines[:2], "a.png,1,patch\n", *lines[2:]]))
-    with pytest.raises(ResultsFileError, match="line 3: expected 19 fields, got 3"):
+    with pytest.raises(ResultsFileError, match="line 3: expected 21 fields, got 3"):
         read_rows(out)
     rows = _run(model, images, foreign, size=12, methods=["patch"], overwrite=True)
     assert len(read_rows(foreign)) == len(rows) == 6
@@ -258,7 +259,7 @@ def test_cli_writes_rows_summary_and_figure(images, tmp_path):
     assert len(rows) == 12
     assert {(r.model, r.size, r.dtype) for r in rows} == {(CHAIN, 12, "float64")}
     summary = (tmp_path / "s.csv").read_text().splitlines()
-    assert summary[0].startswith("layer,method,n,psnr,psnr_ci,")
+    assert summary[0].startswith("layer,method,n,perfect,undefined,psnr,psnr_ci,")
     assert len(summary) == 5
     assert skio.imread(tmp_path / "f.png").ndim == 3
     # the same command again: every row is there, nothing is recomputed, the summary files need --force
@@ -356,3 +357,194 @@ def test_cuda_rows_match_cpu_rows(model, images):
         assert a.key == b.key
         assert a.psnr == pytest.approx(b.psnr, rel=1e-9)
         assert a.route == b.route
+
+
+# --- nothing lost, nothing counted twice ---------------------------------------------------------------------
+
+
+def test_resume_keys_rows_by_resolved_path(model, images, tmp_path, monkeypatch):
+    """The issue's case: the same folder spelled ../photos recomputed and duplicated every row."""
+    out = tmp_path / "rows.csv"
+    first = _run(model, images, out, size=12, methods=["patch"])
+    assert {Path(r.image) for r in first} == {p.resolve() for p in images.glob("*.png")}
+    calls = _count_calls(monkeypatch)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    again = _run(model, Path("..") / "images", out, size=12, methods=["patch"])
+    (tmp_path / "link").symlink_to(images)
+    linked = _run(model, tmp_path / "link", out, size=12, methods=["patch"])
+    assert calls == []
+    assert again == linked == first
+    assert len(read_rows(out)) == 6
+
+
+def test_a_changed_image_is_recomputed_and_its_stale_rows_said_and_dropped(model, images, tmp_path, monkeypatch):
+    out = tmp_path / "rows.csv"
+    first = _run(model, images, out, size=12, methods=["patch"])
+    skio.imsave(images / "b.png", np.full((20, 24, 3), 7, np.uint8), check_contrast=False)  # replaced in place
+    calls = _count_calls(monkeypatch)
+    again = _run(model, images, out, size=12, methods=["patch"])
+    assert sorted(calls) == [("1", "patch"), ("3", "patch")]
+    assert [Path(r.image).name for r in again.stale] == ["b.png", "b.png"]
+    assert {r.image_sha256 for r in again.stale} == {r.image_sha256 for r in first if r.image.endswith("b.png")}
+    rows = read_rows(out)
+    assert len(rows) == 6  # the stale rows left the file
+    assert {r.image_sha256 for r in rows if r.image.endswith("b.png")} == {ev.content_hash(images / "b.png")}
+
+
+def test_duplicate_rows_are_dropped_and_counted_once(model, images, tmp_path):
+    out = tmp_path / "rows.csv"
+    rows = _run(model, images, out, size=12, methods=["patch"])
+    lines = out.read_text().splitlines(keepends=True)
+    out.write_text("".join([*lines, *lines[1:]]))  # two runs that both wrote every row
+    assert len(read_rows(out)) == 12
+    again = _run(model, images, out, size=12, methods=["patch"])
+    assert again.duplicates == 6
+    assert again == rows
+    assert read_rows(out) == rows
+    assert summarize(read_rows(out))[0].n == 3
+
+
+def test_a_second_writer_is_refused_by_name(model, images, tmp_path):
+    out = tmp_path / "rows.csv"
+    with (
+        ev.exclusive_lock(out),
+        pytest.raises(
+            ResultsFileError, match=r"rows\.csv' is being written by another run \(it holds .*rows\.csv\.lock"
+        ),
+    ):
+        _run(model, images, out, size=12, methods=["patch"])
+    assert not out.exists()
+    _run(model, images, out, size=12, methods=["patch"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "rows.csv"]  # the lock file is gone
+
+
+def test_a_second_process_is_refused_while_one_writes(model, images, tmp_path):
+    """Two real processes: the first holds the lock (flock) while the second starts."""
+    out = tmp_path / "rows.csv"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom invertnet.results import exclusive_lock\n"
+         "with exclusive_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(60)\n", str(out)],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = _cli(["evaluate", images, *FAST, "--methods", "patch", "--out", out], tmp_path)
+        _one_line_error(result, "is being written by another run")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not out.exists()
+
+
+def test_a_results_file_that_is_not_utf8_is_refused_by_name_and_force_starts_over(model, images, tmp_path):
+    out = tmp_path / "rows.csv"
+    out.write_bytes(b"\xff\xfe\x00binary\n")
+    with pytest.raises(ResultsFileError, match=r"rows\.csv': expected a results file of invertnet evaluate \(UTF-8 "
+                       r"text\), got bytes that are not UTF-8 \(at byte 0\)"):  # fmt: skip
+        _run(model, images, out, size=12, methods=["patch"])
+    with pytest.raises(ResultsFileError, match="not UTF-8"):
+        read_rows(out)
+    result = _cli(["evaluate", images, *FAST, "--methods", "patch", "--out", out], tmp_path)
+    _one_line_error(result, "got bytes that are not UTF-8")
+    forced = _cli(["evaluate", images, *FAST, "--methods", "patch", "--out", out, "--force"], tmp_path)
+    assert forced.exit_code == 0, forced.output
+    assert len(read_rows(out)) == 6
+
+
+def test_a_file_without_image_hashes_says_it_is_older(model, images, tmp_path):
+    out = tmp_path / "rows.csv"
+    old = [c for c in COLUMNS if c not in ("image_sha256", "bits")]
+    out.write_text(",".join(old) + "\n")
+    with pytest.raises(ResultsFileError, match=r"\(written by an older invertnet, without image hashes\); choose"):
+        _run(model, images, out, size=12, methods=["patch"])
+
+
+def test_bad_images_are_listed_and_skipped_or_fatal(model, images, tmp_path):
+    (images / "text.png").write_text("hello, I am text")
+    (images / "d.png").write_bytes((images / "a.png").read_bytes()[:60])  # cut short
+    rows = _run(model, images, tmp_path / "rows.csv", size=12, methods=["patch"])
+    assert [Path(r.image).name for r in rows][::2] == ["a.png", "b.png", "c.png"]
+    assert [(Path(s.image).name, s.reason.split(",")[0]) for s in rows.skipped] == [
+        ("d.png", "expected an image Pillow can read"),
+        ("text.png", "expected an image file"),
+    ]
+    assert "does not recognise as an image" in rows.skipped[1].reason
+    with pytest.raises(ImageReadError, match=r"d\.png'"):
+        _run(model, images, tmp_path / "fatal.csv", size=12, methods=["patch"], bad_images="fail")
+    with pytest.raises(OptionError, match=r"expected bad_images in \('skip', 'fail'\), got 'ignore'"):
+        _run(model, images, size=12, methods=["patch"], bad_images="ignore")
+
+
+def test_summaries_are_total():
+    """The issue's case: one all-black image turned its layer's summary into inf ± nan."""
+    rows = [_row("a.png", 30.0), _row("b.png", 34.0), _row("black.png", math.inf)]
+    rows[2] = dataclasses.replace(rows[2], relative_error=math.nan, seconds=1.0)
+    summary = summarize(rows)[0]
+    assert (summary.n, summary.perfect, summary.undefined) == (3, 1, 1)
+    assert summary.psnr == 32.0
+    assert summary.relative_error == pytest.approx((1 / 30 + 1 / 34) / 2, rel=1e-15)
+    text = ev.format_summary(summarize(rows))
+    assert "inf" not in text
+    assert "nan" not in text
+    assert text.splitlines()[1].split()[:6] == ["conv1", "auto", "3", "1", "32.00", "±"]
+    assert text.splitlines()[2] == "rows with an undefined metric (left out of its mean): conv1 auto: 1"
+    alone = ev.format_summary(summarize([_row("a.png", 30.0)]))
+    assert alone.splitlines()[1].split()[:5] == ["conv1", "auto", "1", "0", "30.00"]  # one row: no interval
+    perfect = ev.format_summary(summarize([dataclasses.replace(_row("a.png", math.inf), seconds=1.0)]))
+    assert perfect.splitlines()[1].split()[:5] == ["conv1", "auto", "1", "1", "--"]
+
+
+# --- the command line: outputs never clobber what matters -----------------------------------------------------
+
+
+def test_cli_summary_onto_the_results_is_refused_even_with_force(images, tmp_path):
+    """The issue's case: --out r.csv --summary r.csv --force replaced the rows with the summary."""
+    assert _cli(["evaluate", images, *FAST, "--methods", "patch", "--out", "r.csv"], tmp_path).exit_code == 0
+    before = (tmp_path / "r.csv").read_bytes()
+    for other in ("r.csv", "images/../r.csv", "r.csv.lock"):
+        result = _cli(["evaluate", images, *FAST, "--out", "r.csv", "--summary", other, "--force"], tmp_path)
+        _one_line_error(result, f"--summary '{other}' is the same file as ")
+    (tmp_path / "link.csv").symlink_to(tmp_path / "r.csv")
+    result = _cli(["evaluate", images, *FAST, "--out", "r.csv", "--figure", "link.csv", "--force"], tmp_path)
+    _one_line_error(result, "--figure 'link.csv' is the same file as --out 'r.csv'; give each output its own file")
+    assert (tmp_path / "r.csv").read_bytes() == before
+
+
+def test_cli_figure_onto_an_input_photo_is_refused_even_with_force(images, tmp_path):
+    before = (images / "a.png").read_bytes()
+    for figure in (images / "a.png", tmp_path / "images" / ".." / "images" / "a.png"):
+        result = _cli(["evaluate", images, *FAST, "--out", "r.csv", "--figure", figure, "--force"], tmp_path)
+        _one_line_error(result, "it is one of the input images, and writing would destroy it (--force never")
+    assert (images / "a.png").read_bytes() == before
+    assert not (tmp_path / "r.csv").exists()
+
+
+def test_cli_takes_several_images_as_an_unquoted_glob_gives_them(images, tmp_path):
+    files = sorted(images.glob("*.png"))
+    result = _cli(["evaluate", *files, *FAST, "--methods", "patch", "--out", "r.csv"], tmp_path)
+    assert result.exit_code == 0, result.output
+    assert len(read_rows(tmp_path / "r.csv")) == 6
+
+
+def test_cli_lists_skipped_images_and_says_so_in_its_exit_status(images, tmp_path):
+    (images / "text.png").write_text("hello, I am text")
+    result = _cli(["evaluate", images, *FAST, "--methods", "patch", "--out", "r.csv"], tmp_path)
+    assert result.exit_code == 3, result.output
+    lines = result.stdout.splitlines()
+    assert lines[-2].startswith(f"skipped {images.resolve() / 'text.png'}: expected an image file")
+    assert lines[-1] == "skipped 1 of 4 images (exit status 3)"
+    assert len(read_rows(tmp_path / "r.csv")) == 6
+    fatal = _cli(["evaluate", images, *FAST, "--methods", "patch", "--out", "f.csv", "--bad-images", "fail"], tmp_path)
+    _one_line_error(fatal, "text.png', which Pillow does not recognise as an image")
+
+
+def test_cli_says_which_rows_it_dropped(images, tmp_path):
+    assert _cli(["evaluate", images, *FAST, "--methods", "patch", "--out", "r.csv"], tmp_path).exit_code == 0
+    skio.imsave(images / "c.png", np.zeros((20, 24, 3), np.uint8), check_contrast=False)
+    result = _cli(["evaluate", images, *FAST, "--methods", "patch", "--out", "r.csv"], tmp_path)
+    assert result.exit_code == 0, result.output
+    assert f"dropped 2 rows of 1 images whose content changed since (computed again): {images.resolve() / 'c.png'}" in (
+        result.stdout
+    )
+    assert "perfect" in result.stdout.splitlines()[1 if result.stdout.startswith("dropped") else 0]

@@ -17,9 +17,10 @@ from patterns import (
 )
 from torch import nn
 
-from invertnet import JointOptions, UnsupportedLayerError, invert_jointly, reconstruct
+from invertnet import JointOptions, UnsupportedLayerError, WeightsError, invert_jointly, reconstruct
 from invertnet.blocks import branch_lipschitz
-from invertnet.graph import capture
+from invertnet.errors import ArgumentTypeError, ForwardError, NonFiniteError
+from invertnet.graph import capture, graph_layers
 
 
 def _crelu_patterns() -> dict[str, tuple[nn.Module, int]]:
@@ -137,3 +138,109 @@ def test_an_unknown_function_is_refused_naming_the_node():
 
     with pytest.raises(UnsupportedLayerError, match=r"got 'cos \(cos\)' \(cos\); reconstruct from a node below"):
         reconstruct(Odd(), torch.rand(1, 3, 8, 8), "cos")
+
+
+# --- what capture refuses before any inversion, naming the place ------------------------------------------------
+
+
+def _net() -> nn.Sequential:
+    torch.manual_seed(0)
+    from invertnet import CReLU
+
+    return nn.Sequential(nn.Conv2d(3, 12, 2), CReLU()).double()
+
+
+def test_an_integer_layer_is_refused_saying_to_pass_its_name():
+    image = torch.rand(1, 3, 8, 8, dtype=torch.float64)
+    with pytest.raises(
+        ArgumentTypeError, match=r"layer: expected a node or module name as a str .*got int 1; pass '1'"
+    ):
+        reconstruct(_net(), image, 1)
+    assert reconstruct(_net(), image, "1").exact  # the same layer by its name
+
+
+@pytest.mark.parametrize("method", ["auto", "joint"])
+def test_a_nan_image_is_refused_by_both_paths(method):
+    image = torch.rand(1, 3, 8, 8, dtype=torch.float64)
+    image[0, 1, 2, 3] = float("nan")
+    with pytest.raises(
+        NonFiniteError,
+        match=r"image: expected finite pixel values, got 1 NaN or infinite entries \(the first at "
+        r"index \(0, 1, 2, 3\)\)",
+    ):
+        reconstruct(_net(), image, "1", method)
+    with pytest.raises(NonFiniteError, match="image: expected finite pixel values"):
+        invert_jointly(_net(), image, "1")
+
+
+@pytest.mark.parametrize("method", ["auto", "patch", "lsqr", "window", "joint"])
+def test_all_zero_weights_are_named_as_weights(method):
+    net = _net()
+    nn.init.zeros_(net[0].weight)
+    with pytest.raises(
+        WeightsError,
+        match=r"got the weight of layer '0' \(Conv2d\), \(12, 3, 2, 2\), all zeros: the layer outputs its "
+        r"bias alone",
+    ):
+        reconstruct(net, torch.rand(1, 3, 8, 8, dtype=torch.float64), "1", method)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_are_named_as_weights_not_blamed_on_the_input(bad):
+    net = _net()
+    with torch.no_grad():
+        net[0].weight[0, 0, 0, 0] = bad
+    with pytest.raises(
+        NonFiniteError, match=r"expected finite weights, got 1 of 144 entries of the weight of layer '0' \(Conv2d\) NaN"
+    ):
+        reconstruct(net, torch.rand(1, 3, 8, 8, dtype=torch.float64), "1")
+
+
+def test_degenerate_weights_of_a_functional_call_are_named_by_their_attribute():
+    class Functional(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.zeros(12, 3, 2, 2))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.conv2d(x, self.weight)
+
+    with pytest.raises(WeightsError, match=r"got the attribute 'weight', \(12, 3, 2, 2\), all zeros"):
+        reconstruct(Functional().double(), torch.rand(1, 3, 8, 8, dtype=torch.float64), "conv2d")
+
+
+@pytest.mark.parametrize("call", [capture, lambda m, x, layer: invert_jointly(m, x, layer)])
+def test_a_forward_that_calls_sys_exit_is_an_error(call):
+    class Exits(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            import sys
+
+            sys.exit(0)
+
+    with pytest.raises(ForwardError, match=r"Exits's forward pass to return, but it called sys\.exit\(0\); remove"):
+        call(Exits(), torch.rand(1, 3, 8, 8), "conv")
+
+
+@pytest.mark.parametrize("error", [KeyError, AttributeError, AssertionError, ZeroDivisionError])
+def test_whatever_a_forward_raises_is_a_forward_error(error):
+    class Raises(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.head = nn.Conv2d(4, 4, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.conv(x)
+            if h.shape[0] > 0:  # fx cannot trace this: the hook-traced chain runs it
+                raise error("boom in forward")
+            return self.head(h)
+
+    message = rf"Raises to run on an input of shape \(1, 3, 8, 8\), but its forward pass raised {error.__name__}"
+    with pytest.raises(ForwardError, match=message):
+        capture(Raises(), torch.rand(1, 3, 8, 8), "head")
+    with pytest.raises(ForwardError, match=message):
+        graph_layers(Raises(), torch.rand(1, 3, 8, 8))

@@ -465,3 +465,15 @@ def test_lossy_chain_says_what_each_step_loses():
     assert "not injective" in kinds["GELU"].note
     assert kinds["Linear"].note.startswith("rank 10 < in_features 32: a 22-dimensional null-space component is lost")
     assert kinds["AdaptiveAvgPool2d"].note.startswith("averaging 8x8 into 2x2 bins loses detail")
+
+
+def test_an_infeasible_active_set_names_the_violation_that_failed_first():
+    """The issue's note: 'violated by up to 0 (equations 2.8e-06)' named the inequalities, which held."""
+    from types import SimpleNamespace
+
+    from invertnet.inverses.linear import _violations
+
+    result = SimpleNamespace(equation_violation=torch.tensor([2.8e-6, 1e-9]), inequality_violation=torch.zeros(2))
+    assert _violations(result) == "equations violated by up to 2.8e-06 (inequalities 0)"
+    result = SimpleNamespace(equation_violation=torch.zeros(1), inequality_violation=torch.tensor([0.5]))
+    assert _violations(result) == "inequalities violated by up to 0.5 (equations 0)"

@@ -100,3 +100,36 @@ def test_bad_input():
     big = torch.nn.Conv2d(3, 8, 3)
     with pytest.raises(TooLargeError, match=r"expected a matrix of at most max_entries=1,000 entries, got 377,880,576"):
         conv_pinv(big, torch.zeros(1, 8, 62, 62), (64, 64), method="dense", options=SolveOptions(max_entries=1000))
+
+
+def test_dense_refuses_up_front_an_svd_out_of_reach(monkeypatch):
+    """The issue's case: --method dense on a layer too large for it ran silently for minutes."""
+    import invertnet.pinv.dense as dense
+    from invertnet.pinv.solve import choose_method
+
+    calls = []
+    monkeypatch.setattr(dense.torch.linalg, "svd", lambda *a, **k: calls.append(a) or None)
+    conv = torch.nn.Conv2d(3, 96, 11, stride=4).double()  # All-CNN-B's conv1 at 32 px: a 3,456 x 3,072 matrix
+    with pytest.raises(
+        TooLargeError,
+        match=r"expected an SVD of at most DENSE_MAX_FLOPS=1e\+11 flops, got 1\.3e\+11 for this layer's "
+        r"3,456 x 3,072 matrix \(about 26 s on one core",
+    ):
+        conv_pinv(conv, torch.zeros(1, 96, 6, 6, dtype=torch.float64), (32, 32), method="dense")
+    assert calls == []  # refused before the matrix was built
+    monkeypatch.setattr(dense, "DENSE_MAX_FLOPS", 1e3)
+    assert choose_method(torch.nn.Conv2d(2, 3, 3, padding=1), (4, 4)) != "dense"  # auto passes over it too
+
+
+def test_dense_falls_back_to_gesvd_where_gesdd_fails(monkeypatch):
+    import invertnet.pinv.dense as dense
+
+    conv = torch.nn.Conv2d(2, 3, 3, padding=1).double()
+    y = conv(torch.rand(1, 2, 5, 5, dtype=torch.float64))
+    expected = conv_pinv(conv, y, (5, 5), method="dense")
+
+    def failing(*args, **kwargs):
+        raise torch.linalg.LinAlgError("linalg.svd: The algorithm failed to converge")
+
+    monkeypatch.setattr(dense.torch.linalg, "svd", failing)
+    assert_close(conv_pinv(conv, y, (5, 5), method="dense"), expected)

@@ -29,3 +29,54 @@ def make_seeded_chain() -> nn.Module:
 
 def make_nothing() -> int:
     return 42
+
+
+class _Doubled(nn.Module):
+    """An in-place op after a conv (``h.mul_(2)``), as researchers write it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 12, 2)
+        self.act = CReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x)
+        h.mul_(2)
+        return self.act(h)
+
+
+def make_in_place() -> nn.Module:
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return _Doubled()
+
+
+def make_zero_weights() -> nn.Module:
+    model = make_chain()
+    nn.init.zeros_(model[2].weight)
+    return model
+
+
+def make_nan_weights() -> nn.Module:
+    model = make_chain()
+    with torch.no_grad():
+        model[0].weight[0, 0, 0, 0] = float("nan")
+    return model
+
+
+def make_raises() -> nn.Module:
+    raise ValueError("depth must be positive, got 0")
+
+
+def make_runtime_error() -> nn.Module:
+    raise RuntimeError("CUDA error: out of memory")
+
+
+def make_with(width: int) -> nn.Module:
+    return nn.Conv2d(3, width, 3)
+
+
+def make_exits() -> nn.Module:
+    import sys
+
+    sys.exit(0)

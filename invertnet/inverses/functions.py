@@ -5,6 +5,10 @@ A node of :mod:`invertnet.graph` that calls a function or a method (``torch.flat
 
 - shape changes (``flatten``, ``view``, ``reshape``, ``squeeze``, ``unsqueeze``, ``contiguous``, ``permute``,
   ``transpose``) are undone exactly;
+- an in-place method or function (``h.mul_(2)``, ``torch.relu_(h)``, ``F.relu(h, inplace=True)``) is inverted as
+  its out-of-place twin (:mod:`invertnet.graph` points the readers of ``h`` after the change at it);
+- ``getitem`` is refused naming the node: the parts of a ``chunk``/``split`` (the walk cannot join them back yet;
+  ``method="joint"`` can) or an index into a tensor (the entries left out are lost);
 - arithmetic with a value that does not depend on the image (``x + b``, ``x - b``, ``b - x``, ``x * s``,
   ``x / s``, ``-x``) is undone exactly (a zero factor loses its entries, said);
 - functional forms of layers (``F.relu``, ``F.conv2d``, ``F.max_pool2d``, ``F.adaptive_avg_pool2d``, ``F.linear``,
@@ -52,9 +56,22 @@ def register_function_inverse(*targets: object, replace: bool = False) -> Callab
     return decorate
 
 
+def _out_of_place(target: object) -> object:
+    """``"mul_"`` -> ``"mul"``, ``torch.relu_`` -> ``torch.relu``: the twin of an in-place method or function."""
+    if isinstance(target, str):
+        return target[:-1] if target.endswith("_") and not target.startswith("_") else target
+    name = getattr(target, "__name__", "")
+    if name.endswith("_") and not name.startswith("_") and getattr(torch, name, None) is target:
+        return getattr(torch, name[:-1], target)
+    return target
+
+
 def function_inverse_for(node: Node) -> FunctionInverse | None:
-    """The registered inverse of a function or method node, if any."""
-    return _FUNCTIONS.get(node.target) if node.op in ("function", "method") else None
+    """The registered inverse of a function or method node, if any (an in-place one takes its twin's: ``mul_``)."""
+    if node.op not in ("function", "method"):
+        return None
+    found = _FUNCTIONS.get(node.target)
+    return found if found is not None else _FUNCTIONS.get(_out_of_place(node.target))
 
 
 def _dependent_position(node: Node, args: tuple[object, ...]) -> int:
@@ -150,6 +167,21 @@ def _invert_neg(node: Node, graph: Graph, y: torch.Tensor, ctx: InversionContext
     return StepResult(-y, "negate", True)
 
 
+@register_function_inverse(operator.getitem)
+def _refuse_getitem(node: Node, graph: Graph, y: torch.Tensor, ctx: InversionContext) -> StepResult:
+    source = graph.nodes[node.parents[0]]
+    if isinstance(source.value, (tuple, list)):
+        raise UnsupportedLayerError(
+            f"expected a value the layer-by-layer walk can follow, got node {source.label!r}, which splits a tensor "
+            f"into {len(source.value)} parts that the walk cannot join back yet; use method='joint' (it matches "
+            "the features of the whole forward pass), or reconstruct from a node before the split"
+        )
+    raise UnsupportedLayerError(
+        f"expected a layer or function invertnet can invert, got {node.label!r}, which indexes a tensor (the entries "
+        "it leaves out are lost); reconstruct from a node below it, or use method='joint'"
+    )
+
+
 @register_function_inverse(F.dropout, F.dropout2d, "dropout")
 def _invert_dropout(node: Node, graph: Graph, y: torch.Tensor, ctx: InversionContext) -> StepResult:
     _, kwargs = graph.arguments(node)
@@ -192,7 +224,7 @@ def as_module(node: Node, graph: Graph) -> nn.Module | None:
 
 
 def _build_module(node: Node, graph: Graph) -> nn.Module | None:
-    target = node.target
+    target = _out_of_place(node.target)
     args, kwargs = graph.arguments(node)
     simple: dict[object, Callable[[], nn.Module]] = {
         F.relu: nn.ReLU,

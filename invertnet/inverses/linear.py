@@ -53,6 +53,16 @@ def _count(flags: torch.Tensor, what: str) -> str:
     return what if n == 1 and k == 1 else f"{what} for {k} of {n} images" if k else ""
 
 
+def _violations(result: ActiveSetResult) -> str:
+    """The constraints an infeasible solve violates, the larger violation first (the one that failed)."""
+    both = [
+        ("equations", float(result.equation_violation.max())),
+        ("inequalities", float(result.inequality_violation.max())),
+    ]
+    (first, worst), (second, other) = sorted(both, key=lambda kv: -kv[1])
+    return f"{first} violated by up to {worst:.2g} ({second} {other:.2g})"
+
+
 def _active_set_note(result: ActiveSetResult) -> str:
     """What an active-set solve proved, in one line: known share, certificate, feasibility, cost."""
     parts = [f"{float(result.known_fraction.mean()):.1%} of the output entries known (the active set)"]
@@ -63,11 +73,7 @@ def _active_set_note(result: ActiveSetResult) -> str:
         parts += [
             _count(met & result.minimum_norm, "the minimum-norm input that reproduces the output (one of many)"),
             _count(met & ~result.minimum_norm, "an input that reproduces the output (one of many)"),
-            _count(
-                ~result.feasible,
-                f"infeasible: constraints violated by up to {float(result.inequality_violation.max()):.2g} "
-                f"(equations {float(result.equation_violation.max()):.2g})",
-            ),
+            _count(~result.feasible, f"infeasible: {_violations(result)}"),
         ]
     parts.append(f"{result.rounds} rounds, {result.iterations} LSQR iterations")
     return "; ".join(p for p in parts if p)

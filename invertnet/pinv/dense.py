@@ -5,6 +5,7 @@ The reference every other route is tested against; ``"auto"`` takes it only when
 
 from __future__ import annotations
 
+import scipy.linalg
 import torch
 
 from invertnet.errors import TooLargeError
@@ -19,7 +20,25 @@ from invertnet.pinv.base import (
 )
 from invertnet.verified import svd_lower_bound
 
-__all__ = ["DenseRoute"]
+__all__ = ["DENSE_MAX_FLOPS", "DenseRoute"]
+
+#: The largest SVD the route starts, in its estimated floating-point operations (:func:`dense_svd_flops`):
+#: 1e11 is about 20 s on one core at the 5 GFLOP/s LAPACK's SVD ran at on the development machine. Past it the
+#: route refuses before building the matrix; raise it (``invertnet.pinv.dense.DENSE_MAX_FLOPS = ...``) to wait.
+DENSE_MAX_FLOPS = 1e11
+
+
+def _svd(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Thin SVD, by LAPACK's divide and conquer (gesdd), else by its QR iteration (gesvd, through SciPy).
+
+    MKL's gesdd fails on some matrices of 1x1 convolutions (each singular value repeated once per pixel).
+    """
+    try:
+        u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+    except RuntimeError:  # torch.linalg.LinAlgError
+        arrays = scipy.linalg.svd(matrix.cpu().numpy(), full_matrices=False, lapack_driver="gesvd")
+        u, s, vh = (torch.from_numpy(a).to(matrix) for a in arrays)
+    return u, s, vh
 
 
 class DenseRoute(Route):
@@ -38,7 +57,8 @@ class DenseRoute(Route):
 
     def cost(self, layer: ConvLayer, options: SolveOptions) -> Cost:
         m, n = layer.op.out_dim, layer.op.in_dim
-        return Cost(dense_svd_flops(m, n) if m * n <= options.max_entries else float("inf"), 3 * 8 * m * n)
+        flops = dense_svd_flops(m, n)
+        return Cost(flops if m * n <= options.max_entries and flops <= DENSE_MAX_FLOPS else float("inf"), 3 * 8 * m * n)
 
     def solve(self, layer: ConvLayer, z: torch.Tensor, options: SolveOptions) -> RouteResult:
         op = layer.op
@@ -48,10 +68,18 @@ class DenseRoute(Route):
                 f"method 'dense': expected a matrix of at most max_entries={options.max_entries:,} entries, got "
                 f"{entries:,} for this layer; use method='lsqr' (any size) or 'auto'"
             )
+        flops = dense_svd_flops(op.out_dim, op.in_dim)
+        if flops > DENSE_MAX_FLOPS:
+            raise TooLargeError(
+                f"method 'dense': expected an SVD of at most DENSE_MAX_FLOPS={DENSE_MAX_FLOPS:.2g} flops, got "
+                f"{flops:.2g} for this layer's {op.out_dim:,} x {op.in_dim:,} matrix (about {flops / 5e9:.0f} s on one "
+                "core at 5 GFLOP/s); use "
+                "method='lsqr' (any size) or 'auto', or raise invertnet.pinv.dense.DENSE_MAX_FLOPS to wait for it"
+            )
 
         matrix = op.to_dense(dtype=z.dtype, device=z.device, max_entries=options.max_entries)
         cut = pinv_rtol(tuple(matrix.shape), z.dtype) if options.rtol is None else options.rtol
-        u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+        u, s, vh = _svd(matrix)
         keep = s > cut * s[0]
         x = ((vh[keep].T / s[keep]) @ (u[:, keep].T @ z.reshape(z.shape[0], -1).T)).T
         exact = int(keep.sum()) == op.in_dim and op.out_dim >= op.in_dim and _proven(layer, matrix, (s, vh))
