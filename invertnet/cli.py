@@ -26,6 +26,7 @@ import click
 import torch
 
 from invertnet.compare import compare_methods, format_comparison
+from invertnet.completion import CompletionOptions
 from invertnet.errors import InvertnetError
 from invertnet.evaluate import (
     BAD_IMAGES,
@@ -313,6 +314,13 @@ def _losses(result: Reconstruction) -> str:
     for step in result.steps:
         if not step.exact:
             lost.setdefault(step.note, []).append(step.name)
+    if result.completion is not None:  # the walk's probe notes below the frontier are no longer the answer
+        exact = [step.name for step in result.steps if step.exact]
+        proven = f"proven exact from {result.layer} down to the output of {result.frontier}" if exact else ""
+        return (
+            f"not proven exact: {proven + '; below it ' if proven else ''}a feature-consistent completion with the "
+            f"TV prior ({result.stopped[0]})"
+        )
     if lost:
         return "lossy: " + "; ".join(f"{', '.join(names)}: {note}" for note, names in lost.items())
     if result.method == "joint":
@@ -353,7 +361,8 @@ tv_option = click.option(
     callback=_finite,
     default=JOINT_TV,
     show_default=True,
-    help="joint: weight of the total-variation prior of its L-BFGS phase (0: none).",
+    help="Weight of the total-variation prior: of the default's completion (--method auto) and of the joint "
+    "inversion's L-BFGS phase (0: none).",
 )
 
 
@@ -557,7 +566,10 @@ def reconstruct_command(
                 f"{float(result.feature_residual[0]):.2g}{'; ' + result.note if result.note else ''}"
             )
         else:
-            result = reconstruct(model, picture, name, method, maxpool=maxpool, relu=relu, progress=_progress())
+            completion = CompletionOptions(weight=tv) if method == "auto" else None
+            result = reconstruct(
+                model, picture, name, method, maxpool=maxpool, relu=relu, completion=completion, progress=_progress()
+            )
         click.echo(f"{name:>8}  {_metrics(result)}   ({_losses(result)})")
         clipped = _clipped(result)
         if clipped is not None:
@@ -639,7 +651,15 @@ def compare_command(
     picture, note = load_image(image, _side(model_name, size), bits=bits, max_pixels=max_pixels)
     if note:
         click.echo(f"input: {note}")
-    rows = compare_methods(model, picture, layers, methods, joint=_joint_options(tv), progress=_progress())
+    rows = compare_methods(
+        model,
+        picture,
+        layers,
+        methods,
+        joint=_joint_options(tv),
+        completion=CompletionOptions(weight=tv),
+        progress=_progress(),
+    )
     click.echo(format_comparison(rows))
     save_figure(comparison_figure(rows, picture), out)
     click.echo(f"wrote {out}")
@@ -731,6 +751,7 @@ def evaluate_command(
             maxpool=maxpool,
             relu=relu,
             joint=_joint_options(tv) if "joint" in methods else None,
+            completion=CompletionOptions(weight=tv) if "auto" in methods else None,
             model_name=model_name,
             out=out,
             overwrite=force,

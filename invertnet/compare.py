@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from invertnet._checks import require_4d
+from invertnet.completion import CompletionOptions
 from invertnet.errors import OptionError, ShapeError
 from invertnet.graph import check_layer
 from invertnet.joint import JointOptions
@@ -52,6 +53,7 @@ def compare_methods(
     maxpool: str = "switches",
     options: SolveOptions | None = None,
     joint: JointOptions | None = None,
+    completion: CompletionOptions | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> list[ComparisonRow]:
     """Reconstruct ``image`` from each layer with each method; one row per pair, layer-major.
@@ -67,8 +69,9 @@ def compare_methods(
         checked before any work is done.
     data_range : float, default 1.0
         For PSNR and SSIM.
-    maxpool, options, joint
-        Passed to every :func:`~invertnet.reconstruct.reconstruct` call (``joint`` to the ``"joint"`` ones).
+    maxpool, options, joint, completion
+        Passed to every :func:`~invertnet.reconstruct.reconstruct` call (``joint`` to the ``"joint"`` ones,
+        ``completion`` to the ``"auto"`` ones).
     progress : callable, optional
         Called with a line when each (layer, method) starts and ends.
 
@@ -115,6 +118,7 @@ def compare_methods(
                 data_range=data_range,
                 options=options,
                 joint=joint if method == "joint" else None,
+                completion=completion if method == "auto" else None,
             )
             seconds = time.perf_counter() - start
             if progress is not None:

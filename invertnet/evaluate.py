@@ -52,6 +52,7 @@ from scipy.special import stdtrit
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from invertnet.completion import CompletionOptions
 from invertnet.errors import ImageReadError, InvertnetError, OptionError
 from invertnet.graph import check_layer
 from invertnet.images import READ_SUFFIXES, load_image
@@ -294,7 +295,10 @@ def _raise_first(errors: Sequence[BaseException | None]) -> None:
 
 
 def _route(result: Reconstruction) -> str:
-    return "joint" if result.method == "joint" else ">".join(step.route for step in result.steps)
+    if result.method == "joint":
+        return "joint"
+    route = ">".join(step.route for step in result.steps)
+    return route + ">completion" if result.completion is not None else route
 
 
 def _hashes(paths: Sequence[Path]) -> tuple[dict[str, str], list[SkippedImage]]:
@@ -330,6 +334,7 @@ def evaluate(
     relu: str = "active_set",
     options: SolveOptions | None = None,
     joint: JointOptions | None = None,
+    completion: CompletionOptions | None = None,
     model_name: str | None = None,
     out: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
@@ -353,8 +358,9 @@ def evaluate(
         before any work.
     size : int, optional
         Centre-crop and resize every image to ``size x size`` (:func:`~invertnet.images.load_image`).
-    maxpool, relu, options, joint
-        Passed to every :func:`~invertnet.reconstruct.reconstruct` call (``joint`` to the ``"joint"`` ones).
+    maxpool, relu, options, joint, completion
+        Passed to every :func:`~invertnet.reconstruct.reconstruct` call (``joint`` to the ``"joint"`` ones,
+        ``completion`` to the ``"auto"`` ones).
     model_name : str, optional
         The ``model`` column (default: the model's class name).
     out : path, optional
@@ -432,6 +438,7 @@ def evaluate(
         "relu": relu,
         "solve": repr(options) if options is not None else "",
         "joint": repr(joint) if joint is not None else "",
+        "completion": repr(completion) if completion is not None else "",
     }
     hashes = _exchange(settings["model_sha256"], world)
     if len(set(hashes)) > 1:
@@ -484,7 +491,7 @@ def evaluate(
             model_name,
             num_workers,
             progress,
-            dict(maxpool=maxpool, relu=relu, options=options, joint=joint),
+            dict(maxpool=maxpool, relu=relu, options=options, joint=joint, completion=completion),
         )
 
 
@@ -524,7 +531,7 @@ def _run(
     current: tuple[int, torch.Tensor, str] | None = None
     new: list[EvaluationRow] = []
     fd = os.open(out, os.O_WRONLY | os.O_APPEND) if out is not None else None
-    joint = how.pop("joint")
+    joint, completion = how.pop("joint"), how.pop("completion")
     try:
         for r in range(rounds):
             row, error, skip = None, None, None
@@ -540,7 +547,13 @@ def _run(
                     if not current[2]:
                         start = time.perf_counter()
                         result = reconstruct(
-                            model, current[1], layer, method, joint=joint if method == "joint" else None, **how
+                            model,
+                            current[1],
+                            layer,
+                            method,
+                            joint=joint if method == "joint" else None,
+                            completion=completion if method == "auto" else None,
+                            **how,
                         )
                         seconds = time.perf_counter() - start
                         row = EvaluationRow(

@@ -78,7 +78,7 @@ class EvaluationRow:
         The side images were resized to (None: their own size).
     bits : int or None
         The bit depth integer pixels were read with (None: as :func:`~invertnet.images.load_image` reads the file).
-    dtype, maxpool, relu, solve, joint : str
+    dtype, maxpool, relu, solve, joint, completion : str
         The model's dtype, the unpooling mode, how clipping activations were read, and the ``repr`` of the
         options (empty: the defaults).
     """
@@ -104,6 +104,7 @@ class EvaluationRow:
     relu: str
     solve: str
     joint: str
+    completion: str = ""
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -114,7 +115,7 @@ class EvaluationRow:
 #: The columns of a results file, in order.
 COLUMNS = tuple(f.name for f in dataclasses.fields(EvaluationRow))
 #: The columns every row of one file shares (``model`` is a label: the hash identifies the model).
-SETTINGS = ("model_sha256", "size", "bits", "dtype", "maxpool", "relu", "solve", "joint")
+SETTINGS = ("model_sha256", "size", "bits", "dtype", "maxpool", "relu", "solve", "joint", "completion")
 _START_OVER = "start over (overwrite=True, --force)"
 
 

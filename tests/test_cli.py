@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from PIL import Image
 from skimage import io as skio
 
+import invertnet.cli
 from invertnet.cli import cli
 from invertnet.images import load_image
 from invertnet.metrics import psnr
@@ -705,6 +706,28 @@ def test_joint_is_never_labelled_exact(tmp_path):
     assert result.exit_code == 0, result.output
     assert "(exact)" not in result.stdout
     assert "(not proven exact: matching the features does not prove the input unique)" in result.stdout
+
+
+def test_the_default_says_where_the_proofs_end_and_the_completion_begins(tmp_path, monkeypatch):
+    """All-CNN-B conv3 at 16 px: its CReLU step is exact, the convolution below it is not (fewer rows than unknowns)."""
+    seen = {}
+    real = invertnet.cli.reconstruct
+
+    def spy(*args, **kwargs):
+        seen["completion"] = kwargs["completion"]
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(invertnet.cli, "reconstruct", spy)
+    args = ["reconstruct", "--layer", "conv3", "--size", "16", "--tv", "0.05", ASSETS / "coffee.png"]
+    result, _ = run(args, tmp_path)
+        ["reconstruct", "--layer", "conv3", "--size", "16", "--tv", "0.05", ASSETS / "coffee.png"], tmp_path
+    )
+    assert result.exit_code == 0, result.output
+    assert seen["completion"].weight == 0.05  # --tv reaches the completion
+    line = next(line for line in result.stdout.splitlines() if line.strip().startswith("conv3"))
+    assert "(not proven exact: proven exact from conv3 down to the output of conv3.conv; below it a " in line
+    assert "feature-consistent completion with the TV prior (" in line
+    assert "set to 0" not in line  # the walk's estimate below the frontier is not the answer: no notes of it
 
 
 def test_an_in_place_op_after_a_conv_is_exact_only_because_it_is(tmp_path):
