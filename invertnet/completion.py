@@ -287,8 +287,8 @@ def complete(
     >>> with torch.no_grad():
     ...     result = complete(net, FeatureTarget.equal(net(x)), {"flat": torch.full_like(x, 0.5)},
     ...                       CompletionOptions(box=(0.0, 1.0), single=False))
-    >>> result.start, bool(result.converged[0]), result.stopped[0].split(":")[0]
-    (['flat'], True, 'met the target')
+    >>> result.start, bool(result.residual[0] < 1e-4), result.stopped[0].split(":")[0]
+    (['flat'], True, 'step cap')
     """
     options = options or CompletionOptions()
     if not starts:

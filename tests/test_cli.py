@@ -146,7 +146,7 @@ def test_existing_output_is_kept_without_force(tmp_path):
         ),
         (
             lambda d: ["compare", ASSETS / "astronaut.png", "--methods", "patch,magic"],
-            "expected methods among auto, patch, ",
+            "expected methods among auto, layers, patch, ",
         ),
         (lambda d: ["compare", ASSETS / "astronaut.png", "--methods", " , "], "expected a comma-separated list"),
         (
