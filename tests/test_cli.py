@@ -720,8 +720,6 @@ def test_the_default_says_where_the_proofs_end_and_the_completion_begins(tmp_pat
     monkeypatch.setattr(invertnet.cli, "reconstruct", spy)
     args = ["reconstruct", "--layer", "conv3", "--size", "16", "--tv", "0.05", ASSETS / "coffee.png"]
     result, _ = run(args, tmp_path)
-        ["reconstruct", "--layer", "conv3", "--size", "16", "--tv", "0.05", ASSETS / "coffee.png"], tmp_path
-    )
     assert result.exit_code == 0, result.output
     assert seen["completion"].weight == 0.05  # --tv reaches the completion
     line = next(line for line in result.stdout.splitlines() if line.strip().startswith("conv3"))

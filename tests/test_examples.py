@@ -119,9 +119,9 @@ def test_relu_information(tmp_path):
     # measured at 32 px: conv1 9.07 dB through the active set against -0.64 dB for the identity reading
     assert rows[0].psnr_active_set > rows[0].psnr_identity
     assert all(r.psnr_default > max(r.psnr_active_set, r.psnr_identity) for r in rows)  # the default beats both
-    # the trained stem is determined (Lanczos certificate) and comes back to rounding: measured 115.4 dB
+    # the trained stem is determined (masked window certificate) and comes back to rounding: measured 115.4 dB
     assert stem.determined == 1
-    assert stem.psnr_active_set > 100 > 20 > stem.psnr_identity  # measured 5.4 dB: 'layers' damps the stride-2 null space
+    assert stem.psnr_active_set > 100 > 20 > stem.psnr_identity  # measured 5.4 dB: 'layers' damps the null space
 
 
 def test_evaluate_folder(tmp_path):
