@@ -19,9 +19,9 @@ from _timing import print_machine
 from torch import nn
 
 from invertnet import JointOptions, SolveOptions, invert_jointly, reconstruct
-from invertnet.graph import graph_layers
-from invertnet.io import load_image
-from invertnet.models import build_model, trained_mobilenet_v2
+from invertnet.capture.graph import graph_layers
+from invertnet.io.files import load_image
+from invertnet.zoo.models import build_model, trained_mobilenet_v2
 
 ASSET = Path(__file__).resolve().parents[1] / "assets" / "astronaut.png"
 ARCHITECTURES = ["alexnet", "vgg16_bn", "resnet18", "squeezenet1_0", "mobilenet_v2", "densenet121"]
@@ -68,7 +68,7 @@ def main() -> None:
                 start = time.perf_counter()
                 try:
                     if method == "joint":
-                        result = invert_jointly(model, image, node, joint, solve=solve)
+                        result = invert_jointly(model, image, node, joint, options=solve)
                     else:
                         result = reconstruct(model, image, node, options=solve)
                 except Exception as err:  # a refusal is a result too: print it

@@ -34,12 +34,12 @@ import torch
 from _timing import print_machine, touch_memory
 
 from invertnet.activeset import activation_constraints, certify, clip_levels
-from invertnet.graph import capture
-from invertnet.injectivity import LayerSpectrum, _layer_spectrum, _records, injectivity_report
-from invertnet.io import load_image
-from invertnet.models import build_model, trained_mobilenet_v2
+from invertnet.analysis.injectivity import LayerSpectrum, _layer_spectrum, _records, injectivity_report
+from invertnet.capture.graph import capture
+from invertnet.io.files import load_image
 from invertnet.operators import ConvOperator
-from invertnet.proofs import dense_proof, gram_proof, patch_proof, prove, window_proof
+from invertnet.pinv.proofs import dense_proof, gram_proof, patch_proof, prove, window_proof
+from invertnet.zoo.models import build_model, trained_mobilenet_v2
 
 ASSET = Path(__file__).resolve().parents[1] / "assets" / "astronaut.png"
 

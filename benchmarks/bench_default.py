@@ -25,10 +25,10 @@ from torch import nn
 
 import invertnet
 from invertnet import JointOptions
-from invertnet.graph import capture
-from invertnet.io import load_image
+from invertnet.capture.graph import capture
+from invertnet.io.files import load_image
 from invertnet.metrics import psnr, ssim
-from invertnet.models import build_model, trained_mobilenet_v2
+from invertnet.zoo.models import build_model, trained_mobilenet_v2
 
 ASSET = Path(__file__).resolve().parents[1] / "assets" / "astronaut.png"
 CLI_JOINT = JointOptions(tv=0.01, box=(0.0, 1.0), lbfgs_evaluations=500, max_steps=5)

@@ -1,8 +1,8 @@
 """``evaluate`` on each device: the same images, layers and methods on CPU and, when torch sees one, on CUDA.
 
 Writes ``--count`` crops of the bundled photographs (``make_photographs.py``) to a temporary folder and runs
-:func:`invertnet.evaluate.evaluate` on them once per device (All-CNN-B CReLU, float64 by default; ``joint`` with
-the settings of ``invertnet evaluate``: TV 0.01, the [0, 1] box, 500 L-BFGS evaluations, 5 Gauss-Newton
+:func:`invertnet.evaluation.evaluate.evaluate` on them once per device (All-CNN-B CReLU, float64 by default; ``joint``
+with the settings of ``invertnet evaluate``: TV 0.01, the [0, 1] box, 500 L-BFGS evaluations, 5 Gauss-Newton
 steps), then prints, per device, layer and method, the mean seconds and PSNR of the rows, and the ratio of the
 devices' total times. Without a CUDA device only the CPU runs (``--devices cuda`` then says so and stops).
 
@@ -25,8 +25,8 @@ from make_photographs import crops
 from skimage import io, util
 
 from invertnet.cli import JOINT_TV, _joint_options
-from invertnet.evaluate import evaluate
-from invertnet.models import build_model
+from invertnet.evaluation.evaluate import evaluate
+from invertnet.zoo.models import build_model
 
 
 def main() -> None:

@@ -17,8 +17,8 @@ from skimage import data
 from skimage.metrics import structural_similarity
 
 from invertnet import CONV_METHODS, reconstruct, ssim
-from invertnet.io import load_image
-from invertnet.models import build_model
+from invertnet.io.files import load_image
+from invertnet.zoo.models import build_model
 
 ASSET = Path(__file__).resolve().parents[1] / "assets" / "astronaut.png"
 

@@ -27,9 +27,9 @@ import torch
 from _timing import print_machine
 
 from invertnet import ConvOperator, JointOptions, psnr, reconstruct
-from invertnet.io import load_image
-from invertnet.models import build_model
-from invertnet.trace import trace
+from invertnet.capture.chain import trace
+from invertnet.io.files import load_image
+from invertnet.zoo.models import build_model
 
 ASSET = Path(__file__).resolve().parents[1] / "assets" / "astronaut.png"
 B = 80 / 255

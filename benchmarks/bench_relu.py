@@ -18,8 +18,8 @@ from _timing import print_machine
 from skimage import data
 from skimage.transform import resize
 
-from invertnet.information import crelu_twin, format_information, layer_information
-from invertnet.models import all_cnn_b, trained_mobilenet_v2
+from invertnet.analysis.information import crelu_twin, format_information, layer_information
+from invertnet.zoo.models import all_cnn_b, trained_mobilenet_v2
 
 
 def astronaut(size: int) -> torch.Tensor:

@@ -25,10 +25,10 @@ import torch
 from _timing import print_machine
 
 from invertnet import ROUTES, SolveOptions, conv_pinv
-from invertnet.io import load_image
-from invertnet.models import build_model
+from invertnet.capture.chain import trace
+from invertnet.io.files import load_image
 from invertnet.pinv import ConvLayer, choose_route
-from invertnet.trace import trace
+from invertnet.zoo.models import build_model
 
 ASSET = Path(__file__).resolve().parents[1] / "assets" / "astronaut.png"
 

@@ -51,9 +51,9 @@ def child(task: str, size: int) -> dict[str, float]:
     from _timing import median_seconds
 
     from invertnet import psnr, reconstruct, ssim
-    from invertnet.io import load_image
-    from invertnet.models import build_model
+    from invertnet.io.files import load_image
     from invertnet.operators import ConvOperator
+    from invertnet.zoo.models import build_model
 
     model = build_model("all-cnn-b-crelu").double().eval()
     image, _ = load_image(ASSET, size)

@@ -3,7 +3,7 @@
 ``--only conv1`` runs the conv1 part alone; ``--only window`` the window factorisation of conv1 (QR against the
 SVD it replaced, in units of one forward + adjoint of conv1 at 224x224); ``--only offrange`` the iterations and
 units to reach 1e-6 of ``A^+ z`` for a response off conv1's range, LSQR against CGLS preconditioned by
-:class:`invertnet.preconditioners.BorderPreconditioner` (``--size`` sets the input size, default 224);
+:class:`invertnet.linalg.preconditioners.BorderPreconditioner` (``--size`` sets the input size, default 224);
 ``--only padded`` the same for a zero-padded 3x3 stride-2 layer.
 
 Run: ``python benchmarks/bench_solvers.py [--threads 1]`` (a few minutes; one thread by default). One run;
@@ -26,12 +26,12 @@ import torch
 from _timing import median_seconds, print_machine
 
 from invertnet import ConvOperator, SolveOptions, conv_pinv, windows
-from invertnet.io import load_image
-from invertnet.models import build_model
-from invertnet.preconditioners import BorderPreconditioner
-from invertnet.solvers import LsqrResult, lsqr, pcgls
-from invertnet.spectral import CirculantFactorization
-from invertnet.windows import WindowInverse, window_block, window_operator
+from invertnet.io.files import load_image
+from invertnet.linalg.preconditioners import BorderPreconditioner
+from invertnet.linalg.solvers import LsqrResult, lsqr, pcgls
+from invertnet.linalg.spectral import CirculantFactorization
+from invertnet.pinv.windows import WindowInverse, window_block, window_operator
+from invertnet.zoo.models import build_model
 
 ASSET = Path(__file__).resolve().parents[1] / "assets" / "astronaut.png"
 

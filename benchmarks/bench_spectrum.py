@@ -25,14 +25,10 @@ import time
 import torch
 from _timing import print_machine, touch_memory
 
-from invertnet.graph import capture, last_module_node
-from invertnet.injectivity import KINDS, LayerSpectrum, _layer_spectrum, _linear_operator, _records
-from invertnet.models import build_model
-from invertnet.operators import ConvOperator
-from invertnet.pinv import ConvLayer
-from invertnet.pinv.lsqr import injectivity_certificate
-from invertnet.spectral import CirculantFactorization, circulant_reason, circulant_singular_values
-from invertnet.spectrum import (
+from invertnet.analysis.injectivity import KINDS, LayerSpectrum, _layer_spectrum, _linear_operator, _records
+from invertnet.capture.graph import capture, last_module_node
+from invertnet.linalg.spectral import CirculantFactorization, circulant_reason, circulant_singular_values
+from invertnet.linalg.spectrum import (
     DENSE_SPECTRUM_ENTRIES,
     _gram_eigenvalue,
     cholesky_pays,
@@ -41,6 +37,10 @@ from invertnet.spectrum import (
     sigma_min,
     sigma_min_cholesky,
 )
+from invertnet.operators import ConvOperator
+from invertnet.pinv import ConvLayer
+from invertnet.pinv.lsqr import injectivity_certificate
+from invertnet.zoo.models import build_model
 
 
 def _before(op: ConvOperator) -> float:

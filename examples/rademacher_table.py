@@ -21,17 +21,17 @@ import torch
 from _common import ASSETS, arguments
 from matplotlib.figure import Figure
 
-from invertnet.bounds import (
+from invertnet.analysis.bounds import (
     composed_rademacher,
     linear_class_bound,
     rademacher_complexity,
     spectral_norm,
     theorem_4_1_bound,
 )
-from invertnet.io import load_image
-from invertnet.models import build_model
-from invertnet.plotting import save_figure
-from invertnet.trace import layer_outputs
+from invertnet.capture.chain import layer_outputs
+from invertnet.io.files import load_image
+from invertnet.plotting.figures import save_figure
+from invertnet.zoo.models import build_model
 
 args = arguments("Theorem 4.1 of Shang et al. (2016): the bound per layer, and a check of it.")
 model = build_model("convpool-cnn-c-crelu").double()
@@ -54,7 +54,7 @@ for row in rows:
 # %%
 # The stated constant, checked on random finite classes
 # -----------------------------------------------------
-# :func:`~invertnet.bounds.composed_rademacher` computes the left side exactly for a finite class.
+# :func:`~invertnet.analysis.bounds.composed_rademacher` computes the left side exactly for a finite class.
 
 generator = torch.Generator().manual_seed(0)
 ratios = []

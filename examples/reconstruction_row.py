@@ -28,9 +28,9 @@ From conv1 the image comes back exactly on every pixel a filter reads; conv2's l
 from _common import ASSETS, arguments
 
 from invertnet import SolveOptions, reconstruct
-from invertnet.io import load_image
-from invertnet.models import MODELS, build_model
-from invertnet.plotting import layer_row_figure, save_figure
+from invertnet.io.files import load_image
+from invertnet.plotting.figures import layer_row_figure, save_figure
+from invertnet.zoo.models import MODELS, build_model
 
 args = arguments("The paper's reconstruction row: the input, then the image from conv1..conv4.")
 name = "convpool-cnn-c-crelu" if args.small else "all-cnn-b-crelu"

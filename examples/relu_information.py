@@ -8,11 +8,11 @@ reading. For :math:`h = \max(0, W x + b)` every positive entry is an *equation* 
 determine the input, the layer is exactly invertible; ``reconstruct`` reads every ReLU, ReLU6 and Hardtanh that
 way by default (``relu="active_set"``, :mod:`invertnet.activeset`).
 
-:func:`~invertnet.information.layer_information` measures, per layer: the share of outputs that are equations,
+:func:`~invertnet.analysis.information.layer_information` measures, per layer: the share of outputs that are equations,
 whether a certificate proves that they determine the layer's input, and the PSNR of the reconstruction by the
 active set, by the identity (the paper's baseline) and by the network's **CReLU twin**
-(:func:`~invertnet.information.crelu_twin`: every ``Conv2d -> ReLU`` keeps its first half of filters and becomes
-CReLU). The command line does the same: ``invertnet information IMAGE --model all-cnn-b-relu``.
+(:func:`~invertnet.analysis.information.crelu_twin`: every ``Conv2d -> ReLU`` keeps its first half of filters and
+becomes CReLU). The command line does the same: ``invertnet information IMAGE --model all-cnn-b-relu``.
 
 Run: ``python examples/relu_information.py [--out DIR] [--small]`` (All-CNN-B at 64x64, about two minutes on one
 core; ``--small``: 32x32, what the tests and this gallery run). The tables at 64 and 224 px are in
@@ -27,10 +27,10 @@ core; ``--small``: 32x32, what the tests and this gallery run). The tables at 64
 
 from _common import ASSETS, arguments
 
-from invertnet.information import crelu_twin, format_information, layer_information
-from invertnet.io import load_image
-from invertnet.models import build_model, trained_mobilenet_v2
-from invertnet.plotting import information_figure, save_figure
+from invertnet.analysis.information import crelu_twin, format_information, layer_information
+from invertnet.io.files import load_image
+from invertnet.plotting.figures import information_figure, save_figure
+from invertnet.zoo.models import build_model, trained_mobilenet_v2
 
 args = arguments("What each ReLU layer keeps: active share, certificate and PSNR by active set, identity, twin.")
 size = 32 if args.small else 64

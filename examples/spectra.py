@@ -23,9 +23,9 @@ ConvPool-CNN-C at 16x16 up to conv2, what the tests and this gallery run). The c
 
 from _common import arguments
 
-from invertnet.injectivity import injectivity_report
-from invertnet.models import build_model
-from invertnet.plotting import save_figure, spectrum_figure
+from invertnet.analysis.injectivity import injectivity_report
+from invertnet.plotting.figures import save_figure, spectrum_figure
+from invertnet.zoo.models import build_model
 
 args = arguments("Singular value spectra and injectivity verdicts of every convolution and pooling layer.")
 model = build_model("convpool-cnn-c-crelu" if args.small else "all-cnn-b-crelu").double()

@@ -34,8 +34,8 @@ from skimage import color, data
 from torch import nn
 
 from invertnet import CReLU
-from invertnet.pairing import expected_random_mu, pairing
-from invertnet.plotting import pairing_figure, save_figure
+from invertnet.analysis.pairing import expected_random_mu, pairing
+from invertnet.plotting.figures import pairing_figure, save_figure
 
 PATCH, FILTERS, KERNEL = 16, 32, 7
 

@@ -28,10 +28,10 @@ import torch
 from _common import ASSETS, arguments
 
 from invertnet import JointOptions, SolveOptions, invert_jointly, reconstruct
-from invertnet.compare import ComparisonRow
-from invertnet.io import load_image
-from invertnet.models import build_model, trained_mobilenet_v2
-from invertnet.plotting import comparison_figure, save_figure
+from invertnet.evaluation.compare import ComparisonRow
+from invertnet.io.files import load_image
+from invertnet.plotting.figures import comparison_figure, save_figure
+from invertnet.zoo.models import build_model, trained_mobilenet_v2
 
 #: Outputs of the stem (conv + BN + ReLU6), of the first inverted residual block with a skip, of block 6.
 DEPTHS = ("features.1", "features.3", "features.6")
@@ -60,7 +60,7 @@ for weights, model in models.items():
         for depth in depths:
             start = time.perf_counter()
             if method == "joint":
-                result = invert_jointly(model, image, depth, joint, solve=solve)
+                result = invert_jointly(model, image, depth, joint, options=solve)
             else:
                 result = reconstruct(model, image, depth, options=solve)
             row = ComparisonRow(

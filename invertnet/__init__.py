@@ -4,63 +4,45 @@ Shang, Sohn, Almeida and Lee (ICML 2016) showed that a convolution followed by C
 ``rho(z) = (max(0, z), max(0, -z))``, keeps both phases of its response, so the layer can be
 undone: ``z = pos - neg``, then the pseudo-inverse of the convolution, layer by layer.
 
-The house, in layers (imports point down only):
+The house, in layers: one folder a room, and every import points down (``tests/test_layering.py`` reads them all).
 
-1. Tensor maths, no I/O
-   - :mod:`invertnet.activations` -- ``CReLU``/``crelu`` (and the leaky variant), ``invert_crelu``,
-     ``AVR``, ``Proportional`` (ReLU on m of every n channels) and ``invert_proportional``.
-   - :mod:`invertnet.operators` -- ``ConvOperator`` (forward, adjoint, im2col ``patches``, patch
-     matrices, ``to_dense``), ``Padding`` (every padding mode and its adjoint), ``dottest``.
-2. Pseudo-inverses, solvers and spectra (built on layer 1 only)
-   - :mod:`invertnet.spectral` -- the DFT of circular convolutions: exact spectra and ``A^+``.
-   - :mod:`invertnet.solvers` -- batched matrix-free LSQR, and CGLS with a preconditioner.
-   - :mod:`invertnet.preconditioners` -- an additive Schwarz preconditioner for strided convolutions
-     with zero padding or none: circulant interior, exact border strips and corners.
-   - :mod:`invertnet.windows` -- pseudo-inverses of blocks of outputs: exact on a layer's range
-     when a block determines its window (LSQR's start).
-   - :mod:`invertnet.pinv` -- the inversion routes, one a file (``patch``, ``window``, ``fft``,
-     ``dense``, ``lsqr``), ``conv_pinv`` and ``"auto"`` (the cheapest provable route), ``patch_pinv``.
-   - :mod:`invertnet.verified` -- proven lower bounds on smallest singular values in floating point (verified
-     Cholesky, SVD certificate).
-   - :mod:`invertnet.proofs` -- proofs that a layer (or a ReLU's known rows) is injective, with a lower bound on
-     ``sigma_min``: count, zero columns, patch, window (masked too, any image size), dense, Gram, DFT.
-   - :mod:`invertnet.spectrum` -- ``sigma_min``/``sigma_max`` estimates (Lanczos, LOBPCG, the Gram's Cholesky
-     factor), exact spectra.
-   - :mod:`invertnet.absolute_value` -- generalized absolute value equations ``A z + B|z| = c`` (a linear layer
-     read through a CReLU): generalized Newton, and proofs of uniqueness.
-   - :mod:`invertnet.priors` -- differentiable image priors (``TotalVariation``).
-   - :mod:`invertnet.joint` -- matching features (L-BFGS, then pattern-fixed Gauss-Newton), its phases.
-   - :mod:`invertnet.completion` -- the default's completion: a feature-consistent input, with a prior on what
-     the features leave free.
-3. Walking a model, measuring
-   - :mod:`invertnet.trace` -- run a model once up to a layer, record the chain of modules, refuse
-     (naming the place) what a chain walk cannot follow; ``layer_outputs`` of any architecture.
-   - :mod:`invertnet.injectivity` -- dimension counts and ``injectivity_report`` (estimate and proven bound).
-   - :mod:`invertnet.inverses` -- the registry of layer inverses (``register_inverse``).
-   - :mod:`invertnet.walk` -- the node-by-node walk (``Walker``), its frontier for the completion.
-   - :mod:`invertnet.reconstruct` -- ``reconstruct`` (the default: exact steps, then the completion; ``"layers"``;
-     a route) and ``invert_jointly``.
-   - :mod:`invertnet.compare` -- ``compare_methods``: every method from every layer, as a table.
-   - :mod:`invertnet.metrics` -- ``psnr``, ``ssim`` (Wang et al. 2004 or scikit-image's defaults),
-     ``relative_error``.
-4. Around it: the paper's models and analyses, files, figures
-   - :mod:`invertnet.models` -- the model zoo: All-CNN-B, ConvPool-CNN-C, VGG-16 (CIFAR) variants.
-   - :mod:`invertnet.architectures` -- torchvision's AlexNet, VGG-16-BN, ResNet-18, SqueezeNet 1.0,
-     MobileNetV2, DenseNet-121 with torchvision's names (no torchvision needed).
-   - :mod:`invertnet.pairing` -- opposite-phase filter pairing (the paper's Figs. 2-3).
-   - :mod:`invertnet.bounds` -- Rademacher complexities and Theorem 4.1's bound.
-   - :mod:`invertnet.invariance` -- invariance scores (Goodfellow et al. 2009).
-   - :mod:`invertnet.sparsity` -- activation sparsity per layer.
-   - :mod:`invertnet.images` -- image files decoded as their owners see them (Pillow, tifffile), or refused
-     saying why; the pixel limit from the header.
-   - :mod:`invertnet.io` -- writing images atomically, weights (``weights_only=True`` / safetensors, by content).
-   - :mod:`invertnet.plotting` -- paper figures.
-   - :mod:`invertnet.results` -- the results file of ``evaluate``: rows keyed by resolved path and content
-     hash, one writer at a time (a lock), resuming.
-   - :mod:`invertnet.evaluate` -- ``evaluate``: every image of a dataset from every layer with every method,
-     resumable and distributed (``torchrun``), unreadable images skipped and listed; ``summarize``: means with
-     95% intervals, perfect rows counted apart.
-5. :mod:`invertnet.cli` -- the ``invertnet`` command, thin.
+0. Base: :mod:`invertnet.errors` (every error, a ``ValueError``/``TypeError`` subclass) and
+   :mod:`invertnet._checks` (argument checks).
+1. Pure tensor code
+   - :mod:`invertnet.nn` -- ``CReLU``/``crelu`` (and the leaky variant), ``invert_crelu``, ``AVR``, ``Proportional``
+     (ReLU on m of every n channels) and ``invert_proportional``.
+   - :mod:`invertnet.operators` -- ``ConvOperator`` (forward, adjoint, im2col ``patches``, patch matrices,
+     ``to_dense``), masked and matrix operators, ``Padding`` (every mode and its adjoint), ``dottest``.
+   - :mod:`invertnet.metrics` -- ``psnr``, ``ssim`` (Wang et al. 2004 or scikit-image's defaults), ``relative_error``.
+2. Linear algebra and routes
+   - :mod:`invertnet.linalg` -- LSQR and preconditioned CGLS (``solvers``), L-BFGS (``lbfgs``), the circulant +
+     border preconditioner (``preconditioners``), DFT spectra (``spectral``), Lanczos/LOBPCG estimates
+     (``spectrum``), rounding-aware lower bounds (``verified``: verified Cholesky, SVD certificate), and generalized
+     absolute value equations ``A z + B|z| = c`` (``absolute_value``).
+   - :mod:`invertnet.pinv` -- the routes of a convolution's pseudo-inverse, one a file (``patch``, ``window``,
+     ``fft``, ``dense``, ``lsqr``), ``conv_pinv`` with ``"auto"`` (the cheapest provable route), ``patch_pinv``; the
+     window tiling (``windows``); the proofs of injectivity (``proofs``: count, zero columns, patch, window, dense,
+     Gram, DFT), each a lower bound on ``sigma_min``.
+   - :mod:`invertnet.activeset` -- a ReLU's known rows: constraints, the active-set solve, its certificate.
+3. Capture and reconstruction
+   - :mod:`invertnet.capture` -- one capture of any model: its torch.fx graph (``graph``; a chain of modules where fx
+     cannot trace, ``chain``), the values of its nodes, and the dimension count (``count``).
+   - :mod:`invertnet.inverses` -- the registry of layer inverses (``register_inverse``), by family.
+   - :mod:`invertnet.reconstruction` -- the walk (``Walker``, its frontier), blocks, the joint inversion (``joint``),
+     priors (``TotalVariation``), the default's completion (``completion``), and the API (``api``: ``reconstruct``,
+     ``invert_jointly``).
+4. Analyses, the zoo, evaluation, files, figures
+   - :mod:`invertnet.io` -- image files decoded as their owners see them or refused saying why (``images``); atomic
+     writes and safe weights (``files``: ``weights_only=True`` / safetensors, by content).
+   - :mod:`invertnet.zoo` -- All-CNN-B, ConvPool-CNN-C, VGG-16 (CIFAR) variants (``models``), torchvision's
+     architectures without torchvision (``architectures``), ``package.module:callable`` specs (``specs``).
+   - :mod:`invertnet.analysis` -- ``injectivity_report`` (estimate and proven bound per layer), what ReLU keeps
+     (``information``), filter pairing (the paper's Figs. 2-3), the Rademacher bound (Theorem 4.1), invariance,
+     sparsity.
+   - :mod:`invertnet.evaluation` -- ``evaluate`` over datasets (resumable, distributed), its results file,
+     ``summarize``, and ``compare_methods`` in memory.
+   - :mod:`invertnet.plotting` -- the paper's figures (matplotlib).
+5. :mod:`invertnet.cli` -- the ``invertnet`` command, thin: parse, call the library, print, write files.
 
 One vocabulary throughout: a step (and a solve, and a reconstruction) is ``closed_form`` when it is
 computed without iteration, and ``exact`` when it returns the layer's input from the layer's exact
@@ -84,18 +66,7 @@ Example
 True
 """
 
-from invertnet.activations import (
-    AVR,
-    CReLU,
-    Proportional,
-    avr,
-    crelu,
-    invert_crelu,
-    invert_proportional,
-    leaky_relu_inverse,
-)
-from invertnet.compare import ComparisonRow, compare_methods
-from invertnet.completion import CompletionOptions, CompletionResult
+from invertnet.analysis.injectivity import LayerSpectrum, injectivity_report
 from invertnet.errors import (
     AdjointMismatchError,
     DTypeError,
@@ -114,14 +85,22 @@ from invertnet.errors import (
     UnsupportedLayerError,
     WeightsError,
 )
-from invertnet.injectivity import LayerSpectrum, injectivity_report
+from invertnet.evaluation.compare import ComparisonRow, compare_methods
 from invertnet.inverses import StepResult, register_inverse, supported_layers
-from invertnet.joint import JointOptions, JointResult
 from invertnet.metrics import psnr, relative_error, ssim
+from invertnet.nn.activations import (
+    AVR,
+    CReLU,
+    Proportional,
+    avr,
+    crelu,
+    invert_crelu,
+    invert_proportional,
+    leaky_relu_inverse,
+)
 from invertnet.operators import ConvOperator, LinearOperator, dottest
 from invertnet.pinv import CONV_METHODS, ROUTES, Route, SolveInfo, SolveOptions, conv_pinv, patch_pinv, register_route
-from invertnet.priors import TotalVariation
-from invertnet.reconstruct import (
+from invertnet.reconstruction.api import (
     RECONSTRUCTION_METHODS,
     LayerStep,
     Reconstruction,
@@ -129,6 +108,9 @@ from invertnet.reconstruct import (
     invert_jointly,
     reconstruct,
 )
+from invertnet.reconstruction.completion import CompletionOptions, CompletionResult
+from invertnet.reconstruction.joint import JointOptions, JointResult
+from invertnet.reconstruction.priors import TotalVariation
 
 __version__ = "0.1.0"
 

@@ -8,14 +8,14 @@ from torch import nn
 
 from invertnet import CReLU, reconstruct
 from invertnet._checks import consistency_tol
-from invertnet.absolute_value import (
+from invertnet.errors import ShapeError
+from invertnet.linalg.absolute_value import (
     ENUMERATE_MAX,
     absolute_value_uniqueness,
     crelu_split,
     solve_absolute_value,
 )
-from invertnet.activations import crelu
-from invertnet.errors import ShapeError
+from invertnet.nn.activations import crelu
 
 F64 = torch.float64
 

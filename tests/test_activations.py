@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from invertnet import AVR, CReLU, InvalidCReLUOutputError, avr, crelu, invert_crelu, leaky_relu_inverse
-from invertnet.activations import Proportional, invert_proportional, proportional
 from invertnet.errors import ArgumentTypeError, OptionError, ShapeError
+from invertnet.nn.activations import Proportional, invert_proportional, proportional
 
 
 @pytest.mark.parametrize("dim", [0, 1, 2, -1])

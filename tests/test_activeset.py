@@ -24,8 +24,8 @@ from invertnet.errors import (
     ShapeError,
     UnsupportedLayerError,
 )
+from invertnet.linalg.solvers import ConvergenceWarning
 from invertnet.operators import ConvOperator, MatrixOperator
-from invertnet.solvers import ConvergenceWarning
 
 
 def _conv(c_in, c_out, seed=0, **kw):

@@ -9,8 +9,7 @@ import torch
 from torch import nn
 
 from invertnet import CReLU, reconstruct
-from invertnet.activations import Proportional, invert_proportional, proportional
-from invertnet.bounds import (
+from invertnet.analysis.bounds import (
     PROVABLE_CONSTANT,
     composed_rademacher,
     linear_class_bound,
@@ -19,9 +18,8 @@ from invertnet.bounds import (
     spectral_norm,
     theorem_4_1_bound,
 )
-from invertnet.errors import ArgumentTypeError, NonFiniteError, OptionError, ShapeError
-from invertnet.invariance import invariance_score, translations
-from invertnet.pairing import (
+from invertnet.analysis.invariance import invariance_score, translations
+from invertnet.analysis.pairing import (
     NoConvWeightsError,
     PairingsByLayer,
     conv_weights,
@@ -31,7 +29,9 @@ from invertnet.pairing import (
     random_mu_cdf,
     random_pairing,
 )
-from invertnet.sparsity import activation_sparsity
+from invertnet.analysis.sparsity import activation_sparsity
+from invertnet.errors import ArgumentTypeError, NonFiniteError, OptionError, ShapeError
+from invertnet.nn.activations import Proportional, invert_proportional, proportional
 
 # ---------------------------------------------------------------- pairing
 
@@ -314,7 +314,7 @@ def test_save_figure_refuses_an_extension_matplotlib_cannot_write(tmp_path):
     from matplotlib.figure import Figure
 
     from invertnet.errors import OutputPathError
-    from invertnet.plotting import FIGURE_SUFFIXES, save_figure
+    from invertnet.plotting.figures import FIGURE_SUFFIXES, save_figure
 
     assert {".png", ".pdf", ".svg"} <= set(FIGURE_SUFFIXES)
     for name in ["noext", "figure.xyz"]:

@@ -1,4 +1,4 @@
-"""torchvision-shaped architectures (invertnet.architectures) and the shipped trained MobileNetV2 features."""
+"""torchvision-shaped architectures (invertnet.zoo.architectures) and the shipped trained MobileNetV2 features."""
 
 import hashlib
 import operator
@@ -10,9 +10,9 @@ import torch
 import torch.fx
 
 from invertnet import WeightsError
-from invertnet.architectures import ARCHITECTURES, BasicBlock, mobilenet_v2
-from invertnet.models import MOBILENET_V2_FEATURES, MODELS, build_model, count_parameters, trained_mobilenet_v2
-from invertnet.pairing import expected_random_mu, pairing_by_layer
+from invertnet.analysis.pairing import expected_random_mu, pairing_by_layer
+from invertnet.zoo.architectures import ARCHITECTURES, BasicBlock, mobilenet_v2
+from invertnet.zoo.models import MOBILENET_V2_FEATURES, MODELS, build_model, count_parameters, trained_mobilenet_v2
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "assets" / "weights"
 

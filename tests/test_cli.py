@@ -15,11 +15,11 @@ from click.testing import CliRunner
 from PIL import Image
 from skimage import io as skio
 
-import invertnet.cli
+import invertnet.cli.app
 from invertnet.cli import cli
-from invertnet.images import load_image
+from invertnet.io.images import load_image
 from invertnet.metrics import psnr
-from invertnet.models import build_model
+from invertnet.zoo.models import build_model
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 FAST = ["--model", "convpool-cnn-c-crelu", "--size", "32"]
@@ -533,7 +533,7 @@ def test_unwritable_directory_is_found_before_the_work(tmp_path, monkeypatch, no
     def read_only(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("invertnet.cli.tempfile.mkstemp", read_only)
+    monkeypatch.setattr("invertnet.cli.app.tempfile.mkstemp", read_only)
     result, files = _cli(["reconstruct", "--layer", "conv1", ASSETS / "astronaut.png"], tmp_path, monkeypatch)
     _one_line_error(result, "directory '.' is not writable (Permission denied); choose another --out")
     assert files == []
@@ -565,7 +565,7 @@ def test_threads_option_sets_torch_threads(tmp_path, monkeypatch):
 _SLOW_WRITER = """
 import sys, time
 from invertnet.cli import install_signal_handlers
-from invertnet.io import atomic_write
+from invertnet.io.files import atomic_write
 if sys.argv[2] == "handler":
     install_signal_handlers()
 with atomic_write(sys.argv[1]) as tmp:
@@ -711,7 +711,7 @@ def test_joint_is_never_labelled_exact(tmp_path):
 def test_the_default_says_where_the_proofs_end_and_the_completion_begins(tmp_path, monkeypatch):
     """All-CNN-B conv3 at 16 px: its CReLU step is exact, the convolution below it is not (fewer rows than unknowns)."""
     seen = {}
-    real = invertnet.cli.reconstruct
+    real = invertnet.cli.app.reconstruct
 
     def spy(*args, **kwargs):
         seen["completion"] = kwargs["completion"]

@@ -5,9 +5,9 @@ import torch
 from torch import nn
 
 from invertnet import CReLU, OptionError, reconstruct
-from invertnet.completion import CompletionOptions, complete
-from invertnet.joint import FeatureTarget
-from invertnet.priors import TotalVariation
+from invertnet.reconstruction.completion import CompletionOptions, complete
+from invertnet.reconstruction.joint import FeatureTarget
+from invertnet.reconstruction.priors import TotalVariation
 
 F64 = torch.float64
 

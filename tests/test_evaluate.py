@@ -15,14 +15,15 @@ from click.testing import CliRunner
 from scipy import stats
 from skimage import io as skio
 
-import invertnet.evaluate as ev
+import invertnet.evaluation.cells as cells
+import invertnet.evaluation.evaluate as ev
 from invertnet import JointOptions, LayerNotFoundError, OptionError, reconstruct
 from invertnet.cli import cli
 from invertnet.errors import ImageReadError, ResultsFileError
-from invertnet.evaluate import EvaluationRow, evaluate, image_files, read_rows, summarize
-from invertnet.io import load_image
-from invertnet.results import COLUMNS
-from invertnet.specs import load_model
+from invertnet.evaluation.evaluate import EvaluationRow, evaluate, image_files, read_rows, summarize
+from invertnet.evaluation.results import COLUMNS
+from invertnet.io.files import load_image
+from invertnet.zoo.specs import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAIN = f"{ROOT / 'tests' / 'user_models.py'}:make_seeded_chain"
@@ -57,7 +58,7 @@ def _count_calls(monkeypatch):
         calls.append(args[2:4])
         return reconstruct(*args, **kwargs)
 
-    monkeypatch.setattr(ev, "reconstruct", counted)
+    monkeypatch.setattr(cells, "reconstruct", counted)
     return calls
 
 
@@ -75,7 +76,8 @@ def test_rows_equal_direct_reconstructions(model, images, tmp_path):
         assert row.relative_error == pytest.approx(float(direct.relative_error[0]), rel=1e-9, abs=1e-15)
         assert row.feature_residual == pytest.approx(float(direct.feature_residual[0]), rel=1e-9, abs=1e-15)
         assert (row.exact, row.closed_form) == (direct.exact, direct.closed_form)
-        assert row.route == ">".join(step.route for step in direct.steps)
+        completed = ">completion" if direct.completion is not None else ""  # the default completed the walk
+        assert row.route == ">".join(step.route for step in direct.steps) + completed
         assert (row.size, row.dtype, row.model, row.seconds > 0) == (12, "float64", "Sequential", True)
     # layer 1 is injective (12 filters of 3x3x3 on a CReLU): exact to rounding; the patch route is closed form
     by_key = {(Path(r.image).name, r.layer, r.method): r for r in rows}
@@ -133,11 +135,11 @@ def test_interrupt_keeps_the_finished_rows(model, images, tmp_path, monkeypatch)
         calls.append(args[2:4])
         return reconstruct(*args, **kwargs)
 
-    monkeypatch.setattr(ev, "reconstruct", interrupted)
+    monkeypatch.setattr(cells, "reconstruct", interrupted)
     with pytest.raises(KeyboardInterrupt):
         _run(model, images, out, size=12)
     assert [(r.layer, r.method) for r in read_rows(out)] == calls
-    monkeypatch.setattr(ev, "reconstruct", reconstruct)
+    monkeypatch.setattr(cells, "reconstruct", reconstruct)
     assert len(_run(model, images, out, size=12)) == 12
     assert len(read_rows(out)) == 12
 
@@ -217,7 +219,7 @@ def test_foreign_or_damaged_file_is_refused(model, images, tmp_path):
     _run(model, images, out, size=12, methods=["patch"])
     lines = out.read_text().splitlines(keepends=True)
     out.write_text("".join([*lines[:2], "a.png,1,patch\n", *lines[2:]]))
-    with pytest.raises(ResultsFileError, match="line 3: expected 21 fields, got 3"):
+    with pytest.raises(ResultsFileError, match="line 3: expected 22 fields, got 3"):
         read_rows(out)
     rows = _run(model, images, foreign, size=12, methods=["patch"], overwrite=True)
     assert len(read_rows(foreign)) == len(rows) == 6
@@ -423,7 +425,7 @@ def test_a_second_process_is_refused_while_one_writes(model, images, tmp_path):
     """Two real processes: the first holds the lock (flock) while the second starts."""
     out = tmp_path / "rows.csv"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom invertnet.results import exclusive_lock\n"
+        [sys.executable, "-c", "import sys, time\nfrom invertnet.evaluation.results import exclusive_lock\n"
          "with exclusive_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(60)\n", str(out)],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
@@ -548,3 +550,18 @@ def test_cli_says_which_rows_it_dropped(images, tmp_path):
         result.stdout
     )
     assert "perfect" in result.stdout.splitlines()[1 if result.stdout.startswith("dropped") else 0]
+
+
+def test_one_capture_per_image_and_layer(model, images, monkeypatch):
+    """evaluate captures each (image, layer) once and runs every method on that capture."""
+    captured = []
+    real = cells.capture
+
+    def counted(model, image, layer):
+        captured.append(layer)
+        return real(model, image, layer)
+
+    monkeypatch.setattr(cells, "capture", counted)
+    rows = evaluate(model, images, LAYERS, ["patch", "lsqr", "auto"], size=12)
+    assert len(rows) == 3 * 2 * 3
+    assert captured == LAYERS * 3

@@ -26,8 +26,8 @@ from invertnet import (
     reconstruct,
     supported_layers,
 )
-from invertnet.graph import graph_layers
-from invertnet.joint import JointOptions
+from invertnet.capture.graph import graph_layers
+from invertnet.reconstruction.joint import JointOptions
 
 #: float64, order-one images: rounding, amplified by the condition numbers of these small layers (LSQR stops at
 #: atol 1e-10 of the response; the largest error of an exact result or step in the battery is 1.1e-11, a ReLU

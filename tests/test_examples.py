@@ -10,7 +10,7 @@ import torch
 from skimage import io as skio
 
 from invertnet import CReLU
-from invertnet.pairing import expected_random_mu
+from invertnet.analysis.pairing import expected_random_mu
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

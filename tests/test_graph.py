@@ -18,9 +18,9 @@ from patterns import (
 from torch import nn
 
 from invertnet import JointOptions, UnsupportedLayerError, WeightsError, invert_jointly, reconstruct
-from invertnet.blocks import branch_lipschitz
+from invertnet.capture.graph import capture, graph_layers
 from invertnet.errors import ArgumentTypeError, ForwardError, NonFiniteError
-from invertnet.graph import capture, graph_layers
+from invertnet.reconstruction.blocks import branch_lipschitz
 
 
 def _crelu_patterns() -> dict[str, tuple[nn.Module, int]]:
@@ -49,7 +49,7 @@ def _deepest(model: nn.Module, x: torch.Tensor) -> str:
     """The last node of the forward pass."""
     import torch.fx as fx
 
-    from invertnet.graph import _symbolic_trace
+    from invertnet.capture.graph import _symbolic_trace
 
     nodes = [n for n in _symbolic_trace(model).graph.nodes if n.op not in ("output", "placeholder", "get_attr")]
     assert isinstance(fx, object)

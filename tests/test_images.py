@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from invertnet.errors import DTypeError, ImageReadError, OptionError, TooLargeError
-from invertnet.images import load_image, pixel_limit
-from invertnet.io import load_state_dict
+from invertnet.io.files import load_state_dict
+from invertnet.io.images import load_image, pixel_limit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -139,7 +139,7 @@ def test_a_huge_image_is_shrunk_in_pillow_before_the_resize(tmp_path):
 _DECODE_FOREVER = """
 import sys
 from invertnet.cli import install_signal_handlers
-from invertnet.images import load_image
+from invertnet.io.images import load_image
 install_signal_handlers()
 print("decoding", flush=True)
 while True:

@@ -1,4 +1,4 @@
-"""What each ReLU layer keeps (invertnet.information) and the CReLU twin, float64."""
+"""What each ReLU layer keeps (invertnet.analysis.information) and the CReLU twin, float64."""
 
 import math
 
@@ -8,9 +8,9 @@ from test_cli import ASSETS, _one_line_error, run
 from torch import nn
 
 from invertnet import CReLU
+from invertnet.analysis.information import crelu_twin, format_information, layer_information
 from invertnet.errors import ModelError, UnsupportedLayerError
-from invertnet.information import crelu_twin, format_information, layer_information
-from invertnet.models import all_cnn_b, count_parameters
+from invertnet.zoo.models import all_cnn_b, count_parameters
 
 
 def test_the_twin_of_all_cnn_b_is_the_papers_half_model():

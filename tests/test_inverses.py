@@ -13,12 +13,12 @@ from scipy.special import lambertw
 from torch import nn
 
 from invertnet import reconstruct
+from invertnet.capture.chain import LayerRecord
 from invertnet.errors import OutOfRangeError, ShapeError, UnsupportedLayerError
 from invertnet.inverses import InversionContext, StepResult, inverse_for
 from invertnet.inverses.linear import linear_pinv
 from invertnet.inverses.nonlinear import _minimiser
 from invertnet.pinv import SolveOptions
-from invertnet.trace import LayerRecord
 
 TOP = InversionContext(method="auto", maxpool="switches", options=SolveOptions(), top=True)
 BELOW = replace(TOP, top=False)

@@ -5,10 +5,10 @@ import torch
 from torch import nn
 
 from invertnet import CReLU, JointOptions, OptionError, invert_jointly, reconstruct
-from invertnet.joint import match_features
-from invertnet.lbfgs import BatchLBFGS
+from invertnet.linalg.lbfgs import BatchLBFGS
+from invertnet.linalg.solvers import lsqr
 from invertnet.operators import MatrixOperator
-from invertnet.solvers import lsqr
+from invertnet.reconstruction.joint import match_features
 
 
 def _stack() -> nn.Sequential:

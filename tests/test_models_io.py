@@ -8,8 +8,8 @@ from skimage import io as skio
 
 from invertnet import CReLU, ImageReadError, WeightsError, reconstruct
 from invertnet.errors import ArgumentTypeError, NonFiniteError, OptionError, OutputPathError, ShapeError
-from invertnet.io import atomic_write, load_image, load_weights, save_image
-from invertnet.models import MODELS, all_cnn_b, build_model, convpool_cnn_c, count_parameters
+from invertnet.io.files import atomic_write, load_image, load_weights, save_image
+from invertnet.zoo.models import MODELS, all_cnn_b, build_model, convpool_cnn_c, count_parameters
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
@@ -31,7 +31,7 @@ COUNTS = {
     "vgg16-cifar-crelu-conv13": (14_912_586, None),
     "vgg16-cifar-crelu-conv135": (15_502_410, None),
 }
-#: The models whose counts differ from the paper's beyond its rounding (explained in invertnet.models).
+#: The models whose counts differ from the paper's beyond its rounding (explained in invertnet.zoo.models).
 DIFFER = {"all-cnn-b-crelu-conv1-7", "convpool-cnn-c-double", "convpool-cnn-c-crelu"}
 
 
@@ -54,7 +54,7 @@ def test_hand_count_of_all_cnn_b_relu():
 
 
 def test_the_papers_conv1_7_count_is_crelu_on_conv1_6():
-    # documented in invertnet.models: 11.62M is what CReLU on conv1-6 gives, not conv1-7
+    # documented in invertnet.zoo.models: 11.62M is what CReLU on conv1-6 gives, not conv1-7
     assert count_parameters(all_cnn_b(crelu_layers=range(1, 7))) == 11_619_496
 
 

@@ -10,9 +10,9 @@ from conftest import relative_gap
 
 from invertnet import ConvOperator, OptionError, RouteError, SolveOptions, conv_pinv, preconditioners
 from invertnet.errors import ShapeError
-from invertnet.preconditioners import BorderPreconditioner, border_bytes, border_reason
-from invertnet.solvers import lsqr, pcgls
-from invertnet.spectral import space_to_depth
+from invertnet.linalg.preconditioners import BorderPreconditioner, border_bytes, border_reason
+from invertnet.linalg.solvers import lsqr, pcgls
+from invertnet.linalg.spectral import space_to_depth
 
 FLOAT64 = torch.zeros((), dtype=torch.float64)
 
@@ -159,12 +159,15 @@ def test_lsqr_route_with_border_preconditioning_returns_the_pseudo_inverse_solut
         x_hat, info = conv_pinv(conv, noisy, (24, 24), "lsqr", options=options, return_info=True)
         assert info.converged
         assert info.start == start
+        assert (info.method, info.solver) == ("lsqr", "pcgls")  # the route says which solver ran
         assert info.iterations > 0
         # iterative, stopped at a preconditioned normal residual of 1e-13 of the zero start's: measured 5e-13, 7e-13
         assert relative_gap(x_hat, reference) < 1e-10
     # on the layer's range the window start is already the solution: no iteration
     _, info = conv_pinv(conv, y, (24, 24), "lsqr", options=SolveOptions(precondition="border"), return_info=True)
     assert info.start == "window"
+    _, plain = conv_pinv(conv, noisy, (24, 24), "lsqr", options=SolveOptions(precondition=False), return_info=True)
+    assert plain.solver == "lsqr"
     assert info.iterations == 0
 
 

@@ -14,10 +14,17 @@ from hypothesis import strategies as st
 from strategies import ConvConfig, conv_configs
 
 from invertnet.activeset import certify
+from invertnet.analysis.injectivity import injectivity_report
 from invertnet.errors import RouteError, TooLargeError
-from invertnet.injectivity import injectivity_report
+from invertnet.linalg.verified import (
+    abs_gram_norm,
+    cholesky_certificate,
+    gamma,
+    gram_lower_bound,
+    svd_lower_bound,
+)
 from invertnet.operators import ConvOperator
-from invertnet.proofs import (
+from invertnet.pinv.proofs import (
     dense_proof,
     dft_proof,
     gram_proof,
@@ -25,13 +32,6 @@ from invertnet.proofs import (
     prove,
     window_proof,
     zero_column_proof,
-)
-from invertnet.verified import (
-    abs_gram_norm,
-    cholesky_certificate,
-    gamma,
-    gram_lower_bound,
-    svd_lower_bound,
 )
 
 #: Ratios sigma_min / proven bound measured on the battery below (printed with ``pytest -s``).
@@ -229,8 +229,8 @@ class _Residual(torch.nn.Module):
 
 def test_the_analyses_follow_the_one_capture_through_skips_and_reused_modules():
     """The hook chain refused this network (ReLU runs twice); the fx capture reports every node."""
-    from invertnet.invariance import invariance_score, translations
-    from invertnet.sparsity import activation_sparsity
+    from invertnet.analysis.invariance import invariance_score, translations
+    from invertnet.analysis.sparsity import activation_sparsity
 
     torch.manual_seed(0)
     net = _Residual().double().eval()
@@ -250,7 +250,7 @@ def test_the_analyses_follow_the_one_capture_through_skips_and_reused_modules():
 
 def test_spectrum_never_calls_an_estimate_a_proof(monkeypatch):
     """Without a proof that fits (no Gram, no window, no patch), LOBPCG's value is reported as an estimate only."""
-    from invertnet import injectivity
+    from invertnet.analysis import injectivity
 
     monkeypatch.setattr(injectivity, "DENSE_SPECTRUM_ENTRIES", 0)
     monkeypatch.setattr(injectivity, "GRAM_MAX_UNKNOWNS", 0)

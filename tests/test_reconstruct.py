@@ -16,9 +16,9 @@ from invertnet import (
     reconstruct,
     relative_error,
 )
-from invertnet.compare import compare_methods, format_comparison
-from invertnet.joint import LBFGS_ROUND, JointOptions, match_features
+from invertnet.evaluation.compare import compare_methods, format_comparison
 from invertnet.pinv import SolveOptions
+from invertnet.reconstruction.joint import LBFGS_ROUND, JointOptions, match_features
 
 
 def _injective_crelu_stack() -> nn.Sequential:
@@ -329,7 +329,7 @@ def test_unsupported_variants_are_refused_with_a_reason():
 
 
 def test_injectivity_report_needs_a_conv_or_pool():
-    from invertnet.injectivity import injectivity_report
+    from invertnet.analysis.injectivity import injectivity_report
 
     with pytest.raises(UnsupportedLayerError, match=r"expected a model with Conv2d or pooling layers, got Sequential"):
         injectivity_report(nn.Sequential(nn.ReLU()), (8, 8))
@@ -399,9 +399,11 @@ def test_register_inverse_refuses_to_overwrite_silently():
 
     before = inverse_for(nn.ReLU())
     with pytest.raises(ValueError, match=r"expected module types without an inverse, got ReLU, which have one; pass"):
-        register_inverse(nn.ReLU)(lambda module, record, y, ctx: StepResult(y, "mine", False))
+        register_inverse(nn.ReLU)(lambda module, record, y, ctx: StepResult(y, "mine", False, closed_form=True))
     try:
-        register_inverse(nn.ReLU, replace=True)(lambda module, record, y, ctx: StepResult(y, "mine", False))
+        register_inverse(nn.ReLU, replace=True)(
+            lambda module, record, y, ctx: StepResult(y, "mine", False, closed_form=True)
+        )
         assert reconstruct(nn.Sequential(nn.ReLU()), torch.rand(1, 1, 4, 4), "0").steps[0].route == "mine"
     finally:
         register_inverse(nn.ReLU, replace=True)(before)

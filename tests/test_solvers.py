@@ -12,17 +12,17 @@ from hypothesis import strategies as st
 from strategies import ConvConfig, conv_configs
 
 from invertnet import ConvOperator, CReLU, RouteError, SolveOptions, conv_pinv, injectivity
-from invertnet.injectivity import injectivity_report
-from invertnet.pinv import choose_method
-from invertnet.solvers import ConvergenceWarning, lsqr
-from invertnet.spectral import CirculantFactorization, circulant_reason, circulant_singular_values
-from invertnet.spectrum import (
+from invertnet.analysis.injectivity import injectivity_report
+from invertnet.linalg.solvers import ConvergenceWarning, lsqr
+from invertnet.linalg.spectral import CirculantFactorization, circulant_reason, circulant_singular_values
+from invertnet.linalg.spectrum import (
     conv_singular_values,
     dense_singular_values,
     sigma_max,
     sigma_min,
     sigma_min_cholesky,
 )
+from invertnet.pinv import choose_method
 
 
 @settings(max_examples=60, deadline=None)

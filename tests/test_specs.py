@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from invertnet.errors import ModelSpecError, WeightsError
-from invertnet.specs import load_model
+from invertnet.zoo.specs import load_model
 
 HERE = Path(__file__).resolve().parent
 USER = str(HERE / "user_models.py")

@@ -14,7 +14,7 @@ from invertnet import (
     ShapeError,
     reconstruct,
 )
-from invertnet.trace import list_layers, trace
+from invertnet.capture.chain import list_layers, trace
 
 
 @pytest.fixture

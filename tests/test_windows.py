@@ -7,8 +7,8 @@ from hypothesis import assume, given, settings
 from strategies import ConvConfig, conv_configs
 
 from invertnet import ConvOperator, RouteError, SolveOptions, conv_pinv, windows
-from invertnet.solvers import lsqr
-from invertnet.windows import WindowInverse, window_block, window_operator
+from invertnet.linalg.solvers import lsqr
+from invertnet.pinv.windows import WindowInverse, window_block, window_operator
 
 
 def _window(op: ConvOperator) -> WindowInverse | None:

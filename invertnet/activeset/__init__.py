@@ -12,7 +12,7 @@ al., JMLR 2022).
   :class:`Constraints` (a box :math:`\ell_i \le z_i \le u_i` per entry; no operator needed, so a walk can
   hand it down a layer); :func:`clip_levels` reads the levels off a module.
 - :mod:`~invertnet.activeset.certificate` -- :func:`certify`: do the known rows determine the input? Proven
-  (count, zero columns, patch, dense, masked window, Gram: :mod:`invertnet.proofs`), or undecided.
+  (count, zero columns, patch, dense, masked window, Gram: :mod:`invertnet.pinv.proofs`), or undecided.
 - :mod:`~invertnet.activeset.solve` -- :func:`invert_active_set`: the minimum-norm solution of the
   equations (LSQR on the masked operator), then violated inequalities added at their bound until none is.
 

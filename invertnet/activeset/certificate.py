@@ -4,7 +4,7 @@ Where the equations :math:`M A x = M z` (:math:`M` the 0/1 diagonal of known row
 solution, i.e. :math:`M A` has full column rank, every point that satisfies them *is* the input: the
 masked least-squares solution recovers it exactly. ``determined=True`` only with a proof, which the certificate
 names, and a proven lower bound :math:`\sigma_{\min}(M A) \ge` :attr:`Certificate.lower_bound`
-(:mod:`invertnet.proofs`, cheapest first):
+(:mod:`invertnet.pinv.proofs`, cheapest first):
 
 - ``"count"``: fewer known rows than unknowns proves rank deficiency (``determined=False``);
 - ``"zero column"`` (convolutions): an unknown that no known row reads (``determined=False``);
@@ -14,7 +14,7 @@ names, and a proven lower bound :math:`\sigma_{\min}(M A) \ge` :attr:`Certificat
   (``determined=False``, method ``"singular"``);
 - ``"window"`` (convolutions): blocks of outputs whose known rows have full column rank on their windows cover
   every pixel: the masked window certificate, at any image size (the trained MobileNetV2 stem at 224 px);
-- ``"gram"`` (convolutions up to :data:`~invertnet.proofs.GRAM_MAX_UNKNOWNS` unknowns): a verified Cholesky
+- ``"gram"`` (convolutions up to :data:`~invertnet.pinv.proofs.GRAM_MAX_UNKNOWNS` unknowns): a verified Cholesky
   factorisation of :math:`A^T M A - \tau I`.
 
 ``method="lanczos"`` adds an *estimate* of :math:`\sigma_{\min}(M A)` by Lanczos (capped at
@@ -34,9 +34,9 @@ from typing import Literal
 import torch
 
 from invertnet.errors import ShapeError
+from invertnet.linalg.spectrum import sigma_max, sigma_min
 from invertnet.operators import DENSE_MAX_ENTRIES, LinearOperator, MaskedOperator
-from invertnet.proofs import GRAM_MAX_UNKNOWNS, Proof, count_proof, dense_proof, prove
-from invertnet.spectrum import sigma_max, sigma_min
+from invertnet.pinv.proofs import GRAM_MAX_UNKNOWNS, Proof, count_proof, dense_proof, prove
 
 __all__ = ["LANCZOS_MAX_RESTARTS", "LANCZOS_RTOL", "Certificate", "CertificateMethod", "certify"]
 
@@ -133,8 +133,8 @@ def certify(
     known : torch.Tensor
         Boolean, ``(N, *op.out_shape)``.
     method : {"auto", "dense", "lanczos", "none"}
-        ``"auto"``: the proofs of :func:`invertnet.proofs.prove`, cheapest first (the dense matrix up to
-        ``dense_max_entries`` entries, the Gram matrix up to :data:`~invertnet.proofs.GRAM_MAX_UNKNOWNS` unknowns).
+        ``"auto"``: the proofs of :func:`invertnet.pinv.proofs.prove`, cheapest first (the dense matrix up to
+        ``dense_max_entries`` entries, the Gram matrix up to :data:`~invertnet.pinv.proofs.GRAM_MAX_UNKNOWNS` unknowns).
         ``"dense"``: the count and the dense matrix only. ``"lanczos"``: the proofs of ``"auto"``, plus a capped
         Lanczos estimate of :math:`\sigma_{\min}` beside them (never a proof). ``"none"``: the count only.
     dense_max_entries : int

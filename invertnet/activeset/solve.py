@@ -50,8 +50,8 @@ from invertnet._checks import require_tensor
 from invertnet.activeset.certificate import CERTIFICATE_DENSE_ENTRIES, Certificate, CertificateMethod, certify
 from invertnet.activeset.constraints import Constraints
 from invertnet.errors import OptionError, ShapeError
+from invertnet.linalg.solvers import ConvergenceWarning, lsqr
 from invertnet.operators import LinearOperator, MaskedOperator, TransposedOperator
-from invertnet.solvers import ConvergenceWarning, lsqr
 
 __all__ = ["ActiveSetOptions", "ActiveSetResult", "invert_active_set"]
 
@@ -82,7 +82,7 @@ class ActiveSetOptions:
     dense_max_entries : int
         ``"auto"`` builds the dense matrix up to this many entries.
     warn : bool, default True
-        Warn (:class:`~invertnet.solvers.ConvergenceWarning`) when an image ends unconverged or infeasible.
+        Warn (:class:`~invertnet.linalg.solvers.ConvergenceWarning`) when an image ends unconverged or infeasible.
     """
 
     atol: float = 1e-12

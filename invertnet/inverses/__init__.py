@@ -1,6 +1,6 @@
-r"""The inverse of every layer type, in a registry that the walks of :mod:`invertnet.reconstruct` read.
+r"""The inverse of every layer type, in a registry that the walks of :mod:`invertnet.reconstruction.api` read.
 
-An inverse takes the module, its record from the forward pass (:class:`~invertnet.trace.LayerRecord`: its
+An inverse takes the module, its record from the forward pass (:class:`~invertnet.capture.chain.LayerRecord`: its
 input, output shape), an estimate of its output and the settings, and returns a :class:`StepResult`: the
 estimate of its input, the route, whether the step is ``exact`` (returns the layer's input from its exact
 output) and ``closed_form`` (computed without iteration), and what is lost.
@@ -9,7 +9,7 @@ output) and ``closed_form`` (computed without iteration), and what is lost.
 module                  inverse                                                  exact
 ======================  =======================================================  ===================================
 Conv2d                  :func:`~invertnet.pinv.conv_pinv` with ``method``        when the route proves it (SolveInfo)
-CReLU (any slope)       :func:`~invertnet.activations.invert_crelu`              yes
+CReLU (any slope)       :func:`~invertnet.nn.activations.invert_crelu`              yes
 LeakyReLU (slope > 0)   :math:`y` if :math:`y \ge 0` else :math:`y / a`          yes
 BatchNorm2d (eval)      the affine map undone                                    yes (non-zero scales)
 Dropout, Identity       identity (eval mode)                                     yes

@@ -1,12 +1,12 @@
 r"""Inverses of functional calls in a traced forward: shapes, arithmetic with constants, functional forms.
 
-A node of :mod:`invertnet.graph` that calls a function or a method (``torch.flatten``, ``x.view``,
+A node of :mod:`invertnet.capture.graph` that calls a function or a method (``torch.flatten``, ``x.view``,
 ``x * 2``, ``F.relu``, ``F.conv2d``, ...) is inverted here:
 
 - shape changes (``flatten``, ``view``, ``reshape``, ``squeeze``, ``unsqueeze``, ``contiguous``, ``permute``,
   ``transpose``) are undone exactly;
 - an in-place method or function (``h.mul_(2)``, ``torch.relu_(h)``, ``F.relu(h, inplace=True)``) is inverted as
-  its out-of-place twin (:mod:`invertnet.graph` points the readers of ``h`` after the change at it);
+  its out-of-place twin (:mod:`invertnet.capture.graph` points the readers of ``h`` after the change at it);
 - ``getitem`` is refused naming the node: the parts of a ``chunk``/``split`` (the walk cannot join them back yet;
   ``method="joint"`` can) or an index into a tensor (the entries left out are lost);
 - arithmetic with a value that does not depend on the image (``x + b``, ``x - b``, ``b - x``, ``x * s``,
@@ -16,7 +16,7 @@ A node of :mod:`invertnet.graph` that calls a function or a method (``torch.flat
   inverse (:func:`as_module`).
 
 Nodes with several inputs that depend on the image (``x + f(x)``, ``torch.cat``) are the walk's business
-(:mod:`invertnet.reconstruct`): ``cat`` is split, other joins are solved as a block.
+(:mod:`invertnet.reconstruction.api`): ``cat`` is split, other joins are solved as a block.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from invertnet._checks import pair
+from invertnet.capture.graph import Graph, Node
 from invertnet.errors import OptionError, UnsupportedLayerError
-from invertnet.graph import Graph, Node
 from invertnet.inverses.registry import InversionContext, StepResult
 
 __all__ = ["FunctionInverse", "as_module", "function_inverse_for", "register_function_inverse"]
@@ -102,7 +102,7 @@ def _dependent_position(node: Node, args: tuple[object, ...]) -> int:
 )
 def _invert_reshape(node: Node, graph: Graph, y: torch.Tensor, ctx: InversionContext) -> StepResult:
     shape = graph.nodes[node.parents[0]].tensor.shape[1:]
-    return StepResult(y.reshape(y.shape[0], *shape), "reshape", True)
+    return StepResult(y.reshape(y.shape[0], *shape), "reshape", True, closed_form=True)
 
 
 @register_function_inverse(torch.permute, "permute")
@@ -111,13 +111,13 @@ def _invert_permute(node: Node, graph: Graph, y: torch.Tensor, ctx: InversionCon
     dims = kwargs.get("dims", args[1:] if len(args) > 2 or not isinstance(args[1], (tuple, list)) else args[1])
     order = [int(str(d)) % y.ndim for d in (dims if isinstance(dims, (tuple, list)) else [dims])]
     inverse = [order.index(i) for i in range(len(order))]
-    return StepResult(y.permute(*inverse), "permute back", True)
+    return StepResult(y.permute(*inverse), "permute back", True, closed_form=True)
 
 
 @register_function_inverse(torch.transpose, "transpose")
 def _invert_transpose(node: Node, graph: Graph, y: torch.Tensor, ctx: InversionContext) -> StepResult:
     args, _ = graph.arguments(node)
-    return StepResult(y.transpose(int(str(args[1])), int(str(args[2]))), "transpose back", True)
+    return StepResult(y.transpose(int(str(args[1])), int(str(args[2]))), "transpose back", True, closed_form=True)
 
 
 def _constant(node: Node, graph: Graph) -> tuple[object, int]:
@@ -134,13 +134,13 @@ def _constant(node: Node, graph: Graph) -> tuple[object, int]:
 @register_function_inverse(operator.add, torch.add, "add", operator.iadd)
 def _invert_add(node: Node, graph: Graph, y: torch.Tensor, ctx: InversionContext) -> StepResult:
     other, _ = _constant(node, graph)
-    return StepResult(y - other, "subtract the constant", True)  # type: ignore[operator]
+    return StepResult(y - other, "subtract the constant", True, closed_form=True)  # type: ignore[operator]
 
 
 @register_function_inverse(operator.sub, torch.sub, "sub", operator.isub)
 def _invert_sub(node: Node, graph: Graph, y: torch.Tensor, ctx: InversionContext) -> StepResult:
     other, position = _constant(node, graph)
-    return StepResult((y + other) if position == 0 else (other - y), "undo the subtraction", True)  # type: ignore[operator]
+    return StepResult((y + other) if position == 0 else (other - y), "undo the subtraction", True, closed_form=True)  # type: ignore[operator]
 
 
 @register_function_inverse(operator.mul, torch.mul, "mul", operator.imul)
@@ -150,21 +150,25 @@ def _invert_mul(node: Node, graph: Graph, y: torch.Tensor, ctx: InversionContext
     zero = factor == 0
     x = y / torch.where(zero, 1.0, factor)
     if bool(zero.any()):
-        return StepResult(torch.where(zero, 0.0, x), "divide", False, note="entries multiplied by zero are lost")
-    return StepResult(x, "divide", True)
+        return StepResult(
+            torch.where(zero, 0.0, x), "divide", False, closed_form=True, note="entries multiplied by zero are lost"
+        )
+    return StepResult(x, "divide", True, closed_form=True)
 
 
 @register_function_inverse(operator.truediv, torch.div, "div", operator.itruediv)
 def _invert_div(node: Node, graph: Graph, y: torch.Tensor, ctx: InversionContext) -> StepResult:
     other, position = _constant(node, graph)
     if position != 0:
-        return StepResult(torch.as_tensor(other, dtype=y.dtype, device=y.device) / y, "invert the quotient", True)
-    return StepResult(y * torch.as_tensor(other, dtype=y.dtype, device=y.device), "multiply", True)
+        return StepResult(
+            torch.as_tensor(other, dtype=y.dtype, device=y.device) / y, "invert the quotient", True, closed_form=True
+        )
+    return StepResult(y * torch.as_tensor(other, dtype=y.dtype, device=y.device), "multiply", True, closed_form=True)
 
 
 @register_function_inverse(operator.neg, torch.neg, "neg")
 def _invert_neg(node: Node, graph: Graph, y: torch.Tensor, ctx: InversionContext) -> StepResult:
-    return StepResult(-y, "negate", True)
+    return StepResult(-y, "negate", True, closed_form=True)
 
 
 @register_function_inverse(operator.getitem)
@@ -192,7 +196,7 @@ def _invert_dropout(node: Node, graph: Graph, y: torch.Tensor, ctx: InversionCon
             f"expected dropout {node.label!r} with training=False, got training=True (it zeroes entries by chance); "
             "call it with training=self.training and put the model in eval mode"
         )
-    return StepResult(y, "identity", True)
+    return StepResult(y, "identity", True, closed_form=True)
 
 
 def _arg(args: tuple[object, ...], kwargs: dict[str, object], i: int, name: str, default: object) -> object:

@@ -19,14 +19,14 @@ import torch
 from torch import nn
 
 from invertnet.activeset import ActiveSetOptions, ActiveSetResult, Constraints, invert_active_set
+from invertnet.capture.chain import LayerRecord
 from invertnet.errors import ShapeError, UnsupportedLayerError
 from invertnet.inverses.registry import InversionContext, StepResult, register_inverse, require_eval
+from invertnet.linalg.solvers import lsqr
 from invertnet.operators import ConvOperator, LinearOperator, MatrixOperator
 from invertnet.pinv import ConvLayer, SolveInfo, conv_pinv, pinv_rtol
 from invertnet.pinv.patch import full_column_rank
 from invertnet.pinv.window import window_inverse
-from invertnet.solvers import lsqr
-from invertnet.trace import LayerRecord
 
 __all__: list[str] = ["LinearPinv", "active_set_step", "linear_pinv", "linear_step"]
 
@@ -41,6 +41,8 @@ def linear_step(info: SolveInfo, lossy: str) -> StepResult:
         note = f"{lossy}; {info.method} is not the operator's pseudo-inverse here ({info.reason})"
     else:
         note = f"{lossy}; {info.method}: the minimum-norm least-squares solution"
+    if info.solver == "pcgls":
+        note += f"{'; ' if note else ''}solved by CGLS with the circulant + border preconditioner"
     if info.start == "window":
         note += f"{'; ' if note else ''}started from the window estimate, {info.iterations} iterations after it"
     if not info.converged:
@@ -216,7 +218,7 @@ def _invert_batchnorm(module: nn.Module, record: LayerRecord, y: torch.Tensor, c
         inf = torch.full_like(lower, torch.inf)
         lower, upper = torch.where(swap, upper, lower), torch.where(swap, lower, upper)
         handed = Constraints(torch.where(zero, -inf, lower), torch.where(zero, inf, upper))
-    return StepResult(x, "affine", lost == 0, note=note, constraints=handed)
+    return StepResult(x, "affine", lost == 0, closed_form=True, note=note, constraints=handed)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -288,12 +290,14 @@ def _invert_linear(module: nn.Module, record: LayerRecord, y: torch.Tensor, ctx:
     x = z @ solved.pinv.to(y).mT
     n = module.in_features
     if solved.rank == n:
-        return StepResult(x, "linear_pinv", True, note=f"full column rank (condition {solved.condition:.3g})")
+        return StepResult(
+            x, "linear_pinv", True, closed_form=True, note=f"full column rank (condition {solved.condition:.3g})"
+        )
     note = (
         f"rank {solved.rank} < in_features {n}: a {n - solved.rank}-dimensional null-space component is lost; "
         "the minimum-norm least-squares solution"
     )
-    return StepResult(x, "linear_pinv", False, note=note)
+    return StepResult(x, "linear_pinv", False, closed_form=True, note=note)
 
 
 def _unaffine(
@@ -331,7 +335,7 @@ def _invert_sample_norm(module: nn.Module, record: LayerRecord, y: torch.Tensor,
     note = f"not invertible: {what} are lost; the estimate is the normalised input (the affine map undone)"
     if zero:
         note += f"; {zero} entries of the scale are 0: set to 0"
-    return StepResult(x, "unaffine", False, note=note)
+    return StepResult(x, "unaffine", False, closed_form=True, note=note)
 
 
 @register_inverse(nn.Flatten)
@@ -341,9 +345,12 @@ def _invert_flatten(module: nn.Module, record: LayerRecord, y: torch.Tensor, ctx
     ndim = record.input.ndim
     start, end = module.start_dim % ndim, module.end_dim % ndim
     if start == end:  # nothing flattened
-        return StepResult(y, "reshape", True)
+        return StepResult(y, "reshape", True, closed_form=True)
     return StepResult(
-        y.reshape(*y.shape[:start], *record.input.shape[start : end + 1], *y.shape[start + 1 :]), "reshape", True
+        y.reshape(*y.shape[:start], *record.input.shape[start : end + 1], *y.shape[start + 1 :]),
+        "reshape",
+        True,
+        closed_form=True,
     )
 
 
@@ -352,4 +359,4 @@ def _invert_unflatten(module: nn.Module, record: LayerRecord, y: torch.Tensor, c
     if not isinstance(module, nn.Unflatten):
         raise UnsupportedLayerError(f"expected an nn.Unflatten, got {type(module).__name__}")
     dim = int(module.dim) % record.input.ndim
-    return StepResult(y.flatten(dim, dim + len(module.unflattened_size) - 1), "reshape", True)
+    return StepResult(y.flatten(dim, dim + len(module.unflattened_size) - 1), "reshape", True, closed_form=True)

@@ -35,9 +35,9 @@ from torch import nn
 
 from invertnet._checks import consistency_tol
 from invertnet.activeset import Constraints, clip_levels
+from invertnet.capture.chain import LayerRecord
 from invertnet.errors import OutOfRangeError, UnsupportedLayerError
 from invertnet.inverses.registry import InversionContext, StepResult, register_inverse
-from invertnet.trace import LayerRecord
 
 __all__ = ["upper_branch_inverse"]
 
@@ -128,7 +128,7 @@ def _invert_prelu(module: nn.Module, record: LayerRecord, y: torch.Tensor, ctx: 
     positive = slope > 0
     x = torch.where((y >= 0) | ~positive, y, y / torch.where(positive, slope, 1.0))
     if bool(positive.all()):
-        return StepResult(x, "prelu_inverse", True)
+        return StepResult(x, "prelu_inverse", True, closed_form=True)
     bad = int((module.weight <= 0).sum())
     zero = (slope == 0) & (y == 0)  # slope 0: the input was <= 0
     folded = (slope < 0) & (y >= 0)  # slope < 0: y = x and y = a x' both non-negative
@@ -136,7 +136,7 @@ def _invert_prelu(module: nn.Module, record: LayerRecord, y: torch.Tensor, ctx: 
         f"PReLU with {bad} of {module.weight.numel()} slopes <= 0 is not bijective there: the negative part is lost "
         f"({_share(zero | folded)} in those channels may come from a negative input; set to y, as for ReLU)"
     )
-    return StepResult(x, "prelu_inverse", False, note=note)
+    return StepResult(x, "prelu_inverse", False, closed_form=True, note=note)
 
 
 def _exp_family(
@@ -150,7 +150,7 @@ def _exp_family(
     kind = type(module).__name__
     if alpha < 0 and kind == "CELU":  # alpha (e^{x/alpha} - 1) increases from -inf: a bijection of R
         x = torch.where(y > 0, y, scale * torch.log1p(y / alpha))
-        return StepResult(x, "log1p", True)
+        return StepResult(x, "log1p", True, closed_form=True)
     if alpha <= 0:
         raise UnsupportedLayerError(
             f"expected {kind} {record.name!r} with alpha > 0 (bijective), got alpha={alpha}; its negative branch "
@@ -162,7 +162,7 @@ def _exp_family(
     saturated = y == -alpha
     x = _saturate(x, saturated, module, scale * torch.log1p(x.new_tensor(_above(-1.0, y.dtype))), -alpha)
     note = _join(note, _saturated_note(saturated, f"-alpha = {-alpha:g}"))
-    return StepResult(x, "log1p", not note, note=note)
+    return StepResult(x, "log1p", not note, closed_form=True, note=note)
 
 
 @register_inverse(nn.ELU)
@@ -205,7 +205,7 @@ def _invert_softplus(module: nn.Module, record: LayerRecord, y: torch.Tensor, ct
             "gives two preimages (taken as linear)",
         )
     note = _join(note, _saturated_note(saturated, "0"))
-    return StepResult(x, "softplus_inverse", not note, note=note)
+    return StepResult(x, "softplus_inverse", not note, closed_form=True, note=note)
 
 
 @register_inverse(nn.Tanh)
@@ -216,7 +216,7 @@ def _invert_tanh(module: nn.Module, record: LayerRecord, y: torch.Tensor, ctx: I
     x = _saturate(x, y == 1, torch.tanh, torch.atanh(x.new_tensor(edge)), 1.0)
     x = _saturate(x, y == -1, torch.tanh, torch.atanh(x.new_tensor(-edge)), -1.0)
     note = _join(note, _saturated_note(y.abs() == 1, "+-1"))
-    return StepResult(x, "atanh", not note, note=note)
+    return StepResult(x, "atanh", not note, closed_form=True, note=note)
 
 
 @register_inverse(nn.Sigmoid)
@@ -227,7 +227,7 @@ def _invert_sigmoid(module: nn.Module, record: LayerRecord, y: torch.Tensor, ctx
     for level, edge in ((0.0, torch.finfo(y.dtype).tiny), (1.0, _below(1.0, y.dtype))):
         x = _saturate(x, y == level, torch.sigmoid, torch.logit(x.new_tensor(edge)), level)
     note = _join(note, _saturated_note((y == 0) | (y == 1), "0 or 1"))
-    return StepResult(x, "logit", not note, note=note)
+    return StepResult(x, "logit", not note, closed_form=True, note=note)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -252,7 +252,7 @@ def _invert_clip(module: nn.Module, record: LayerRecord, y: torch.Tensor, ctx: I
         note = _join(note, "the constraints from above carried through the clip to the layer below")
         return StepResult(y, "active_set", False, False, note, constraints=ctx.constraints.clip_preimage(lo, hi))
     if not bool(clipped.any()):
-        return StepResult(y, "identity", not note, note=note)
+        return StepResult(y, "identity", not note, closed_form=True, note=note)
     if ctx.relu == "active_set" and not ctx.exact:
         note = _join(
             note, "the estimate from above is not exact, so its clipped entries are no facts: identity reading"
@@ -267,7 +267,7 @@ def _invert_clip(module: nn.Module, record: LayerRecord, y: torch.Tensor, ctx: I
         else f"{_share(clipped)} at a clip level ({lo:g} or {hi:g}): their input is only known to be beyond it "
         "(set to the clip level)"
     )
-    return StepResult(y, "identity", False, note=_join(note, lost))
+    return StepResult(y, "identity", False, closed_form=True, note=_join(note, lost))
 
 
 def snap_to_levels(y: torch.Tensor, lo: float, hi: float | None) -> torch.Tensor:
@@ -431,4 +431,4 @@ def _invert_hardswish(module: nn.Module, record: LayerRecord, y: torch.Tensor, c
     zeros = y == 0
     if bool(zeros.any()):
         note += f"; {_share(zeros)} are 0, the output of x = 0 and of every x <= -3 (set to 0)"
-    return StepResult(x, "upper_branch", False, note=note)
+    return StepResult(x, "upper_branch", False, closed_form=True, note=note)

@@ -2,11 +2,11 @@ r"""Inverses of two nodes at once: a linear layer read through the CReLU below i
 
 When a ``Conv2d`` (1x1, stride 1, no padding, one group) or a ``Linear`` reads the output of a (leaky) CReLU and
 nothing else reads that output, the pair computes :math:`A z + B|z| + b` of the CReLU's input :math:`z`
-(:mod:`invertnet.absolute_value`): one small system per pixel, with half the unknowns of the linear reading. The
-walk (:mod:`invertnet.walk`) asks :func:`crelu_pair_inverse` before inverting the layer alone:
+(:mod:`invertnet.linalg.absolute_value`): one small system per pixel, with half the unknowns of the linear reading. The
+walk (:mod:`invertnet.reconstruction.walk`) asks :func:`crelu_pair_inverse` before inverting the layer alone:
 
 - when every :math:`A + B D` (:math:`|D_{ii}| \le 1`) is proven to have full column rank
-  (:func:`~invertnet.absolute_value.absolute_value_uniqueness`), the equation has one solution; generalized
+  (:func:`~invertnet.linalg.absolute_value.absolute_value_uniqueness`), the equation has one solution; generalized
   Newton finds it and the step is ``exact`` once it reproduces the output to rounding;
 - otherwise the pair is left to the layer-by-layer reading, and the note says why: on random or generic weights
   the equation of one pixel has several solutions (measured on All-CNN-B conv2: from the linear reading's start
@@ -23,13 +23,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from invertnet.absolute_value import (
+from invertnet.linalg.absolute_value import (
     Uniqueness,
     absolute_value_uniqueness,
     crelu_split,
     solve_absolute_value,
 )
-from invertnet.activations import CReLU
+from invertnet.nn.activations import CReLU
 
 __all__ = ["PairStep", "crelu_pair_inverse", "pair_uniqueness"]
 

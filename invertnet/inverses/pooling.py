@@ -16,12 +16,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from invertnet.activeset import Constraints
+from invertnet.capture.chain import LayerRecord
 from invertnet.errors import UnsupportedLayerError
 from invertnet.inverses.linear import linear_step
 from invertnet.inverses.registry import InversionContext, StepResult, register_inverse
 from invertnet.operators import ConvOperator
 from invertnet.pinv import conv_pinv
-from invertnet.trace import LayerRecord
 
 __all__: list[str] = ["window_minimum"]
 
@@ -65,12 +65,14 @@ def _invert_maxpool(module: nn.Module, record: LayerRecord, y: torch.Tensor, ctx
         estimate = flat.reshape(-1, c, h, w)
         note = "non-maximal values lost; unpooled with the forward pass's switches (Zeiler & Fergus)"
         if ctx.relu != "active_set" or module.ceil_mode or not ctx.exact:
-            return StepResult(estimate, "switches", False, note=note)
+            return StepResult(estimate, "switches", False, closed_form=True, note=note)
         known = torch.zeros_like(flat, dtype=torch.bool).scatter_(2, index, True).reshape(estimate.shape)
         upper = torch.maximum(window_minimum(module, y, (h, w)), estimate)
         lower = torch.where(known, estimate, -torch.inf)
         note += "; the switches (equations) and window maxima (bounds) handed to the layer below"
-        return StepResult(estimate, "switches", False, note=note, constraints=Constraints(lower, upper))
+        return StepResult(
+            estimate, "switches", False, closed_form=True, note=note, constraints=Constraints(lower, upper)
+        )
     if module.ceil_mode:
         raise UnsupportedLayerError(
             f"expected MaxPool2d {record.name!r} without ceil_mode for maxpool='guess', got ceil_mode=True; "
@@ -82,6 +84,7 @@ def _invert_maxpool(module: nn.Module, record: LayerRecord, y: torch.Tensor, ctx
         spread / op.coverage(y.device, y.dtype).clamp(min=1),
         "guess",
         False,
+        closed_form=True,
         note="a guess: without switches each maximum is spread over its window",
     )
 
@@ -161,11 +164,14 @@ def _invert_adaptive_avgpool(
     (ph, exact_h), (pw, exact_w) = factors
     x = ph.to(y) @ y @ pw.to(y).mT
     if exact_h and exact_w:
-        return StepResult(x, "separable_pinv", True, note="every bin determines its pixels (full column rank)")
+        return StepResult(
+            x, "separable_pinv", True, closed_form=True, note="every bin determines its pixels (full column rank)"
+        )
     return StepResult(
         x,
         "separable_pinv",
         False,
+        closed_form=True,
         note=f"averaging {h}x{w} into {oh}x{ow} bins loses detail within each bin; separable pseudo-inverse "
         "P_h^+ Y P_w^+T: the minimum-norm least-squares solution",
     )
@@ -189,12 +195,13 @@ def _invert_adaptive_maxpool(
             2, switches.flatten(2).expand(y.shape[0], -1, -1), y.flatten(2), "mean", include_self=False
         )
         note = "" if single else "non-maximal values lost; unpooled with the forward pass's switches (Zeiler & Fergus)"
-        return StepResult(flat.reshape(-1, c, h, w), "switches", single, note=note)
+        return StepResult(flat.reshape(-1, c, h, w), "switches", single, closed_form=True, note=note)
     spread = bh.mT @ y @ bw
     coverage = bh.sum(dim=0)[:, None] * bw.sum(dim=0)[None, :]
     return StepResult(
         spread / coverage.clamp(min=1),
         "guess",
         single,
+        closed_form=True,
         note="" if single else "a guess: without switches each maximum is spread over its bin",
     )

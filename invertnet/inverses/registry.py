@@ -9,9 +9,10 @@ import torch
 from torch import nn
 
 from invertnet.activeset import Constraints
+from invertnet.capture.chain import LayerRecord
+from invertnet.capture.graph import keep_whole
 from invertnet.errors import OptionError, TrainingModeError, UnsupportedLayerError
 from invertnet.pinv import SolveOptions
-from invertnet.trace import LayerRecord
 
 __all__ = [
     "MAXPOOL_MODES",
@@ -89,8 +90,8 @@ class StepResult:
         How it was inverted (``"invert_crelu"``, ``"patch"``, ``"switches"``, ...).
     exact : bool
         The step returns the layer's input from its exact output (proven for this layer).
-    closed_form : bool, default True
-        Computed without iteration.
+    closed_form : bool
+        Computed without iteration (required: a new inverse says how it computes, nothing is assumed).
     note : str
         What is lost, or how the route was chosen.
     constraints : Constraints, optional
@@ -108,7 +109,7 @@ class StepResult:
     estimate: torch.Tensor
     route: str
     exact: bool
-    closed_form: bool = True
+    closed_form: bool
     note: str = ""
     constraints: Constraints | None = None
     resolves: bool = False
@@ -137,7 +138,7 @@ def register_inverse(*types: type[nn.Module], replace: bool = False) -> Callable
     ...         return 2 * x
     >>> @register_inverse(Double)
     ... def _invert_double(module, record, y, ctx):
-    ...     return StepResult(y / 2, "halve", exact=True)
+    ...     return StepResult(y / 2, "halve", exact=True, closed_form=True)
     >>> "Double" in supported_layers()
     True
     """
@@ -184,3 +185,6 @@ def require_eval(module: nn.Module, name: str) -> None:
             f"expected {type(module).__name__} {name!r} in eval mode (in training mode it depends on the batch or "
             "on chance), got training mode; call model.eval() before reconstructing"
         )
+
+
+keep_whole(has_inverse)  # the capture keeps every layer with an inverse whole (CReLU, AVR, users' own)

@@ -55,24 +55,24 @@ class SolveOptions:
         Closed forms: singular values below ``rtol * sigma_max`` (the global largest) are cut;
         default ``max(m, n) * eps(dtype)`` (:func:`pinv_rtol`).
     atol : float, default 1e-10
-        ``"lsqr"``: its ``atol`` and ``btol`` (see :func:`invertnet.solvers.lsqr`).
+        ``"lsqr"``: its ``atol`` and ``btol`` (see :func:`invertnet.linalg.solvers.lsqr`).
     maxiter : int or None, default 1000
-        ``"lsqr"``: iteration cap (``None``: :func:`invertnet.solvers.lsqr`'s own, up to 20,000). A layer that
+        ``"lsqr"``: iteration cap (``None``: :func:`invertnet.linalg.solvers.lsqr`'s own, up to 20,000). A layer that
         stops unconverged says so (``SolveInfo.converged``, and the step's note in a reconstruction).
     precondition : bool or "border", optional
         ``"lsqr"``: True scales each pixel by :math:`\sqrt{\bar c / c}` (:math:`c` its coverage); the result is
         then *a* least-squares solution, the minimum-norm one only when the layer is injective on the pixels it
         reads. ``"border"``: conjugate gradients on the normal equations preconditioned by
-        :class:`invertnet.preconditioners.BorderPreconditioner` (convolutions with zero padding or none whose
-        stride divides the padded input; :func:`~invertnet.preconditioners.border_reason` says why not), for responses
-        off the layer's range: All-CNN-B conv1 at 224x224 needs 33 iterations instead of 278 (default atol).
+        :class:`invertnet.linalg.preconditioners.BorderPreconditioner` (convolutions with zero padding or none whose
+        stride divides the padded input; :func:`~invertnet.linalg.preconditioners.border_reason` says why not), for
+        responses off the layer's range: All-CNN-B conv1 at 224x224 needs 33 iterations instead of 278 (default atol).
         Default (None): where the window start applies (which proves the injectivity), ``"border"`` when the
         response is off the range, the preconditioner fits the layer and building it stays within
-        ``max_memory`` (:func:`~invertnet.preconditioners.border_bytes`), else the coverage scaling.
+        ``max_memory`` (:func:`~invertnet.linalg.preconditioners.border_bytes`), else the coverage scaling.
     warm_start : bool, default True
         ``"lsqr"``: start from the ``"window"`` estimate when a block of outputs determines its window.
     warn : bool, default True
-        ``"lsqr"``: warn (:class:`~invertnet.solvers.ConvergenceWarning`) when it stops unconverged.
+        ``"lsqr"``: warn (:class:`~invertnet.linalg.solvers.ConvergenceWarning`) when it stops unconverged.
     max_entries : int
         ``"dense"``: size limit of the matrix.
     max_memory : int, default 2 GiB
@@ -128,10 +128,14 @@ class SolveInfo:
         Whether the solver met its tolerance (always True for closed forms).
     start : str
         ``"lsqr"``: where it started, ``"zero"`` or ``"window"``; ``""`` for closed forms.
+    solver : str
+        The iterative solver that ran: ``"lsqr"``, or ``"pcgls"`` (CGLS preconditioned by the circulant + border
+        preconditioner, which the ``lsqr`` route takes for responses off the layer's range); ``""`` for closed
+        forms.
     reason : str
         Why this route (for ``"auto"``, why it was chosen) and what it proves.
     proof : str
-        What proves ``exact`` (:mod:`invertnet.proofs`: ``"patch"``, ``"window"``, ``"dft"``, ``"dense"``); ``""``
+        What proves ``exact`` (:mod:`invertnet.pinv.proofs`: ``"patch"``, ``"window"``, ``"dft"``, ``"dense"``); ``""``
         when not exact.
     """
 
@@ -145,6 +149,7 @@ class SolveInfo:
     start: str = ""
     reason: str = ""
     proof: str = ""
+    solver: str = ""
 
 
 @dataclass(frozen=True)
@@ -176,6 +181,7 @@ class RouteResult:
     start: str = ""
     note: str = ""
     proof: str = ""
+    solver: str = ""
 
 
 def pinv_rtol(shape: tuple[int, ...], dtype: torch.dtype) -> float:

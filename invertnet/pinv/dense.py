@@ -9,6 +9,7 @@ import scipy.linalg
 import torch
 
 from invertnet.errors import TooLargeError
+from invertnet.linalg.verified import svd_lower_bound
 from invertnet.pinv.base import (
     ConvLayer,
     Cost,
@@ -18,7 +19,6 @@ from invertnet.pinv.base import (
     dense_svd_flops,
     pinv_rtol,
 )
-from invertnet.verified import svd_lower_bound
 
 __all__ = ["DENSE_MAX_FLOPS", "DenseRoute"]
 

@@ -1,7 +1,7 @@
 r"""The ``"fft"`` route: :math:`A^+` exactly through the 2-D DFT (Sedghi, Gupta, Long, ICLR 2019).
 
 With circular (or no) padding and a stride that divides the input, the DFT (after a space-to-depth by the
-stride) turns the layer into one small matrix :math:`M(f)` per frequency (:mod:`invertnet.spectral`):
+stride) turns the layer into one small matrix :math:`M(f)` per frequency (:mod:`invertnet.linalg.spectral`):
 :math:`A^+` is the per-frequency pseudo-inverse, with singular values cut relative to the *global* largest.
 One SVD per frequency, computed once per layer and cached; the memory is three complex
 :math:`H' W' \times C_{out} \times C_{in} s^2` arrays, which ``"auto"`` weighs against the other routes.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from invertnet.linalg.spectral import CirculantFactorization, circulant_reason
 from invertnet.pinv.base import (
     ConvLayer,
     Cost,
@@ -20,8 +21,7 @@ from invertnet.pinv.base import (
     dense_svd_flops,
     pinv_rtol,
 )
-from invertnet.proofs import dft_proof
-from invertnet.spectral import CirculantFactorization, circulant_reason
+from invertnet.pinv.proofs import dft_proof
 
 __all__ = ["FFTRoute", "factorization"]
 

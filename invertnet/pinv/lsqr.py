@@ -1,6 +1,6 @@
 r"""The ``"lsqr"`` route: the operator's minimum-norm least-squares solution by matrix-free LSQR.
 
-Works on every layer (:func:`invertnet.solvers.lsqr`). From :math:`x_0` in the row space of :math:`A` it
+Works on every layer (:func:`invertnet.linalg.solvers.lsqr`). From :math:`x_0` in the row space of :math:`A` it
 converges to :math:`x_0 + A^+ (z - A x_0) = A^+ z`. By default it starts from the ``"window"`` estimate
 when a block of outputs determines its window: the layer is then injective on the pixels it reads, the
 estimate is zero elsewhere (so it lies in the row space), and on responses in the layer's range it is
@@ -11,9 +11,9 @@ and keeps the limit minimum-norm because the layer is injective on what it reads
 Off the range (a response from a deeper layer's reconstruction) that LSQR still needs hundreds of
 iterations on a strided layer, because the pixels near the border are read by few outputs. There, by
 default (when the window estimate leaves a residual, the preconditioner fits the layer and building it
-stays within ``SolveOptions.max_memory``: :func:`~invertnet.preconditioners.border_bytes`), or always with
+stays within ``SolveOptions.max_memory``: :func:`~invertnet.linalg.preconditioners.border_bytes`), or always with
 ``precondition="border"``, the route runs conjugate gradients on the normal equations preconditioned by
-:class:`~invertnet.preconditioners.BorderPreconditioner` instead (:func:`invertnet.solvers.pcgls`, to
+:class:`~invertnet.linalg.preconditioners.BorderPreconditioner` instead (:func:`invertnet.linalg.solvers.pcgls`, to
 :math:`\langle s, M s \rangle^{1/2} \le a_{tol} \langle A^T z, M A^T z \rangle^{1/2}`, :math:`s = A^T r`),
 from the same start: the preconditioner is built once per layer and input size (cached) and is positive
 definite on the pixels the layer reads, so on an injective layer the limit is :math:`A^+ z` as well.
@@ -24,12 +24,12 @@ from __future__ import annotations
 import torch
 
 from invertnet.errors import RouteError
+from invertnet.linalg.preconditioners import BorderPreconditioner, border_bytes, border_reason
+from invertnet.linalg.solvers import LsqrResult, lsqr, pcgls
 from invertnet.operators import ConvOperator
 from invertnet.pinv.base import ConvLayer, Cost, Route, RouteResult, SolveOptions
 from invertnet.pinv.patch import full_column_rank
 from invertnet.pinv.window import window_inverse
-from invertnet.preconditioners import BorderPreconditioner, border_bytes, border_reason
-from invertnet.solvers import LsqrResult, lsqr, pcgls
 
 __all__ = ["LSQRRoute", "injectivity_certificate"]
 
@@ -41,7 +41,7 @@ def injectivity_certificate(layer: ConvLayer, like: torch.Tensor) -> str | None:
     """A cheap proof that the layer is injective (every pixel read, and full-rank patches or window), or None.
 
     Both are proven (:func:`~invertnet.pinv.patch.full_column_rank`, :attr:`WindowInverse.lower_bound
-    <invertnet.windows.WindowInverse>`): verified Cholesky factorisations, not numerical ranks.
+    <invertnet.pinv.windows.WindowInverse>`): verified Cholesky factorisations, not numerical ranks.
     """
     if layer.op.out_dim < layer.op.in_dim or not layer.reads_every_pixel():
         return None
@@ -85,7 +85,8 @@ class LSQRRoute(Route):
             and border_bytes(op, z.dtype) <= options.max_memory
             and _off_range(op, z, x0)
         ):
-            return self._finish(layer, z, self._border(layer, z, options, x0), "zero" if window is None else "window")
+            border = self._border(layer, z, options, x0)
+            return self._finish(layer, z, border, "zero" if window is None else "window", "pcgls")
         scale = None
         if options.precondition is True or (options.precondition is None and window is not None):
             coverage = layer.coverage().to(device=z.device, dtype=z.dtype)
@@ -101,7 +102,7 @@ class LSQRRoute(Route):
             x0=x0,
             warn=options.warn,
         )
-        return self._finish(layer, z, result, "zero" if window is None else "window")
+        return self._finish(layer, z, result, "zero" if window is None else "window", "lsqr")
 
     @staticmethod
     def _border(layer: ConvLayer, z: torch.Tensor, options: SolveOptions, x0: torch.Tensor | None) -> LsqrResult:
@@ -114,7 +115,7 @@ class LSQRRoute(Route):
         return pcgls(layer.op, z, border, tol=options.atol, maxiter=options.maxiter, x0=x0, warn=options.warn)
 
     @staticmethod
-    def _finish(layer: ConvLayer, z: torch.Tensor, result: LsqrResult, start: str) -> RouteResult:
+    def _finish(layer: ConvLayer, z: torch.Tensor, result: LsqrResult, start: str, solver: str) -> RouteResult:
         converged = bool(result.converged.all())
         certificate = injectivity_certificate(layer, z) if converged else None
         note = f"injective: {certificate}" if certificate else ""
@@ -126,6 +127,7 @@ class LSQRRoute(Route):
             start,
             note,
             proof=certificate.split(":")[0] if certificate else "",
+            solver=solver,
         )
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from invertnet.linalg.verified import abs_gram_norm, gamma, gram_lower_bound
 from invertnet.operators import ConvOperator
 from invertnet.pinv.base import (
     ConvLayer,
@@ -36,7 +37,6 @@ from invertnet.pinv.base import (
     dense_svd_flops,
     pinv_rtol,
 )
-from invertnet.verified import abs_gram_norm, gamma, gram_lower_bound
 
 __all__ = ["PatchRoute", "fields_are_disjoint", "full_column_rank", "patch_is_exact", "patch_pinv"]
 
@@ -64,7 +64,8 @@ def _apply(layer: ConvLayer, z: torch.Tensor, rtol: float | None) -> torch.Tenso
 def full_column_rank(layer: ConvLayer) -> bool:
     r"""Whether every group's patch matrix :math:`P_k` has full column rank, proven (cached).
 
-    A verified Cholesky factorisation of each :math:`P_k^T P_k` (:func:`invertnet.verified.gram_lower_bound`) bounds
+    A verified Cholesky factorisation of each :math:`P_k^T P_k` (:func:`invertnet.linalg.verified.gram_lower_bound`)
+    bounds
     :math:`\sigma_{\min}(P_k)` from below; a positive bound proves the rank. A numerical rank (an SVD cut) would
     be an estimate.
     """

@@ -172,5 +172,6 @@ def conv_pinv(
         start=result.start,
         reason=reason + note,
         proof=result.proof if result.exact else "",
+        solver=result.solver,
     )
     return result.x, info

@@ -1,6 +1,6 @@
 r"""The ``"window"`` route: the pseudo-inverse of a block of outputs, applied block by block.
 
-The patch reading grown from one output to a block (:mod:`invertnet.windows`): when a block's matrix
+The patch reading grown from one output to a block (:mod:`invertnet.pinv.windows`): when a block's matrix
 :math:`A_w` has full column rank, the tiled estimate returns :math:`x` exactly from :math:`y = A x + b` on
 every pixel the layer reads. Off the layer's range it is a local least-squares fit, *not* :math:`A^+ y`;
 it lies in the row space of :math:`A`, so ``"lsqr"`` starts from it and still converges to :math:`A^+ y`.
@@ -12,7 +12,7 @@ import torch
 
 from invertnet.errors import RouteError
 from invertnet.pinv.base import ConvLayer, Cost, Route, RouteResult, SolveOptions
-from invertnet.windows import WindowInverse, window_block
+from invertnet.pinv.windows import WindowInverse, window_block
 
 __all__ = ["WindowRoute", "window_inverse"]
 
