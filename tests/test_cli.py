@@ -15,7 +15,10 @@ from click.testing import CliRunner
 from PIL import Image
 from skimage import io as skio
 
-import invertnet.cli.app
+import invertnet.cli.analyses as analyses_cli
+import invertnet.cli.common as common
+import invertnet.cli.datasets as datasets_cli
+import invertnet.cli.reconstruct as reconstruct_cli
 from invertnet.cli import cli
 from invertnet.io.images import load_image
 from invertnet.metrics import psnr
@@ -374,8 +377,10 @@ def no_work(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("work started before the outputs were checked")
 
-    for name in ("_model", "load_model", "load_image", "load_state_dict"):
-        monkeypatch.setattr(f"invertnet.cli.{name}", refuse)
+    for module in (common, reconstruct_cli, datasets_cli, analyses_cli):
+        for name in ("prepared_model", "load_model", "load_image", "load_state_dict"):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, refuse)
 
 
 def _checkpoints(d):
@@ -533,7 +538,7 @@ def test_unwritable_directory_is_found_before_the_work(tmp_path, monkeypatch, no
     def read_only(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("invertnet.cli.app.tempfile.mkstemp", read_only)
+    monkeypatch.setattr("invertnet.cli.common.tempfile.mkstemp", read_only)
     result, files = _cli(["reconstruct", "--layer", "conv1", ASSETS / "astronaut.png"], tmp_path, monkeypatch)
     _one_line_error(result, "directory '.' is not writable (Permission denied); choose another --out")
     assert files == []
@@ -564,7 +569,7 @@ def test_threads_option_sets_torch_threads(tmp_path, monkeypatch):
 
 _SLOW_WRITER = """
 import sys, time
-from invertnet.cli import install_signal_handlers
+from invertnet.cli.app import install_signal_handlers
 from invertnet.io.files import atomic_write
 if sys.argv[2] == "handler":
     install_signal_handlers()
@@ -711,13 +716,13 @@ def test_joint_is_never_labelled_exact(tmp_path):
 def test_the_default_says_where_the_proofs_end_and_the_completion_begins(tmp_path, monkeypatch):
     """All-CNN-B conv3 at 16 px: its CReLU step is exact, the convolution below it is not (fewer rows than unknowns)."""
     seen = {}
-    real = invertnet.cli.app.reconstruct
+    real = reconstruct_cli.reconstruct
 
     def spy(*args, **kwargs):
         seen["completion"] = kwargs["completion"]
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(invertnet.cli, "reconstruct", spy)
+    monkeypatch.setattr(reconstruct_cli, "reconstruct", spy)
     args = ["reconstruct", "--layer", "conv3", "--size", "16", "--tv", "0.05", ASSETS / "coffee.png"]
     result, _ = run(args, tmp_path)
     assert result.exit_code == 0, result.output
