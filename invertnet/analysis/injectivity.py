@@ -50,7 +50,7 @@ from invertnet.pinv.proofs import (
     zero_column_proof,
 )
 
-__all__ = ["VERDICTS", "LayerSpectrum", "injectivity_report"]
+__all__ = ["VERDICTS", "LayerSpectrum", "format_spectrum", "injectivity_report"]
 
 VERDICTS = (
     "injective",
@@ -386,3 +386,30 @@ def injectivity_report(
             proven = f", proven >= {r.sigma_min_lower:.4g} ({r.proof})" if r.exact else ""
             progress(f"{record.name}: {r.sigma_method}{proven}, {r.seconds:.1f} s")
     return report
+
+
+def format_spectrum(report: list[LayerSpectrum]) -> str:
+    """The report as a table: a legend line, then one line per layer (``invertnet spectrum`` prints it).
+
+    Columns: in, out and unknowns (``C/2`` behind a CReLU input); ``sigma_min``, the estimate (exact for
+    ``dft`` and ``dense``; a Lanczos or LOBPCG value is an upper bound); ``proven >=``, the proof's lower bound;
+    ``gap``, their ratio; ``sigma_max`` and the condition number; how ``sigma_min`` was computed, the proof and
+    the verdict.
+    """
+    width = max([len("layer"), *(len(r.name) for r in report)])
+    lines = [
+        "(unknowns: C/2 behind a CReLU input; sigma_min: the estimate (exact for dft and dense, a Lanczos or LOBPCG "
+        "value is an upper bound); proven >=: the proof's lower bound; gap = their ratio)",
+        f"{'layer':<{width}} {'in':>9} {'out':>9} {'unknowns':>9} {'sigma_min':>11} {'proven >=':>10} {'gap':>6} "
+        f"{'sigma_max':>10} {'cond':>9}  {'sigma by':<14} {'proof':<11}  verdict",
+    ]
+    for r in report:
+        flag = "" if r.converged else " (sigma_min not converged)"
+        gap = f"{r.gap:.3g}" if r.sigma_min_lower > 0 else "-"
+        proven = f"{r.sigma_min_lower:.4g}" if r.proof and r.proof != "singular" else "-"
+        lines.append(
+            f"{r.name:<{width}} {r.in_dim:>9} {r.out_dim:>9} {r.unknowns:>9} {r.sigma_min:>11.6g} {proven:>10} "
+            f"{gap:>6} {r.sigma_max:>10.4g} {r.condition:>9.3g}  {r.sigma_method:<14} {r.proof or '-':<11}  "
+            f"{r.verdict}{flag}"
+        )
+    return "\n".join(lines)

@@ -9,7 +9,7 @@ import click
 import torch
 
 from invertnet.analysis.information import crelu_twin, format_information, layer_information
-from invertnet.analysis.injectivity import injectivity_report
+from invertnet.analysis.injectivity import format_spectrum, injectivity_report
 from invertnet.analysis.pairing import expected_random_mu, pairing_by_layer
 from invertnet.capture.graph import check_layer, check_weights, graph_layers
 from invertnet.cli.common import (
@@ -231,23 +231,8 @@ def spectrum_command(
         check_layer(model, layer)
     check_weights(model)
     report = injectivity_report(model, (side, side), layer, progress=progress_printer())
-    click.echo(
-        f"{model_name} at {side}x{side} (unknowns: C/2 behind a CReLU input; sigma_min: the estimate (exact for "
-        "dft and dense, a Lanczos value is an upper bound); proven >=: the proof's lower bound; gap = their ratio)"
-    )
-    click.echo(
-        f"{'layer':<14} {'in':>9} {'out':>9} {'unknowns':>9} {'sigma_min':>11} {'proven >=':>10} {'gap':>6} "
-        f"{'sigma_max':>10} {'cond':>9}  {'sigma by':<14} {'proof':<11}  verdict"
-    )
-    for r in report:
-        flag = "" if r.converged else " (sigma_min not converged)"
-        gap = f"{r.gap:.3g}" if r.sigma_min_lower > 0 else "-"
-        proven = f"{r.sigma_min_lower:.4g}" if r.proof and r.proof != "singular" else "-"
-        click.echo(
-            f"{r.name:<14} {r.in_dim:>9} {r.out_dim:>9} {r.unknowns:>9} {r.sigma_min:>11.6g} {proven:>10} "
-            f"{gap:>6} {r.sigma_max:>10.4g} {r.condition:>9.3g}  {r.sigma_method:<14} {r.proof or '-':<11}  "
-            f"{r.verdict}{flag}"
-        )
+    click.echo(f"{model_name} at {side}x{side}")
+    click.echo(format_spectrum(report))
     if plot is not None:
         save_figure(spectrum_figure(report), plot)
         click.echo(f"wrote {plot}")
