@@ -25,11 +25,12 @@ import scipy.sparse.linalg
 import torch
 from _timing import median_seconds, print_machine
 
-from invertnet import ConvOperator, SolveOptions, conv_pinv, windows
+from invertnet import ConvOperator, SolveOptions, conv_pinv
 from invertnet.io.files import load_image
 from invertnet.linalg.preconditioners import BorderPreconditioner
 from invertnet.linalg.solvers import LsqrResult, lsqr, pcgls
 from invertnet.linalg.spectral import CirculantFactorization
+from invertnet.pinv import windows
 from invertnet.pinv.windows import WindowInverse, window_block, window_operator
 from invertnet.zoo.models import build_model
 

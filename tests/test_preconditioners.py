@@ -8,8 +8,9 @@ import pytest
 import torch
 from conftest import relative_gap
 
-from invertnet import ConvOperator, OptionError, RouteError, SolveOptions, conv_pinv, preconditioners
+from invertnet import ConvOperator, OptionError, RouteError, SolveOptions, conv_pinv
 from invertnet.errors import ShapeError
+from invertnet.linalg import preconditioners
 from invertnet.linalg.preconditioners import BorderPreconditioner, border_bytes, border_reason
 from invertnet.linalg.solvers import lsqr, pcgls
 from invertnet.linalg.spectral import space_to_depth

@@ -11,7 +11,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from strategies import ConvConfig, conv_configs
 
-from invertnet import ConvOperator, CReLU, RouteError, SolveOptions, conv_pinv, injectivity
+from invertnet import ConvOperator, CReLU, RouteError, SolveOptions, conv_pinv
+from invertnet.analysis import injectivity
 from invertnet.analysis.injectivity import injectivity_report
 from invertnet.linalg.solvers import ConvergenceWarning, lsqr
 from invertnet.linalg.spectral import CirculantFactorization, circulant_reason, circulant_singular_values

@@ -6,8 +6,9 @@ from conftest import assert_close, dense_pinv_solution, relative_gap
 from hypothesis import assume, given, settings
 from strategies import ConvConfig, conv_configs
 
-from invertnet import ConvOperator, RouteError, SolveOptions, conv_pinv, windows
+from invertnet import ConvOperator, RouteError, SolveOptions, conv_pinv
 from invertnet.linalg.solvers import lsqr
+from invertnet.pinv import windows
 from invertnet.pinv.windows import WindowInverse, window_block, window_operator
 
 
