@@ -24,7 +24,7 @@ from _timing import print_machine
 from make_photographs import crops
 from skimage import io, util
 
-from invertnet.cli import JOINT_TV, _joint_options
+from invertnet.cli.common import JOINT_TV, joint_options
 from invertnet.evaluation.evaluate import evaluate
 from invertnet.zoo.models import build_model
 
@@ -62,7 +62,7 @@ def main() -> None:
             if device == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            rows = evaluate(model, folder, layers, methods, size=args.size, joint=_joint_options(JOINT_TV))
+            rows = evaluate(model, folder, layers, methods, size=args.size, joint=joint_options(JOINT_TV))
             if device == "cuda":
                 torch.cuda.synchronize()
             totals[device] = time.perf_counter() - start

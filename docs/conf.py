@@ -41,8 +41,8 @@ extensions = [
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
-# _drafts: the helpers' drafts the lead merges into the pages; api/ and auto_examples/ are generated
-exclude_patterns = ["_build", "_drafts", "**.ipynb_checkpoints", "auto_examples/*.ipynb", "auto_examples/*.py"]
+# api/ and auto_examples/ are generated
+exclude_patterns = ["_build", "**.ipynb_checkpoints", "auto_examples/*.ipynb", "auto_examples/*.py"]
 templates_path: list[str] = []
 
 # -- API ----------------------------------------------------------------------------------------------------------

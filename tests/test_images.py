@@ -138,7 +138,7 @@ def test_a_huge_image_is_shrunk_in_pillow_before_the_resize(tmp_path):
 
 _DECODE_FOREVER = """
 import sys
-from invertnet.cli import install_signal_handlers
+from invertnet.cli.app import install_signal_handlers
 from invertnet.io.images import load_image
 install_signal_handlers()
 print("decoding", flush=True)

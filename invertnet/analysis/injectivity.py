@@ -388,8 +388,8 @@ def injectivity_report(
     return report
 
 
-def format_spectrum(report: list[LayerSpectrum]) -> str:
-    """The report as a table: a legend line, then one line per layer (``invertnet spectrum`` prints it).
+def format_spectrum(report: list[LayerSpectrum], title: str = "") -> str:
+    """The report as a table: ``title`` and a legend on one line, the header, then one line per layer.
 
     Columns: in, out and unknowns (``C/2`` behind a CReLU input); ``sigma_min``, the estimate (exact for
     ``dft`` and ``dense``; a Lanczos or LOBPCG value is an upper bound); ``proven >=``, the proof's lower bound;
@@ -398,7 +398,8 @@ def format_spectrum(report: list[LayerSpectrum]) -> str:
     """
     width = max([len("layer"), *(len(r.name) for r in report)])
     lines = [
-        "(unknowns: C/2 behind a CReLU input; sigma_min: the estimate (exact for dft and dense, a Lanczos or LOBPCG "
+        f"{title + ' ' if title else ''}(unknowns: C/2 behind a CReLU input; sigma_min: the estimate (exact for "
+        "dft and dense, a Lanczos or LOBPCG "
         "value is an upper bound); proven >=: the proof's lower bound; gap = their ratio)",
         f"{'layer':<{width}} {'in':>9} {'out':>9} {'unknowns':>9} {'sigma_min':>11} {'proven >=':>10} {'gap':>6} "
         f"{'sigma_max':>10} {'cond':>9}  {'sigma by':<14} {'proof':<11}  verdict",

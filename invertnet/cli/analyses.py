@@ -231,8 +231,7 @@ def spectrum_command(
         check_layer(model, layer)
     check_weights(model)
     report = injectivity_report(model, (side, side), layer, progress=progress_printer())
-    click.echo(f"{model_name} at {side}x{side}")
-    click.echo(format_spectrum(report))
+    click.echo(format_spectrum(report, f"{model_name} at {side}x{side}"))
     if plot is not None:
         save_figure(spectrum_figure(report), plot)
         click.echo(f"wrote {plot}")

@@ -407,7 +407,7 @@ def build_model(name: str, seed: int = 0) -> nn.Module:
 
 #: The trained MobileNetV2 features shipped in the source tree (``assets/weights/README.md``).
 MOBILENET_V2_FEATURES = (
-    Path(__file__).resolve().parents[1] / "assets" / "weights" / "mobilenetv2_imagenet_features.safetensors"
+    Path(__file__).resolve().parents[2] / "assets" / "weights" / "mobilenetv2_imagenet_features.safetensors"
 )
 
 
