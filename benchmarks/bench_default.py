@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from _timing import machine
 from torch import nn
 
 import invertnet
@@ -101,7 +102,8 @@ def main() -> None:
     rows = MAIN_JOB if args.main_job else PANEL
     picked = range(1, len(rows) + 1) if args.only is None else [int(k) for k in args.only.split(",")]
     methods = args.methods.split(",")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), float64, astronaut")
+    print(machine())
+    print("float64, the astronaut resized")
     print(f"{'#':>2} {'model':<22} {'layer':<21} {'px':>4} {'method':<6} {'PSNR':>7} {'SSIM':>7} {'feat.res.':>9} "
           f"{'s':>7}  stopped")  # fmt: skip
     verdicts = []
