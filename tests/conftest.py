@@ -32,6 +32,19 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+#: The (device, dtype) pairs the numeric suite runs on: float32 and float64 on CPU, and on CUDA when it is present.
+DEVICE_DTYPES = [("cpu", torch.float32), ("cpu", torch.float64)] + (
+    [("cuda", torch.float32), ("cuda", torch.float64)] if torch.cuda.is_available() else []
+)
+
+
+@pytest.fixture(params=DEVICE_DTYPES, ids=lambda p: f"{p[0]}-{str(p[1]).removeprefix('torch.')}")
+def device_dtype(request: pytest.FixtureRequest) -> tuple[torch.device, torch.dtype]:
+    """Each (device, dtype) of :data:`DEVICE_DTYPES`; compare with :data:`TOL` of the dtype."""
+    device, dtype = request.param
+    return torch.device(device), dtype
+
+
 @pytest.fixture
 def generator() -> torch.Generator:
     return torch.Generator().manual_seed(1234)
