@@ -11,8 +11,7 @@ join, :math:`y = f_B(u)` with :math:`u` the value at :math:`d`, and recovers :ma
   point :math:`u_{k+1} = y - F(u_k)` converges to the unique preimage linearly at rate :math:`\mathrm{Lip}(F)`
   (Behrmann et al., ICML 2019, i-ResNet): exact, to the tolerance;
 - **otherwise** a joint solve of the block (:func:`invertnet.reconstruction.joint.match_features`: L-BFGS, then
-Gauss-Newton
-  with the activation pattern fixed), from :math:`u_0 = y` for a residual, else from zero: it matches
+  Gauss-Newton with the activation pattern fixed), from :math:`u_0 = y` for a residual, else from zero: it matches
   :math:`f_B(u) = y`, which determines :math:`u` only where the block is injective, so it is never called exact.
 """
 
