@@ -565,3 +565,21 @@ def test_one_capture_per_image_and_layer(model, images, monkeypatch):
     rows = evaluate(model, images, LAYERS, ["patch", "lsqr", "auto"], size=12)
     assert len(rows) == 3 * 2 * 3
     assert captured == LAYERS * 3
+
+
+def test_a_capture_of_another_layer_model_or_image_is_refused(model):
+    """reconstruct(graph=...) reuses a capture only when it is this model's, on this image, up to this layer."""
+    from invertnet.capture.graph import capture
+
+    x = torch.rand(1, 3, 12, 12, dtype=torch.float64)
+    graph = capture(model, x, "1")
+    assert reconstruct(model, x, "1", "lsqr", graph=graph).exact  # padded 3x3 conv, 12 filters: injective (proven)
+    with pytest.raises(
+        OptionError, match=r"expected a capture of this model up to '3', got one of this model up to '1'"
+    ):
+        reconstruct(model, x, "3", graph=graph)
+    other = load_model(CHAIN).double().eval()
+    with pytest.raises(OptionError, match=r"got one of another model up to '1'; capture it"):
+        reconstruct(other, x, "1", graph=graph)
+    with pytest.raises(OptionError, match="expected the capture of this image, got one of another image"):
+        reconstruct(model, x + 0.1, "1", graph=graph)
