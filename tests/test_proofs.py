@@ -18,6 +18,7 @@ from invertnet.analysis.injectivity import injectivity_report
 from invertnet.errors import RouteError, TooLargeError
 from invertnet.linalg.verified import (
     abs_gram_norm,
+    banded_cholesky_certificate,
     cholesky_certificate,
     gamma,
     gram_lower_bound,
@@ -25,6 +26,8 @@ from invertnet.linalg.verified import (
 )
 from invertnet.operators import ConvOperator
 from invertnet.pinv.proofs import (
+    MaskedGramRows,
+    banded_proof,
     dense_proof,
     dft_proof,
     gram_proof,
@@ -74,6 +77,11 @@ def test_no_proof_exceeds_the_true_sigma_min(layer):
     proofs["dense"] = dense_proof(op, known)[0]
     proofs["patch"] = patch_proof(op, known)
     proofs["window"] = window_proof(op, known)
+    if op.pad.mode == "zeros":
+        proofs["banded"] = banded_proof(op, truth * (1 + 1e-9) if truth > 0 else None, known)
+        proofs["banded, no estimate"] = banded_proof(op, None, known)
+        # an estimate far above sigma_min puts every shift above lambda_min: nothing may be proven
+        assert banded_proof(op, 1.5 * truth + 1e-3, known).injective is not True
     for name, proof in proofs.items():
         if proof is None:
             continue
@@ -126,7 +134,14 @@ def test_a_masked_layer_with_one_dependent_window_is_never_certified():
     assert float((op.forward(v)[0] * known).abs().max()) == 0.0  # v is a null vector of the known rows, exactly
     assert zero_column_proof(op, known) is None  # no zero column: only the rank can tell
     assert _truth(op, known) < 1e-12
-    for proof in (prove(op, known), gram_proof(op, known)[0], dense_proof(op, known)[0]):
+    proofs = (
+        prove(op, known, banded_max_flops=1e12),
+        gram_proof(op, known)[0],
+        dense_proof(op, known)[0],
+        banded_proof(op, None, known),
+        banded_proof(op, 1.0, known),
+    )
+    for proof in proofs:
         assert proof.injective is not True, proof
     assert patch_proof(op, known) is None
     assert window_proof(op, known) is None
@@ -148,6 +163,8 @@ def test_singular_layers_are_never_proven():
         assert dense_proof(op)[0].injective is False
         assert patch_proof(op) is None
         assert window_proof(op) is None
+        for estimate in (1.0, 1e-3, 1e-6):
+            assert banded_proof(op, estimate).injective is not True
     report = injectivity_report(torch.nn.Sequential(_conv_of(weight)), (10, 10))
     assert not report[0].exact
     assert report[0].verdict == "numerically singular"
@@ -256,7 +273,7 @@ def test_spectrum_never_calls_an_estimate_a_proof(monkeypatch):
     monkeypatch.setattr(injectivity, "GRAM_MAX_UNKNOWNS", 0)
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(3, 4, 3, padding=1).double()  # 4 filters for 3 channels: no block fits the limit
-    (row,) = injectivity_report(torch.nn.Sequential(conv), (12, 12), window=False)
+    (row,) = injectivity_report(torch.nn.Sequential(conv), (12, 12), window=False, proof_flops=0)
     assert row.sigma_method == "lobpcg, border"  # preconditioned by the circulant + border pieces
     assert not row.exact
     assert row.proof == ""
@@ -265,3 +282,99 @@ def test_spectrum_never_calls_an_estimate_a_proof(monkeypatch):
     truth = float(torch.linalg.svdvals(ConvOperator.from_conv(conv, (12, 12)).placed_matrix())[-1])
     assert row.sigma_min >= truth * (1 - 1e-10)  # a Ritz value: from above
     assert row.sigma_min <= truth * (1 + 1e-6)
+
+
+def test_spectrum_proves_a_large_layer_by_the_banded_cholesky(monkeypatch):
+    """No Gram, window or patch proof fits: the banded verified Cholesky decides, below the dense sigma_min."""
+    from invertnet.analysis import injectivity
+
+    monkeypatch.setattr(injectivity, "DENSE_SPECTRUM_ENTRIES", 0)
+    monkeypatch.setattr(injectivity, "GRAM_MAX_UNKNOWNS", 0)
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1).double()
+    (row,) = injectivity_report(torch.nn.Sequential(conv), (12, 12), window=False)
+    truth = float(torch.linalg.svdvals(ConvOperator.from_conv(conv, (12, 12)).placed_matrix())[-1])
+    assert (row.proof, row.exact, row.verdict) == ("banded", True, "injective")
+    assert 0.98 * truth <= row.sigma_min_lower <= truth
+    (cheap,) = injectivity_report(torch.nn.Sequential(conv), (12, 12), window=False, proof_flops=1e3)
+    assert not cheap.exact  # over the budget: the estimate only
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"padding": 1},
+        {"stride": 2, "padding": 1},
+        {"padding": 2, "dilation": 2},
+        {"padding": (2, 0), "groups": 2},
+    ],
+)
+def test_gram_rows_are_the_dense_gram_by_blocks(kwargs):
+    """Every block (r, r') of the Gram matrix by image rows, against the placed matrix's A^T A; zeros off the band."""
+    torch.manual_seed(1)
+    groups = kwargs.get("groups", 1)
+    op = ConvOperator(torch.randn(6, 4 // groups, 5 if groups > 1 else 3, 3, dtype=torch.float64), (7, 6), **kwargs)
+    c, h, w = op.in_shape
+    a = op.placed_matrix()
+    dense = (a.T @ a).reshape(c, h, w, c, h, w).permute(1, 2, 0, 4, 5, 3).reshape(h, w * c, h, w * c)
+    rows = op.gram_rows()
+    assert rows.reach == min(h - 1, op.dilation[0] * (op.kernel_size[0] - 1))
+    for r in range(h):
+        for r2 in range(h):
+            torch.testing.assert_close(rows.block(r, r2), dense[r, :, r2], rtol=0, atol=1e-12)
+            if abs(r - r2) > rows.reach:
+                assert float(dense[r, :, r2].abs().max()) == 0.0
+
+
+def test_banded_cholesky_certificate_against_the_eigenvalues():
+    """Proves just below lambda_min, refuses just above it, and refuses blocks that change between reads."""
+    generator = torch.Generator().manual_seed(2)
+    b = torch.randn(40, 30, generator=generator, dtype=torch.float64)
+    g = b.T @ b
+    blocks = torch.arange(30) // 5
+    g[(blocks[:, None] - blocks[None, :]).abs() > 2] = 0  # banded: blocks of 5, reach 2
+    g = torch.tril(g) + torch.tril(g, -1).T + 20 * torch.eye(30, dtype=torch.float64)
+    lam = float(torch.linalg.eigvalsh(g)[0])
+
+    def block(i: int, j: int) -> torch.Tensor:
+        return g[5 * i : 5 * i + 5, 5 * j : 5 * j + 5]
+
+    assert banded_cholesky_certificate(block, 6, 2, 0.999 * lam, 0.0) == 0.999 * lam
+    assert banded_cholesky_certificate(block, 6, 2, 1.001 * lam, 0.0) == -math.inf
+    assert banded_cholesky_certificate(block, 6, 2, 0.5 * lam, 0.6 * lam) < 0  # the Gram error is subtracted
+    reads = iter(range(100))
+
+    def drifting(i: int, j: int) -> torch.Tensor:
+        return block(i, j) * (1 + 1e-16 * next(reads)) if i == j else block(i, j)
+
+    assert banded_cholesky_certificate(drifting, 6, 2, 0.5 * lam, 0.0) == -math.inf
+
+
+def test_banded_proof_refuses_what_it_cannot_prove():
+    torch.manual_seed(3)
+    weight = torch.randn(6, 2, 3, 3, dtype=torch.float64)
+    reflect = ConvOperator(weight, (8, 8), padding=1, padding_mode="reflect")
+    assert banded_proof(reflect, 1.0).reason.startswith("banded: padding 'reflect' copies pixels")
+    plain = ConvOperator(weight, (8, 8), padding=1)
+    assert "above the budget" in banded_proof(plain, 1.0, max_flops=10.0).reason
+    assert banded_proof(plain, 0.0).reason == "banded: no positive estimate of sigma_min to place the shift"
+    assert banded_proof(ConvOperator(weight, (8, 8), stride=2), 1.0).name == "count"
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"padding": 1}, {"stride": 2, "padding": 1}, {"padding": 2, "dilation": 2}, {"padding": (2, 0), "groups": 2}],
+)
+def test_masked_gram_rows_are_the_known_rows_gram_by_blocks(kwargs):
+    """Summed output row by output row, every lower block of A^T M A, against the placed matrix's known rows."""
+    torch.manual_seed(4)
+    groups = kwargs.get("groups", 1)
+    op = ConvOperator(torch.randn(6, 4 // groups, 5 if groups > 1 else 3, 3, dtype=torch.float64), (7, 6), **kwargs)
+    known = torch.rand(op.out_shape) < 0.7
+    c, h, w = op.in_shape
+    a = op.placed_matrix()[known.reshape(-1)]
+    dense = (a.T @ a).reshape(c, h, w, c, h, w).permute(1, 2, 0, 4, 5, 3).reshape(h, w * c, h, w * c)
+    rows = MaskedGramRows(op, known)
+    for r in range(h):
+        for r2 in range(max(0, r - rows.reach), r + 1):
+            torch.testing.assert_close(rows.block(r, r2), dense[r, :, r2], rtol=0, atol=1e-12)

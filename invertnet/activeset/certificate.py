@@ -124,6 +124,7 @@ def certify(
     known: torch.Tensor,
     method: CertificateMethod = "auto",
     dense_max_entries: int = CERTIFICATE_DENSE_ENTRIES,
+    proof_flops: float = 0.0,
 ) -> tuple[Certificate, ...]:
     r"""Per sample, whether the rows ``known`` of ``op`` determine the input (see the module docstring).
 
@@ -139,6 +140,9 @@ def certify(
         Lanczos estimate of :math:`\sigma_{\min}` beside them (never a proof). ``"none"``: the count only.
     dense_max_entries : int
         ``"auto"``'s size limit for the dense matrix.
+    proof_flops : float, default 0
+        ``"auto"`` and ``"lanczos"`` also try the banded verified Cholesky of the known rows' Gram matrix
+        (:func:`~invertnet.pinv.proofs.banded.banded_proof`) when it costs at most this many flops; ``0`` skips it.
 
     Returns
     -------
@@ -173,7 +177,13 @@ def certify(
             sigma = (float(values[-1]), float(values[0])) if len(values) else (math.nan, math.nan)
             certificates.append(_from_proof(proof, rows, n, sigma))
         else:
-            proof = prove(op, sample, dense_max_entries=dense_max_entries, gram_max_unknowns=GRAM_MAX_UNKNOWNS)
+            proof = prove(
+                op,
+                sample,
+                dense_max_entries=dense_max_entries,
+                gram_max_unknowns=GRAM_MAX_UNKNOWNS,
+                banded_max_flops=proof_flops,
+            )
             if method == "lanczos":
                 certificates.append(_lanczos(op, sample, rows, n, proof))
             else:

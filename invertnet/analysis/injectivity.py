@@ -40,8 +40,10 @@ from invertnet.linalg.spectral import circulant_reason, circulant_singular_value
 from invertnet.linalg.spectrum import DENSE_SPECTRUM_ENTRIES, sigma_max, sigma_min_lobpcg
 from invertnet.operators import ConvOperator
 from invertnet.pinv.proofs import (
+    BANDED_MAX_FLOPS,
     GRAM_MAX_UNKNOWNS,
     Proof,
+    banded_proof,
     dense_proof,
     dft_proof,
     gram_proof,
@@ -49,6 +51,7 @@ from invertnet.pinv.proofs import (
     window_proof,
     zero_column_proof,
 )
+from invertnet.pinv.proofs.banded import SHIFT_FRACTIONS
 
 __all__ = ["VERDICTS", "LayerSpectrum", "format_spectrum", "injectivity_report"]
 
@@ -116,8 +119,9 @@ class LayerSpectrum:
         A proven lower bound on :math:`\sigma_{\min}` (``0.0`` when it is proven zero or nothing positive is
         proven; ``nan`` for max-pooling).
     proof : str
-        What proves :attr:`sigma_min_lower` or the verdict: ``"dft"``, ``"dense"``, ``"gram"``, ``"window"``,
-        ``"patch"``, ``"count"``, ``"zero column"``, ``"singular"`` (shown numerically singular) or ``""``.
+        What proves :attr:`sigma_min_lower` or the verdict: ``"dft"``, ``"dense"``, ``"gram"``, ``"banded"``,
+        ``"window"``, ``"patch"``, ``"count"``, ``"zero column"``, ``"singular"`` (shown numerically singular)
+        or ``""``.
     computed_exactly : bool
         Whether the singular values are exact (DFT or dense) rather than iterative estimates.
     seconds : float
@@ -195,8 +199,18 @@ def _exactly(op: ConvOperator, sides: _Sides, max_entries: int | None = None) ->
     return True
 
 
-def _iteratively(op: ConvOperator, sides: _Sides, window: bool, progress: Callable[[str], None] | None = None) -> None:
-    """sigma_min by the verified Cholesky of the Gram matrix, else the dense SVD, else LOBPCG and a local proof."""
+def _iteratively(
+    op: ConvOperator,
+    sides: _Sides,
+    window: bool,
+    progress: Callable[[str], None] | None = None,
+    proof_flops: float = BANDED_MAX_FLOPS,
+) -> None:
+    """sigma_min by the verified Cholesky of the Gram matrix, else the dense SVD, else LOBPCG and a proof.
+
+    The proof of a large layer: the patch or window certificate, else the banded verified Cholesky within
+    ``proof_flops``.
+    """
     if sides.proof.injective is False:  # proven zero: the count or unread pixels
         sides.s_max = sigma_max(op)
         sides.method, sides.s_min = "lanczos max", 0.0
@@ -220,6 +234,10 @@ def _iteratively(op: ConvOperator, sides: _Sides, window: bool, progress: Callab
     sides.method = "lobpcg, border" if preconditioner is not None else "lobpcg"
     if local is not None:
         sides.proof = local
+    elif proof_flops > 0 and sides.proof.injective is None:
+        fractions = SHIFT_FRACTIONS if found.converged else (0.5, 0.0)  # far above sigma_min, maybe: weakest claim
+        banded = banded_proof(op, found.sigma_min, fractions=fractions, max_flops=proof_flops, progress=progress)
+        sides.proof = banded if banded.injective is not None else sides.proof
 
 
 def _verdict(sides: _Sides, op_dims: tuple[int, int], free: int, rtol: float) -> str:
@@ -243,6 +261,7 @@ def _layer_spectrum(
     rtol: float,
     window: bool = True,
     progress: Callable[[str], None] | None = None,
+    proof_flops: float = BANDED_MAX_FLOPS,
 ) -> LayerSpectrum:
     in_shape, out_shape = tuple(record.input.shape[1:]), record.output_shape
     in_dim, out_dim = math.prod(in_shape), math.prod(out_shape)
@@ -277,7 +296,7 @@ def _layer_spectrum(
     elif (zero := zero_column_proof(op)) is not None:
         sides.proof = zero
     if not _exactly(op, sides):
-        _iteratively(op, sides, window, progress)
+        _iteratively(op, sides, window, progress, proof_flops)
     (h, w), (sh, sw) = op.in_shape[1:], op.stride
     if sides.values is None and h % sh == 0 and w % sw == 0:
         sides.values = circulant_singular_values(op, torch.zeros((), dtype=torch.float64))  # the approximation
@@ -328,6 +347,7 @@ def injectivity_report(
     rtol: float = 1e-6,
     window: bool = True,
     progress: Callable[[str], None] | None = None,
+    proof_flops: float = BANDED_MAX_FLOPS,
 ) -> list[LayerSpectrum]:
     r"""The injectivity of every convolution and pooling node of ``model`` up to ``layer``.
 
@@ -348,6 +368,10 @@ def injectivity_report(
         certificate: one Gram matrix and Cholesky factorisation of a block's window (up to
         :data:`~invertnet.pinv.proofs.local.TEMPLATE_MAX_COLUMNS` unknowns; All-CNN-B conv4 at 224 px: 11,616).
         ``False`` skips it (the estimate only, faster).
+    proof_flops : float, default :data:`~invertnet.pinv.proofs.banded.BANDED_MAX_FLOPS`
+        A large layer that no local certificate decides gets the banded verified Cholesky proof
+        (:func:`~invertnet.pinv.proofs.banded.banded_proof`) when it costs at most this many flops (All-CNN-B conv7
+        at 224 px: 5.4e12, minutes on one core); ``0`` skips it.
     progress : callable, optional
         Called with a line before each layer and one after (how, proven bound, seconds).
 
@@ -380,7 +404,7 @@ def injectivity_report(
     for record, previous in _records(capture(model, image, target)):
         if progress is not None:
             progress(f"{record.name}: {type(record.module).__name__} on {tuple(record.input.shape[1:])}")
-        report.append(_layer_spectrum(record, previous, rtol, window, progress))
+        report.append(_layer_spectrum(record, previous, rtol, window, progress, proof_flops))
         if progress is not None:
             r = report[-1]
             proven = f", proven >= {r.sigma_min_lower:.4g} ({r.proof})" if r.exact else ""

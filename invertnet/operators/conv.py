@@ -22,6 +22,7 @@ length ``C_in * kh * kw`` (channel-major, as :func:`torch.nn.functional.unfold`)
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from typing import cast
 
 import torch
@@ -33,7 +34,7 @@ from invertnet.errors import ArgumentTypeError, OptionError, ShapeError
 from invertnet.operators.base import DENSE_MAX_ENTRIES, LinearOperator, check_dense_size
 from invertnet.operators.padding import PADDING_MODES, Padding
 
-__all__ = ["ConvOperator"]
+__all__ = ["ConvOperator", "GramRows"]
 
 
 class ConvOperator(LinearOperator):
@@ -305,16 +306,53 @@ class ConvOperator(LinearOperator):
         >>> bool(torch.allclose(op.gram_matrix(), a.T @ a))
         True
         """
+        n = self.in_dim
+        c, h, w = self.in_shape
+        check_dense_size(n, n, dtype, max_entries, "gram_matrix")
+        rows = self.gram_rows(dtype, device, max_entries)
+        gram = rows.column_sums.new_zeros(h, w * c, h, w * c)
+        for (r, r2), terms in rows.pairs.items():
+            gram[r, :, r2, :] = rows.combine(terms)
+        if channels_last:
+            return gram.reshape(n, n)
+        return gram.reshape(h, w, c, h, w, c).permute(2, 0, 1, 5, 3, 4).reshape(n, n)
+
+    def gram_rows(
+        self,
+        dtype: torch.dtype = torch.float64,
+        device: torch.device | str | None = None,
+        max_entries: int = DENSE_MAX_ENTRIES,
+    ) -> GramRows:
+        r"""The Gram matrix :math:`A^T A` by blocks of image rows, unknowns ``(H, W, C)`` (zero padding only).
+
+        Block :math:`(r, r')` (``(W C, W C)``) is :math:`\sum_{a, a'} R_{a a'}(r, r') \, \mathrm{CS}_{a a'}` with
+        :math:`\mathrm{CS}` the column sums of :meth:`gram_matrix`; it is zero when :math:`|r - r'|` exceeds the
+        filters' reach :math:`d_h (k_h - 1)`, so :math:`A^T A` is block banded and a banded factorisation needs
+        only :math:`O(k_h)` blocks at a time (:func:`~invertnet.pinv.proofs.banded.banded_proof`).
+
+        Raises
+        ------
+        OptionError
+            For padding other than zeros.
+        TooLargeError
+            When the column sums (``kh^2 (W C)^2`` entries) exceed ``max_entries``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> op = ConvOperator(torch.randn(4, 2, 3, 3, dtype=torch.float64), (6, 5), padding=1)
+        >>> rows = op.gram_rows()
+        >>> rows.reach, rows.block(3, 1).shape
+        (2, torch.Size([10, 10]))
+        """
         if self.pad.mode != "zeros":
             raise OptionError(
                 f"gram_matrix: expected zero padding, got padding_mode={self.pad.mode!r}; "
                 "use placed_matrix() and its product A^T A"
             )
-        n = self.in_dim
         c, h, w = self.in_shape
         (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
         left, _, top, _ = self.pad.pads
-        check_dense_size(n, n, dtype, max_entries, "gram_matrix")
         check_dense_size(kh * kh, (w * c) ** 2, dtype, max_entries, "gram_matrix's column sums")
         per_group = c // self.groups
         # K as (b, b', a, a', c, c'); the channel blocks of different groups are 0
@@ -325,18 +363,14 @@ class ConvOperator(LinearOperator):
             block = (taps @ taps.T).reshape(kh, kw, per_group, kh, kw, per_group)
             products[:, :, group, :, :, group] = block
         products = products.permute(1, 4, 0, 3, 2, 5).contiguous()
-        rows = _tap_pairs(h, kh, sh, dh, top, self.out_shape[1])
         cols = _tap_pairs(w, kw, sw, dw, left, self.out_shape[2])
         column_sums = products.new_zeros(kh, kh, w, c, w, c)  # sum over b, b' for every column pair (s, s')
         for (b, b2, s, s2), count in cols.items():
             column_sums[:, :, s, :, s2, :] += count * products[b, b2]
-        column_sums = column_sums.reshape(kh, kh, w * c, w * c)
-        gram = products.new_zeros(h, w * c, h, w * c)
-        for (a, a2, r, r2), count in rows.items():
-            gram[r, :, r2, :] += count * column_sums[a, a2]
-        if channels_last:
-            return gram.reshape(n, n)
-        return gram.reshape(h, w, c, h, w, c).permute(2, 0, 1, 5, 3, 4).reshape(n, n)
+        pairs: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
+        for (a, a2, r, r2), count in _tap_pairs(h, kh, sh, dh, top, self.out_shape[1]).items():
+            pairs.setdefault((r, r2), []).append((a, a2, count))
+        return GramRows(column_sums.reshape(kh, kh, w * c, w * c), pairs, h)
 
     def coverage(self, device: torch.device | str | None = None, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """How many receptive fields read each input pixel, shape ``(H, W)`` (the diagonal of :math:`S^T S`)."""
@@ -363,6 +397,50 @@ class ConvOperator(LinearOperator):
         n, _, length = p.shape
         g, m, k = matrices.shape
         return torch.matmul(matrices.unsqueeze(0), p.reshape(n, g, k, length)).reshape(n, g * m, length)
+
+
+@dataclass(frozen=True)
+class GramRows:
+    r""":math:`A^T A` of a zero-padded convolution by blocks of image rows (:meth:`ConvOperator.gram_rows`).
+
+    Attributes
+    ----------
+    column_sums : torch.Tensor
+        ``(kh, kh, W C, W C)``: for taps :math:`(a, a')`, the block two image rows share through them.
+    pairs : dict
+        ``(r, r') -> [(a, a', count), ...]``: how many outputs read rows :math:`r, r'` with taps :math:`a, a'`.
+    height : int
+        Image rows :math:`H`: the number of blocks a side.
+    """
+
+    column_sums: torch.Tensor
+    pairs: dict[tuple[int, int], list[tuple[int, int, int]]]
+    height: int
+
+    @property
+    def reach(self) -> int:
+        """The largest :math:`|r - r'|` of a nonzero block: the block bandwidth."""
+        return max((abs(r - r2) for r, r2 in self.pairs), default=0)
+
+    @property
+    def size(self) -> int:
+        """Unknowns per image row, :math:`W C`."""
+        return int(self.column_sums.shape[-1])
+
+    def combine(self, terms: list[tuple[int, int, int]]) -> torch.Tensor:
+        """The sum of ``count * column_sums[a, a']`` over ``terms``."""
+        (a, a2, count), *rest = terms
+        out = count * self.column_sums[a, a2]
+        for a, a2, count in rest:
+            out += count * self.column_sums[a, a2]
+        return out
+
+    def block(self, r: int, r2: int) -> torch.Tensor:
+        """Block :math:`(r, r')` of :math:`A^T A`, ``(W C, W C)`` (zeros outside the band)."""
+        terms = self.pairs.get((r, r2))
+        if terms is None:
+            return self.column_sums.new_zeros(self.size, self.size)
+        return self.combine(terms)
 
 
 def _tap_pairs(size: int, taps: int, stride: int, dilation: int, pad: int, outputs: int) -> dict[tuple[int, ...], int]:

@@ -9,6 +9,8 @@ below. Every ``exact`` and every ``injective`` verdict of invertnet rests on one
 - :mod:`~invertnet.pinv.proofs.whole` -- the whole operator at once: :func:`dense_proof` (SVD certificate of its
   matrix), :func:`gram_proof` (verified Cholesky of its Gram matrix, up to :data:`GRAM_MAX_UNKNOWNS` unknowns),
   :func:`dft_proof` (per-frequency, for layers the DFT diagonalises);
+- :mod:`~invertnet.pinv.proofs.banded` -- :func:`banded_proof`: the verified Cholesky of a convolution's Gram
+  matrix block row by block row (it is banded by image rows), for layers too large to factor whole;
 - :func:`prove` -- the cheapest proof that decides, in that order.
 
 The floating-point arithmetic behind each bound is in :mod:`invertnet.linalg.verified`.
@@ -23,14 +25,19 @@ Example
 (True, 'window')
 """
 
+from invertnet.pinv.proofs.banded import BANDED_MAX_FLOPS, MaskedGramRows, banded_flops, banded_proof
 from invertnet.pinv.proofs.base import Proof, count_proof, zero_column_proof
 from invertnet.pinv.proofs.local import patch_proof, window_proof
 from invertnet.pinv.proofs.prove import prove
 from invertnet.pinv.proofs.whole import GRAM_MAX_UNKNOWNS, dense_proof, dft_proof, gram_proof
 
 __all__ = [
+    "BANDED_MAX_FLOPS",
     "GRAM_MAX_UNKNOWNS",
+    "MaskedGramRows",
     "Proof",
+    "banded_flops",
+    "banded_proof",
     "count_proof",
     "dense_proof",
     "dft_proof",

@@ -35,8 +35,8 @@ class Proof:
     lower_bound : float
         :math:`\sigma_{\min}(M A) \ge` this, proven (``0.0`` when nothing positive is proven).
     name : str
-        The proof: ``"count"``, ``"zero column"``, ``"patch"``, ``"window"``, ``"dense"``, ``"gram"``, ``"dft"``,
-        ``"singular"`` (shown numerically singular, not proven) or ``""`` (none).
+        The proof: ``"count"``, ``"zero column"``, ``"patch"``, ``"window"``, ``"dense"``, ``"gram"``, ``"banded"``,
+        ``"dft"``, ``"singular"`` (shown numerically singular, not proven) or ``""`` (none).
     reason : str
         One sentence.
     """
