@@ -46,7 +46,8 @@ ASSET = Path(__file__).resolve().parents[1] / "assets" / "astronaut.png"
 
 DECIDED = ("injective", "not injective", "numerically singular")
 
-#: ``--proof-flops``: the budget of the banded proof in the ``masked`` section (ReLU conv4 at 224 px: 1.1e13).
+#: ``--proof-flops``: the budget of the banded proof (ReLU conv4 masked at 224 px: 1.1e13; CReLU conv4: 9.1e13;
+#: ResNet-18 layer1: 2.1e13 each).
 PROOF_FLOPS = 2e13
 
 
@@ -69,18 +70,22 @@ def _report_table(title: str, report: list[LayerSpectrum], seconds: float, targe
     print(f"  decided: {len(report) - len(undecided)} of {len(report)}" + (f"; not: {undecided}" if undecided else ""))
 
 
-def spectrum(size: int) -> None:
-    for name in ("all-cnn-b-crelu", "all-cnn-b-relu"):
+def spectrum(size: int, proof_flops: float, models: list[str]) -> None:
+    for name in models:
         model = build_model(name).double()
         start = time.perf_counter()
-        report = injectivity_report(model, (size, size), progress=lambda line: print(f"    {line}", flush=True))
+        report = injectivity_report(
+            model, (size, size), progress=lambda line: print(f"    {line}", flush=True), proof_flops=proof_flops
+        )
         _report_table(f"{name} at {size}x{size}", report, time.perf_counter() - start, 60.0)
 
 
-def resnet(size: int) -> None:
+def resnet(size: int, proof_flops: float) -> None:
     model = build_model("resnet18").double().eval()
     start = time.perf_counter()
-    report = injectivity_report(model, (size, size), "layer1", progress=lambda line: print(f"    {line}", flush=True))
+    report = injectivity_report(
+        model, (size, size), "layer1", progress=lambda line: print(f"    {line}", flush=True), proof_flops=proof_flops
+    )
     _report_table(f"resnet18 stem + layer1 at {size}x{size}", report, time.perf_counter() - start, 120.0)
 
 
@@ -209,6 +214,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--only", default="battery,masked,spectrum64,resnet,spectrum")
     parser.add_argument("--proof-flops", type=float, default=PROOF_FLOPS)
+    parser.add_argument("--models", default="all-cnn-b-crelu,all-cnn-b-relu", help="of the spectrum section")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print_machine()
@@ -217,9 +223,9 @@ def main() -> None:
     for section in sections:
         start = time.perf_counter()
         if section == "spectrum":
-            spectrum(args.size)
+            spectrum(args.size, args.proof_flops, args.models.split(","))
         elif section == "resnet":
-            resnet(args.size)
+            resnet(args.size, args.proof_flops)
         elif section == "masked":
             masked(args.size, args.proof_flops)
         elif section == "battery":
