@@ -430,3 +430,5 @@ def test_auto_certificate_says_undecided_when_no_proof_fits():
     assert certificate.proof == ""
     assert certificate.method == "none"
     assert "exceed the Gram proof's limit (12288)" in certificate.reason
+    flops = 70 * (4 + 4 + 1 / 3) * (70 * 4) ** 3  # H (q^2 + 2q + 1/3) b^3, q = 2, b = W C
+    assert f"the banded verified Cholesky (not run: no flop budget) would take {flops:.2g} flops" in certificate.reason

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from invertnet.operators import ConvOperator, LinearOperator
-from invertnet.pinv.proofs.banded import banded_proof
+from invertnet.pinv.proofs.banded import banded_flops, banded_proof
 from invertnet.pinv.proofs.base import Proof, count_proof, zero_column_proof
 from invertnet.pinv.proofs.local import patch_proof, window_proof
 from invertnet.pinv.proofs.whole import GRAM_MAX_UNKNOWNS, dense_proof, gram_proof
@@ -81,4 +83,6 @@ def prove(
             if banded.injective is not None:
                 return banded
             tried.append(banded.reason)
+        elif math.isfinite(flops := banded_flops(op)):
+            tried.append(f"the banded verified Cholesky (not run: no flop budget) would take {flops:.2g} flops")
     return Proof.none(f"undecided: {rows} rows for {n} unknowns pass the count; " + "; ".join(tried))
