@@ -300,6 +300,24 @@ def test_spectrum_proves_a_large_layer_by_the_banded_cholesky(monkeypatch):
     assert not cheap.exact  # over the budget: the estimate only
 
 
+def test_spectrum_tightens_a_loose_local_proof_by_the_banded_cholesky(monkeypatch):
+    """A window bound further below the estimate than TIGHTEN_GAP is replaced by the tighter banded bound."""
+    from invertnet.analysis import injectivity
+
+    monkeypatch.setattr(injectivity, "DENSE_SPECTRUM_ENTRIES", 0)
+    monkeypatch.setattr(injectivity, "GRAM_MAX_UNKNOWNS", 0)
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 40, 3, padding=1, bias=False).double()
+    truth = float(torch.linalg.svdvals(ConvOperator.from_conv(conv, (10, 10)).placed_matrix())[-1])
+    (local,) = injectivity_report(torch.nn.Sequential(conv), (10, 10), proof_flops=0)
+    assert local.proof in ("patch", "window")
+    assert local.sigma_min_lower < 0.98 * truth
+    monkeypatch.setattr(injectivity, "TIGHTEN_GAP", 1.0)
+    (tight,) = injectivity_report(torch.nn.Sequential(conv), (10, 10))
+    assert (tight.proof, tight.exact) == ("banded", True)
+    assert max(local.sigma_min_lower, 0.98 * truth) <= tight.sigma_min_lower <= truth
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
