@@ -260,6 +260,7 @@ def test_spectrum_table_and_plot(tmp_path):
         (["spectrum", "--layer", "conv99"], "module names: conv1"),
         (["spectrum", "--model", "vgg"], "expected a built-in model"),
         (["spectrum", "--size", "4"], "Invalid value for '--size'"),
+        (["spectrum", "--proof-flops", "-1"], "Invalid value for '--proof-flops': -1.0 is not in the range x>=0"),
     ],
 )
 def test_spectrum_bad_input(tmp_path, args, match):
