@@ -241,6 +241,8 @@ def _iteratively(
     loose = local is not None and sides.s_min > TIGHTEN_GAP * local.lower_bound
     if proof_flops > 0 and (sides.proof.injective is None or loose):
         fractions = SHIFT_FRACTIONS if found.converged else (0.5, 0.0)  # far above sigma_min, maybe: weakest claim
+        if local is not None:  # tightening: the weakest claim would prove no more than the local proof
+            fractions = tuple(f for f in fractions if f > 0)
         banded = banded_proof(op, found.sigma_min, fractions=fractions, max_flops=proof_flops, progress=progress)
         if banded.injective is not None and (local is None or banded.lower_bound > local.lower_bound):
             sides.proof = banded
