@@ -300,6 +300,16 @@ def test_spectrum_proves_a_large_layer_by_the_banded_cholesky(monkeypatch):
     assert not cheap.exact  # over the budget: the estimate only
 
 
+def test_gram_proof_on_decoupled_blocks_where_arpack_stops():
+    """A layer hypothesis found: ARPACK stopped with "starting vector is zero" on its Gram matrix (error -9)."""
+    config = ConvConfig(2, 4, 2, (2, 1), (1, 3), (0, 1), (2, 1), "zeros", (9, 2), False)
+    op = config.operator(0)
+    proof, _, top = gram_proof(op)
+    values = torch.linalg.svdvals(op.placed_matrix(torch.float64))
+    assert top == pytest.approx(float(values[0]), rel=1e-12)
+    assert proof.injective is None or proof.lower_bound <= float(values[-1])
+
+
 def test_spectrum_tightens_a_loose_local_proof_by_the_banded_cholesky(monkeypatch):
     """A window bound further below the estimate than TIGHTEN_GAP is replaced by the tighter banded bound."""
     from invertnet.analysis import injectivity

@@ -240,7 +240,7 @@ def _iteratively(
         sides.proof = local
     loose = local is not None and sides.s_min > TIGHTEN_GAP * local.lower_bound
     if proof_flops > 0 and (sides.proof.injective is None or loose):
-        fractions = SHIFT_FRACTIONS if found.converged else (0.5, 0.0)  # far above sigma_min, maybe: weakest claim
+        fractions: tuple[float, ...] = SHIFT_FRACTIONS if found.converged else (0.5, 0.0)  # maybe far above: weakest
         if local is not None:  # tightening: the weakest claim would prove no more than the local proof
             fractions = tuple(f for f in fractions if f > 0)
         banded = banded_proof(op, found.sigma_min, fractions=fractions, max_flops=proof_flops, progress=progress)

@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 import torch
-from scipy.sparse.linalg import ArpackNoConvergence, eigsh
+from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, eigsh
 from scipy.sparse.linalg import LinearOperator as ScipyOperator
 
 from invertnet.errors import RouteError, TooLargeError
@@ -129,7 +129,11 @@ def masked_gram(op: ConvOperator, known: torch.Tensor | None = None) -> torch.Te
 
 
 def _largest_eigenvalue(gram: torch.Tensor, tol: float = 1e-10) -> float:
-    """The largest eigenvalue of a dense symmetric matrix by Lanczos (matrix-vector products)."""
+    """The largest eigenvalue of a dense symmetric matrix: Lanczos (matrix-vector products), or the dense solver.
+
+    The dense solver up to 64 rows, and wherever ARPACK stops on an invariant subspace it cannot restart from
+    (error -9, e.g. a Gram matrix made of exactly decoupled blocks).
+    """
     n = gram.shape[0]
     if n <= 64:
         return float(torch.linalg.eigvalsh(gram)[-1])
@@ -141,7 +145,10 @@ def _largest_eigenvalue(gram: torch.Tensor, tol: float = 1e-10) -> float:
 
     operator = ScipyOperator((n, n), matvec=apply, rmatvec=apply, dtype=np.float64)
     v0 = np.random.default_rng(0).standard_normal(n)
-    values = eigsh(operator, k=1, which="LA", tol=tol, v0=v0, return_eigenvectors=False, ncv=min(n - 1, 40))
+    try:
+        values = eigsh(operator, k=1, which="LA", tol=tol, v0=v0, return_eigenvectors=False, ncv=min(n - 1, 40))
+    except ArpackError:
+        return float(torch.linalg.eigvalsh(gram)[-1])
     return float(values[0])
 
 
