@@ -379,7 +379,8 @@ def injectivity_report(
     proof_flops : float, default :data:`~invertnet.pinv.proofs.banded.BANDED_MAX_FLOPS`
         A large layer that no local certificate decides gets the banded verified Cholesky proof
         (:func:`~invertnet.pinv.proofs.banded.banded_proof`) when it costs at most this many flops (All-CNN-B conv7
-        at 224 px: 5.4e12, minutes on one core); ``0`` skips it.
+        at 224 px: 5.4e12, minutes on one core), and to tighten a local bound more than :data:`TIGHTEN_GAP` times
+        below the estimate; ``0`` skips it.
     progress : callable, optional
         Called with a line before each layer and one after (how, proven bound, seconds).
 
