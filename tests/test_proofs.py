@@ -378,6 +378,33 @@ def test_banded_cholesky_certificate_against_the_eigenvalues():
     assert banded_cholesky_certificate(drifting, 6, 2, 0.5 * lam, 0.0) == -math.inf
 
 
+def test_banded_margin_is_one_window_of_the_band_not_the_whole_trace():
+    """A long band with lambda_min below Rump's whole-trace margin is proven by the window margin, never above it.
+
+    400 diagonal blocks of 10 (reach 1): the first has lambda_min = 1e-12 (its value in mpmath at 40 digits is
+    the reference), the others' eigenvalues lie in [0.5, 1.5]. gamma_21 times the trace (about 4,000) is 9e-12,
+    above lambda_min, so the whole-trace margin proves nothing; the largest window of 3 blocks has trace about 30.
+    """
+    generator = torch.Generator().manual_seed(5)
+    spectra = torch.linspace(0.5, 1.5, 10, dtype=torch.float64).repeat(400, 1)
+    spectra[0, 0] = 1e-12
+    q = torch.linalg.qr(torch.randn(400, 10, 10, generator=generator, dtype=torch.float64)).Q
+    diagonal_blocks = q @ torch.diag_embed(spectra) @ q.mT
+    diagonal_blocks = torch.tril(diagonal_blocks) + torch.tril(diagonal_blocks, -1).mT  # symmetric, as factored
+    first = mpmath.matrix(diagonal_blocks[0].tolist())
+    with mpmath.workdps(40):
+        lam = float(min(mpmath.eigsy(first, eigvals_only=True)))
+    assert float(torch.linalg.eigvalsh(diagonal_blocks[1:]).min()) > 0.4
+    trace = float(diagonal_blocks.diagonal(dim1=-2, dim2=-1).sum())
+    assert gamma(21) * trace / 2 > lam  # the premise: the whole trace (scaled to [1, 2)) would prove nothing
+
+    def block(i: int, j: int) -> torch.Tensor:
+        return diagonal_blocks[i] if i == j else torch.zeros(10, 10, dtype=torch.float64)
+
+    assert banded_cholesky_certificate(block, 400, 1, 0.5 * lam, 0.0) == 0.5 * lam
+    assert banded_cholesky_certificate(block, 400, 1, 1.01 * lam, 0.0) == -math.inf
+
+
 def test_banded_proof_refuses_what_it_cannot_prove():
     torch.manual_seed(3)
     weight = torch.randn(6, 2, 3, 3, dtype=torch.float64)

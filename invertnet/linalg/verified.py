@@ -22,7 +22,8 @@ computed quantities by such :math:`\gamma` factors (the approach of Rump's verif
    :math:`n^2 u \bar\sigma^2`, so it proves :math:`\sigma_{\min}` above about :math:`n u^{1/2} \bar\sigma`.
    A block-banded :math:`\tilde G` (:func:`banded_cholesky_certificate`) is factored a block row at a time,
    keeping only the band: the same theorem with :math:`\gamma_{w+1}`, :math:`w` the longest inner product
-   (the band's width), since the entries outside the band are never formed.
+   (the band's width), since the entries outside the band are never formed; and :math:`\Delta` is banded too, so
+   the trace shrinks to the largest trace of one window of the band.
 2. **SVD certificate** (:func:`svd_lower_bound`) for one dense matrix: with :math:`B \approx U \Sigma V^T`
    computed, :math:`Y = \mathrm{fl}(B V)` has nearly orthogonal columns, and
    :math:`\sigma_{\min}(B) \ge (\sigma_{\min}(Y) - \|Y - BV\|_2) / \|V\|_2`; Gershgorin's theorem on the
@@ -186,12 +187,17 @@ def _certify(
     return bound, scaled, scale, shift
 
 
-def _scaled_margin(diagonal: torch.Tensor, terms: int) -> tuple[float, float]:
-    """The power-of-two scale and Rump's margin (the module docstring) for a matrix with this computed diagonal."""
+def _scaled_margin(diagonal: torch.Tensor, terms: int, window_trace: torch.Tensor | None = None) -> tuple[float, float]:
+    """The power-of-two scale and Rump's margin (the module docstring) for a matrix with this computed diagonal.
+
+    ``window_trace``, an upper bound on the largest band window's sum of diagonal entries (unscaled), replaces the
+    trace for a banded matrix (:func:`banded_cholesky_certificate`).
+    """
     n = diagonal.numel()
     largest = float(diagonal.max())
     scale = 2.0 ** math.floor(math.log2(largest))
-    trace = float(inflate((diagonal / scale).sum(), n))
+    whole = (diagonal / scale).sum() if window_trace is None else window_trace / scale  # exact: a power of two
+    trace = float(inflate(whole, n))
     g = gamma(terms + 1)
     margin = (g / (1 - g)) * trace * (1 + 4 * UNIT_ROUNDOFF) + 2 * UNIT_ROUNDOFF * (largest / scale)
     return scale, margin + 4 * n * (n + 4) * _ETA
@@ -216,9 +222,16 @@ def banded_cholesky_certificate(
     :math:`O(n q^2 b^2)` instead of :math:`n^3 / 3`.
 
     Rounding: every entry of the factor is an inner product of at most :math:`w = (q + 1) b` nonzero terms
-    (Higham 2002, Lemma 8.4, holds in any order of evaluation; the zero blocks are never formed), so the margin
-    is the module docstring's with :math:`\gamma_{w+1}`. The margin needs the trace before the factorisation: the
-    diagonal blocks are computed twice (once for the trace, once to factor) and must agree bit for bit, or, with
+    (Higham 2002, Lemma 8.4, holds in any order of evaluation; the zero blocks are never formed), so
+    :math:`|\Delta| \le \gamma' d d^T` with :math:`\gamma' = \gamma_{w+1} / (1 - \gamma_{w+1})` and
+    :math:`d_i = \tilde a_{ii}^{1/2}`, as in the module docstring. Both :math:`\hat R^T \hat R` and
+    :math:`\tilde A` vanish outside the band, so does :math:`\Delta`: :math:`|\Delta| \le \gamma' (d d^T)
+    \circ B` for the band's pattern :math:`B`. For a non-negative symmetric matrix :math:`N` and any positive
+    :math:`x`, :math:`\|N\|_2 = \rho(N) \le \max_i (N x)_i / x_i` (Collatz-Wielandt); with :math:`x = d`,
+    :math:`\|\Delta\|_2 \le \gamma' \max_i \sum_{j \in B(i)} \tilde a_{jj}`: the trace of the module docstring
+    becomes the largest sum of :math:`2 q + 1` consecutive diagonal blocks, :math:`H / (2 q + 1)` times smaller
+    for :math:`H` blocks of equal trace. The margin needs the diagonal before the factorisation: the
+    diagonal blocks are computed twice (once for the margin, once to factor) and must agree bit for bit, or, with
     ``diagonal_bound``, every diagonal entry factored must lie at or below that bound; otherwise nothing is proven.
 
     Parameters
@@ -263,7 +276,11 @@ def banded_cholesky_certificate(
         return -math.inf
     sizes = [d.numel() for d in diagonals]
     width = min(diagonal.numel(), max(sum(sizes[max(0, i - reach) : i + 1]) for i in range(count)))
-    scale, margin = _scaled_margin(diagonal, width)
+    # the margin's trace: the largest of the band's windows of 2q + 1 diagonal blocks (see _banded_trace)
+    sums = torch.stack([d.sum() for d in diagonals])
+    windows = [(max(0, i - reach), min(count, i + reach + 1)) for i in range(count)]
+    window_trace = max(inflate(sums[lo:hi].sum(), sum(sizes[lo:hi])) for lo, hi in windows)
+    scale, margin = _scaled_margin(diagonal, width, window_trace)
     shift = (tau / scale + margin) * (1 + 4 * UNIT_ROUNDOFF)
     factor: dict[tuple[int, int], torch.Tensor] = {}
     for i in range(count):
