@@ -54,15 +54,16 @@ PROOF_FLOPS = 2e13
 def _report_table(title: str, report: list[LayerSpectrum], seconds: float, target: float | None) -> None:
     print(f"\n{title}: {seconds:.1f} s" + (f" (target {target:.0f} s)" if target else ""))
     print(
-        f"  {'layer':<16} {'unknowns':>9} {'sigma_min':>11} {'proven >=':>10} {'gap':>6} {'by':<10} {'proof':<11} "
-        f"{'s':>6}  verdict"
+        f"  {'layer':<16} {'unknowns':>9} {'sigma_min':>11} {'proven >=':>10} {'gap':>6} {'proven <=':>10} "
+        f"{'by':<10} {'proof':<11} {'s':>6}  verdict"
     )
     for r in report:
         proven = f"{r.sigma_min_lower:.4g}" if r.proof and r.proof != "singular" else "-"
         gap = f"{r.gap:.3g}" if r.sigma_min_lower > 0 else "-"
+        above = f"{r.sigma_min_upper:.6g}" if math.isfinite(r.sigma_min_upper) else "-"
         print(
-            f"  {r.name:<16} {r.unknowns:>9} {r.sigma_min:>11.6g} {proven:>10} {gap:>6} {r.sigma_method:<10} "
-            f"{r.proof or '-':<11} {r.seconds:>6.1f}  {r.verdict}"
+            f"  {r.name:<16} {r.unknowns:>9} {r.sigma_min:>11.6g} {proven:>10} {gap:>6} {above:>10} "
+            f"{r.sigma_method:<10} {r.proof or '-':<11} {r.seconds:>6.1f}  {r.verdict}"
             + ("" if r.converged else " (estimate not converged)"),
             flush=True,
         )

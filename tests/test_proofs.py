@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from strategies import ConvConfig, conv_configs
 
 from invertnet.activeset import certify
-from invertnet.analysis.injectivity import injectivity_report
+from invertnet.analysis.injectivity import format_spectrum, injectivity_report
 from invertnet.errors import RouteError, TooLargeError
 from invertnet.linalg.verified import (
     abs_gram_norm,
@@ -33,6 +33,7 @@ from invertnet.pinv.proofs import (
     gram_proof,
     patch_proof,
     prove,
+    vector_upper_bound,
     window_proof,
     zero_column_proof,
 )
@@ -90,6 +91,35 @@ def test_no_proof_exceeds_the_true_sigma_min(layer):
             RATIOS.setdefault(proof.name, []).append(truth / proof.lower_bound)
         if proof.injective is False and proof.name in ("count", "zero column"):
             assert truth <= 1e-12 * max(1.0, float(torch.linalg.svdvals(op.placed_matrix())[0])), (name, proof)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(layers())
+def test_the_vector_upper_bound_lies_above_the_exact_quotient(layer):
+    """||M A x|| / ||x|| at 40 digits (mpmath, the float64 entries and vector taken exactly) is at most the bound.
+
+    Vectors: the computed smallest right singular vector (on singular layers its quotient is rounding, about
+    1e-16 sigma_max, where the rounding term decides) and a random one. The bound is tight to 1e-13 sigma_max.
+    """
+    config, seed, share = layer
+    op = config.operator(seed)
+    known = None if share == 1.0 else _mask(seed, op, share)
+    matrix = op.placed_matrix(torch.float64)
+    if known is not None:
+        matrix = matrix[known.reshape(-1)]
+    top = float(torch.linalg.svdvals(matrix)[0]) if matrix.numel() else 0.0
+    generator = torch.Generator().manual_seed(seed)
+    vectors = [torch.randn(op.in_dim, generator=generator, dtype=torch.float64)]
+    if matrix.shape[0] >= matrix.shape[1]:
+        vectors.append(torch.linalg.svd(matrix, full_matrices=False).Vh[-1])
+    rows = [[mpmath.mpf(v) for v in row] for row in matrix.tolist()]
+    with mpmath.workdps(40):
+        for x in vectors:
+            entries = [mpmath.mpf(v) for v in x.tolist()]
+            image = mpmath.fsum(mpmath.fdot(row, entries) ** 2 for row in rows)
+            exact = float(mpmath.sqrt(image / mpmath.fsum(v**2 for v in entries)))
+            bound = vector_upper_bound(op, x, known)
+            assert exact <= bound <= exact * (1 + 1e-12) + 1e-13 * top, (exact, bound, top)
 
 
 def test_ratios_on_well_conditioned_layers():
@@ -282,6 +312,8 @@ def test_spectrum_never_calls_an_estimate_a_proof(monkeypatch):
     truth = float(torch.linalg.svdvals(ConvOperator.from_conv(conv, (12, 12)).placed_matrix())[-1])
     assert row.sigma_min >= truth * (1 - 1e-10)  # a Ritz value: from above
     assert row.sigma_min <= truth * (1 + 1e-6)
+    assert truth <= row.sigma_min_upper <= truth * (1 + 1e-6)  # the other side, proven by the Ritz vector
+    assert "proven <=" in format_spectrum([row]).splitlines()[1]
 
 
 def test_spectrum_proves_a_large_layer_by_the_banded_cholesky(monkeypatch):
@@ -295,7 +327,8 @@ def test_spectrum_proves_a_large_layer_by_the_banded_cholesky(monkeypatch):
     (row,) = injectivity_report(torch.nn.Sequential(conv), (12, 12), window=False)
     truth = float(torch.linalg.svdvals(ConvOperator.from_conv(conv, (12, 12)).placed_matrix())[-1])
     assert (row.proof, row.exact, row.verdict) == ("banded", True, "injective")
-    assert 0.98 * truth <= row.sigma_min_lower <= truth
+    assert 0.98 * truth <= row.sigma_min_lower <= truth <= row.sigma_min_upper  # both sides proven
+    assert 1 < row.bracket < 1.03
     (cheap,) = injectivity_report(torch.nn.Sequential(conv), (12, 12), window=False, proof_flops=1e3)
     assert not cheap.exact  # over the budget: the estimate only
 

@@ -48,6 +48,7 @@ from invertnet.pinv.proofs import (
     dft_proof,
     gram_proof,
     patch_proof,
+    vector_upper_bound,
     window_proof,
     zero_column_proof,
 )
@@ -130,6 +131,10 @@ class LayerSpectrum:
         Whether the singular values are exact (DFT or dense) rather than iterative estimates.
     seconds : float
         Time spent on this layer.
+    sigma_min_upper : float
+        A proven upper bound on :math:`\sigma_{\min}` where an iterative estimate left its vector (LOBPCG): the
+        Rayleigh quotient of that Ritz vector with its rounding bounded
+        (:func:`~invertnet.pinv.proofs.upper.vector_upper_bound`); ``nan`` elsewhere.
     """
 
     name: str
@@ -151,6 +156,7 @@ class LayerSpectrum:
     proof: str = ""
     computed_exactly: bool = False
     seconds: float = field(default=0.0, compare=False)
+    sigma_min_upper: float = math.nan
 
     @property
     def gap(self) -> float:
@@ -158,6 +164,13 @@ class LayerSpectrum:
         if not self.sigma_min_lower > 0:
             return math.nan
         return self.sigma_min / self.sigma_min_lower
+
+    @property
+    def bracket(self) -> float:
+        """``sigma_min_upper / sigma_min_lower``: the proven interval's ratio (``nan`` without both sides)."""
+        if not self.sigma_min_lower > 0 or not math.isfinite(self.sigma_min_upper):
+            return math.nan
+        return self.sigma_min_upper / self.sigma_min_lower
 
 
 def _linear_operator(record: LayerRecord) -> ConvOperator | None:
@@ -175,6 +188,7 @@ class _Sides:
 
     s_max: float = math.nan
     s_min: float = math.nan
+    s_min_upper: float = math.nan
     proof: Proof = field(default_factory=lambda: Proof.none(""))
     method: str = ""
     converged: bool = True
@@ -235,6 +249,7 @@ def _iteratively(
         preconditioner = BorderPreconditioner(op, torch.zeros((), dtype=torch.float64))
     found = sigma_min_lobpcg(op, preconditioner=preconditioner, maxiter=LOBPCG_MAX_ITERATIONS, progress=progress)
     sides.s_min, sides.converged = found.sigma_min, found.converged
+    sides.s_min_upper = vector_upper_bound(op, found.vector)
     sides.method = "lobpcg, border" if preconditioner is not None else "lobpcg"
     if local is not None:
         sides.proof = local
@@ -332,6 +347,7 @@ def _layer_spectrum(
         sides.proof.name,
         sides.computed_exactly,
         time.perf_counter() - start,
+        sides.s_min_upper,
     )
 
 
@@ -417,7 +433,8 @@ def injectivity_report(
         if progress is not None:
             r = report[-1]
             proven = f", proven >= {r.sigma_min_lower:.4g} ({r.proof})" if r.exact else ""
-            progress(f"{record.name}: {r.sigma_method}{proven}, {r.seconds:.1f} s")
+            above = f", proven <= {r.sigma_min_upper:.6g}" if math.isfinite(r.sigma_min_upper) else ""
+            progress(f"{record.name}: {r.sigma_method}{proven}{above}, {r.seconds:.1f} s")
     return report
 
 
@@ -426,24 +443,26 @@ def format_spectrum(report: list[LayerSpectrum], title: str = "") -> str:
 
     Columns: in, out and unknowns (``C/2`` behind a CReLU input); ``sigma_min``, the estimate (exact for
     ``dft`` and ``dense``; a Lanczos or LOBPCG value is an upper bound); ``proven >=``, the proof's lower bound;
-    ``gap``, their ratio; ``sigma_max`` and the condition number; how ``sigma_min`` was computed, the proof and
-    the verdict.
+    ``gap``, their ratio; ``proven <=``, the proven upper bound from LOBPCG's vector; ``sigma_max`` and the
+    condition number; how ``sigma_min`` was computed, the proof and the verdict.
     """
     width = max([len("layer"), *(len(r.name) for r in report)])
     lines = [
         f"{title + ' ' if title else ''}(unknowns: C/2 behind a CReLU input; sigma_min: the estimate (exact for "
         "dft and dense, a Lanczos or LOBPCG "
-        "value is an upper bound); proven >=: the proof's lower bound; gap = their ratio)",
+        "value is an upper bound); proven >=: the proof's lower bound; gap = their ratio; proven <=: from the "
+        "estimate's vector)",
         f"{'layer':<{width}} {'in':>9} {'out':>9} {'unknowns':>9} {'sigma_min':>11} {'proven >=':>10} {'gap':>6} "
-        f"{'sigma_max':>10} {'cond':>9}  {'sigma by':<14} {'proof':<11}  verdict",
+        f"{'proven <=':>10} {'sigma_max':>10} {'cond':>9}  {'sigma by':<14} {'proof':<11}  verdict",
     ]
     for r in report:
         flag = "" if r.converged else " (sigma_min not converged)"
         gap = f"{r.gap:.3g}" if r.sigma_min_lower > 0 else "-"
         proven = f"{r.sigma_min_lower:.4g}" if r.proof and r.proof != "singular" else "-"
+        above = f"{r.sigma_min_upper:.6g}" if math.isfinite(r.sigma_min_upper) else "-"
         lines.append(
             f"{r.name:<{width}} {r.in_dim:>9} {r.out_dim:>9} {r.unknowns:>9} {r.sigma_min:>11.6g} {proven:>10} "
-            f"{gap:>6} {r.sigma_max:>10.4g} {r.condition:>9.3g}  {r.sigma_method:<14} {r.proof or '-':<11}  "
-            f"{r.verdict}{flag}"
+            f"{gap:>6} {above:>10} {r.sigma_max:>10.4g} {r.condition:>9.3g}  {r.sigma_method:<14} "
+            f"{r.proof or '-':<11}  {r.verdict}{flag}"
         )
     return "\n".join(lines)

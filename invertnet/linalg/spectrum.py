@@ -274,12 +274,16 @@ class LobpcgResult:
         The smallest Ritz value settled (see :func:`sigma_min_lobpcg`).
     iterations, applications : int
         LOBPCG steps, and applications of :math:`A^T A` to one vector.
+    vector : torch.Tensor
+        The Ritz vector of ``sigma_min``, ``(n,)`` float64, unit length (to prove the upper bound:
+        :func:`~invertnet.pinv.proofs.upper.vector_upper_bound`).
     """
 
     sigma_min: float
     converged: bool
     iterations: int
     applications: int
+    vector: torch.Tensor
 
 
 def sigma_min_lobpcg(
@@ -383,4 +387,4 @@ def sigma_min_lobpcg(
             if progress is not None and step % 20 == 0:
                 sigma = math.sqrt(max(float(values[0]), 0.0))
                 progress(f"LOBPCG ({'float32' if dtype == torch.float32 else 'float64'}): {step} steps, ~{sigma:.8g}")
-    return LobpcgResult(math.sqrt(max(float(values[0]), 0.0)), converged, step, applications[0])
+    return LobpcgResult(math.sqrt(max(float(values[0]), 0.0)), converged, step, applications[0], x[:, 0].clone())

@@ -11,7 +11,9 @@ below. Every ``exact`` and every ``injective`` verdict of invertnet rests on one
   :func:`dft_proof` (per-frequency, for layers the DFT diagonalises);
 - :mod:`~invertnet.pinv.proofs.banded` -- :func:`banded_proof`: the verified Cholesky of a convolution's Gram
   matrix block row by block row (it is banded by image rows), for layers too large to factor whole;
-- :func:`prove` -- the cheapest proof that decides, in that order.
+- :func:`prove` -- the cheapest proof that decides, in that order;
+- :mod:`~invertnet.pinv.proofs.upper` -- the other side: :func:`vector_upper_bound`, a proven upper bound on
+  :math:`\sigma_{\min}` from an explicit vector (an estimate's Ritz vector), so the two bracket it.
 
 The floating-point arithmetic behind each bound is in :mod:`invertnet.linalg.verified`.
 
@@ -29,6 +31,7 @@ from invertnet.pinv.proofs.banded import BANDED_MAX_FLOPS, MaskedGramRows, bande
 from invertnet.pinv.proofs.base import Proof, count_proof, zero_column_proof
 from invertnet.pinv.proofs.local import patch_proof, window_proof
 from invertnet.pinv.proofs.prove import prove
+from invertnet.pinv.proofs.upper import vector_upper_bound
 from invertnet.pinv.proofs.whole import GRAM_MAX_UNKNOWNS, dense_proof, dft_proof, gram_proof
 
 __all__ = [
@@ -44,6 +47,7 @@ __all__ = [
     "gram_proof",
     "patch_proof",
     "prove",
+    "vector_upper_bound",
     "window_proof",
     "zero_column_proof",
 ]
