@@ -211,6 +211,7 @@ def banded_cholesky_certificate(
     gram_error: float,
     *,
     diagonal_bound: torch.Tensor | None = None,
+    ceiling: float = math.inf,
     progress: Callable[[str], None] | None = None,
 ) -> float:
     r"""A proven lower bound on :math:`\lambda_{\min}(G)` for a block-banded computed Gram matrix, or ``-inf``.
@@ -248,6 +249,10 @@ def banded_cholesky_certificate(
     diagonal_bound : torch.Tensor, optional
         ``(n,)`` upper bounds on the diagonal of :math:`\tilde G`, for blocks of equal size (then ``block`` is
         called once per block, in order: block row by block row).
+    ceiling : float, optional
+        An estimate of :math:`\lambda_{\min}(\tilde G)` from above (a squared Ritz value): when the shift plus
+        the rounding margin reaches it, the factorisation would fail, and is not run (``-inf`` at once). Only
+        saves time: nothing is proven without a factorisation.
     progress : callable, optional
         Hears a line every tenth block row.
 
@@ -282,6 +287,8 @@ def banded_cholesky_certificate(
     window_trace = max(inflate(sums[lo:hi].sum(), sum(sizes[lo:hi])) for lo, hi in windows)
     scale, margin = _scaled_margin(diagonal, width, window_trace)
     shift = (tau / scale + margin) * (1 + 4 * UNIT_ROUNDOFF)
+    if shift * scale >= ceiling:
+        return -math.inf  # G - shift I has a negative eigenvalue: the factorisation would fail
     factor: dict[tuple[int, int], torch.Tensor] = {}
     for i in range(count):
         for j in range(max(0, i - reach), i):
