@@ -17,6 +17,9 @@ Sections (``--only`` picks some, comma-separated):
   ``_before``), the 5x target.
 - ``scaling``: seconds against unknowns from 64 to 448 px: All-CNN-B ReLU conv4, conv7 and conv10's spectrum rows,
   and the trained MobileNetV2 stem's active-set certificate.
+- ``square``: why ResNet-18's layer1 stays undecided: ``sigma_min`` of layer1.0.conv1 on 8x8 to 32x32 grids by
+  inverse iteration through a sparse LU factorisation of the square operator (SuperLU), each a proven upper bound
+  (``vector_upper_bound`` of the vector found); not in the default run (222 s and 12 GB at 32x32).
 
 Run: ``python benchmarks/bench_certify.py [--size 224] [--threads 1] [--only battery,masked,...]``.
 One run, one thread by default; the machine, torch build and commit are printed first. The seconds need a quiet
@@ -31,6 +34,9 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
+import scipy.sparse
+import scipy.sparse.linalg
 import torch
 from _timing import print_machine, touch_memory
 
@@ -38,8 +44,17 @@ from invertnet.activeset import activation_constraints, certify, clip_levels
 from invertnet.analysis.injectivity import LayerSpectrum, _layer_spectrum, _records, injectivity_report
 from invertnet.capture.graph import capture
 from invertnet.io.files import load_image
+from invertnet.linalg.spectrum import sigma_max
 from invertnet.operators import ConvOperator
-from invertnet.pinv.proofs import banded_proof, dense_proof, gram_proof, patch_proof, prove, window_proof
+from invertnet.pinv.proofs import (
+    banded_proof,
+    dense_proof,
+    gram_proof,
+    patch_proof,
+    prove,
+    vector_upper_bound,
+    window_proof,
+)
 from invertnet.zoo.models import build_model, trained_mobilenet_v2
 
 ASSET = Path(__file__).resolve().parents[1] / "assets" / "astronaut.png"
@@ -54,15 +69,15 @@ PROOF_FLOPS = 2e13
 def _report_table(title: str, report: list[LayerSpectrum], seconds: float, target: float | None) -> None:
     print(f"\n{title}: {seconds:.1f} s" + (f" (target {target:.0f} s)" if target else ""))
     print(
-        f"  {'layer':<16} {'unknowns':>9} {'sigma_min':>11} {'proven >=':>10} {'gap':>6} {'proven <=':>10} "
+        f"  {'layer':<16} {'unknowns':>9} {'sigma_min':>11} {'proven >=':>11} {'gap':>6} {'proven <=':>11} "
         f"{'by':<10} {'proof':<11} {'s':>6}  verdict"
     )
     for r in report:
-        proven = f"{r.sigma_min_lower:.4g}" if r.proof and r.proof != "singular" else "-"
+        proven = f"{r.sigma_min_lower:.6g}" if r.proof and r.proof != "singular" else "-"
         gap = f"{r.gap:.3g}" if r.sigma_min_lower > 0 else "-"
         above = f"{r.sigma_min_upper:.6g}" if math.isfinite(r.sigma_min_upper) else "-"
         print(
-            f"  {r.name:<16} {r.unknowns:>9} {r.sigma_min:>11.6g} {proven:>10} {gap:>6} {above:>10} "
+            f"  {r.name:<16} {r.unknowns:>9} {r.sigma_min:>11.6g} {proven:>11} {gap:>6} {above:>11} "
             f"{r.sigma_method:<10} {r.proof or '-':<11} {r.seconds:>6.1f}  {r.verdict}"
             + ("" if r.converged else " (estimate not converged)"),
             flush=True,
@@ -194,12 +209,51 @@ def scaling(sizes: tuple[int, ...] = (64, 128, 224, 448)) -> None:
             row = _layer_spectrum(record, previous, 1e-6)
             seconds = time.perf_counter() - start
             how = f"{row.sigma_method}, proof {row.proof or '-'}, sigma_min {row.sigma_min:.6g}"
-            how += f" >= {row.sigma_min_lower:.4g}"
+            how += f" >= {row.sigma_min_lower:.6g}"
             print(
                 f"  {'spectrum, all-cnn-b-relu ' + layer:<44} {size:>5} {row.in_dim:>9} {seconds:>8.1f}  {how}",
                 flush=True,
             )
         _certificate_row(f"certificate, MobileNetV2 stem at {size}", mobilenet, image, "features.0")
+
+
+def _sparse_conv(op: ConvOperator) -> scipy.sparse.csc_matrix:
+    """The matrix of a stride-1, zero-padded, ungrouped convolution, sparse (the columns of ``op.placed_matrix``)."""
+    weight = op.weight.detach().double().numpy()
+    (c_out, c_in, kh, kw), (_, h, w) = weight.shape, op.in_shape
+    left, _, top, _ = op.pad.pads
+    o, c = np.meshgrid(np.arange(c_out), np.arange(c_in), indexing="ij")
+    i, j = np.meshgrid(np.arange(op.out_shape[1]), np.arange(op.out_shape[2]), indexing="ij")
+    rows, cols, values = [], [], []
+    for a in range(kh):
+        for b in range(kw):
+            ii, jj = i + a - top, j + b - left
+            inside = (ii >= 0) & (ii < h) & (jj >= 0) & (jj < w)
+            out_pixel, in_pixel = (i * op.out_shape[2] + j)[inside], (ii * w + jj)[inside]
+            rows.append((o[None] * op.out_shape[1] * op.out_shape[2] + out_pixel[:, None, None]).ravel())
+            cols.append((c[None] * h * w + in_pixel[:, None, None]).ravel())
+            values.append(np.broadcast_to(weight[:, :, a, b][None], (out_pixel.size, c_out, c_in)).ravel())
+    shape = (op.out_dim, op.in_dim)
+    return scipy.sparse.csc_matrix((np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))), shape)
+
+
+def square(sizes: tuple[int, ...] = (8, 12, 16, 24, 32), steps: int = 12) -> None:
+    """sigma_min of ResNet-18's layer1.0.conv1 on small grids: inverse iteration on (A^T A)^-1 through SuperLU."""
+    conv = build_model("resnet18").double().eval().layer1[0].conv1
+    print("\nsquare: ResNet-18 layer1.0.conv1 (64 -> 64, 3x3), sigma_min by inverse iteration through a sparse LU")
+    print(f"  {'grid':>5} {'unknowns':>9} {'LU s':>7} {'sigma_min <=':>13} {'sigma_max ~':>11}")
+    for size in sizes:
+        op = ConvOperator.from_conv(conv, (size, size))
+        matrix = _sparse_conv(op)
+        start = time.perf_counter()
+        lu = scipy.sparse.linalg.splu(matrix, permc_spec="COLAMD")
+        seconds = time.perf_counter() - start
+        x = np.random.default_rng(0).standard_normal(op.in_dim)
+        for _ in range(steps):  # x <- (A^T A)^{-1} x: A^{-T} then A^{-1}
+            x = lu.solve(lu.solve(x, trans="T"))
+            x /= np.linalg.norm(x)
+        bound = vector_upper_bound(op, torch.from_numpy(x))
+        print(f"  {size:>5} {op.in_dim:>9} {seconds:>7.1f} {bound:>13.4g} {sigma_max(op):>11.4g}", flush=True)
 
 
 def spectrum64() -> None:
@@ -231,6 +285,8 @@ def main() -> None:
             masked(args.size, args.proof_flops)
         elif section == "battery":
             battery()
+        elif section == "square":
+            square()
         elif section == "spectrum64":
             spectrum64()
         elif section == "scaling":

@@ -432,7 +432,7 @@ def injectivity_report(
         report.append(_layer_spectrum(record, previous, rtol, window, progress, proof_flops))
         if progress is not None:
             r = report[-1]
-            proven = f", proven >= {r.sigma_min_lower:.4g} ({r.proof})" if r.exact else ""
+            proven = f", proven >= {r.sigma_min_lower:.6g} ({r.proof})" if r.exact else ""
             above = f", proven <= {r.sigma_min_upper:.6g}" if math.isfinite(r.sigma_min_upper) else ""
             progress(f"{record.name}: {r.sigma_method}{proven}{above}, {r.seconds:.1f} s")
     return report
@@ -452,17 +452,17 @@ def format_spectrum(report: list[LayerSpectrum], title: str = "") -> str:
         "dft and dense, a Lanczos or LOBPCG "
         "value is an upper bound); proven >=: the proof's lower bound; gap = their ratio; proven <=: from the "
         "estimate's vector)",
-        f"{'layer':<{width}} {'in':>9} {'out':>9} {'unknowns':>9} {'sigma_min':>11} {'proven >=':>10} {'gap':>6} "
-        f"{'proven <=':>10} {'sigma_max':>10} {'cond':>9}  {'sigma by':<14} {'proof':<11}  verdict",
+        f"{'layer':<{width}} {'in':>9} {'out':>9} {'unknowns':>9} {'sigma_min':>11} {'proven >=':>11} {'gap':>6} "
+        f"{'proven <=':>11} {'sigma_max':>10} {'cond':>9}  {'sigma by':<14} {'proof':<11}  verdict",
     ]
     for r in report:
         flag = "" if r.converged else " (sigma_min not converged)"
         gap = f"{r.gap:.3g}" if r.sigma_min_lower > 0 else "-"
-        proven = f"{r.sigma_min_lower:.4g}" if r.proof and r.proof != "singular" else "-"
+        proven = f"{r.sigma_min_lower:.6g}" if r.proof and r.proof != "singular" else "-"
         above = f"{r.sigma_min_upper:.6g}" if math.isfinite(r.sigma_min_upper) else "-"
         lines.append(
-            f"{r.name:<{width}} {r.in_dim:>9} {r.out_dim:>9} {r.unknowns:>9} {r.sigma_min:>11.6g} {proven:>10} "
-            f"{gap:>6} {above:>10} {r.sigma_max:>10.4g} {r.condition:>9.3g}  {r.sigma_method:<14} "
+            f"{r.name:<{width}} {r.in_dim:>9} {r.out_dim:>9} {r.unknowns:>9} {r.sigma_min:>11.6g} {proven:>11} "
+            f"{gap:>6} {above:>11} {r.sigma_max:>10.4g} {r.condition:>9.3g}  {r.sigma_method:<14} "
             f"{r.proof or '-':<11}  {r.verdict}{flag}"
         )
     return "\n".join(lines)
