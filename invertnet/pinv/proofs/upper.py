@@ -11,7 +11,9 @@ most :math:`T` products, :math:`T` the patch size), :math:`|\hat y - A x| \le \g
 
     \sigma_{\min}(M A) \le \frac{\|M \hat y\| + \gamma_T \|M |A| |x|\|}{\|x\|},
 
-each norm computed and inflated (deflated, for :math:`\|x\|`) for its own sums. Together with a lower bound
+each norm computed and inflated (deflated, for :math:`\|x\|`) for its own sums. Both products are formed as
+patches times filters (``unfold`` and a matrix product: inner products, whatever the convolution backend would
+choose). Together with a lower bound
 (:mod:`~invertnet.pinv.proofs.banded`, :mod:`~invertnet.pinv.proofs.local`) it brackets :math:`\sigma_{\min}`
 between two proven numbers.
 """
@@ -21,10 +23,10 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from invertnet.linalg.verified import UNIT_ROUNDOFF, deflate, gamma, inflate
 from invertnet.operators import ConvOperator
-from invertnet.pinv.proofs.base import abs_operator
 
 __all__ = ["vector_upper_bound"]
 
@@ -32,6 +34,15 @@ __all__ = ["vector_upper_bound"]
 def _norm_upper(v: torch.Tensor) -> float:
     """An upper bound on the exact 2-norm of a float64 tensor: the inflated sum of squares, then the square root."""
     return math.sqrt(float(inflate(v.square().sum(), v.numel()))) * (1 + 4 * UNIT_ROUNDOFF)
+
+
+def _products(op: ConvOperator, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """:math:`A x` for ``weight`` in place of the filters: every output an inner product of a patch with a filter."""
+    patches = F.unfold(op.pad(x), op.kernel_size, op.dilation, 0, op.stride)  # (1, C kh kw, L)
+    groups = op.groups
+    patches = patches.reshape(groups, -1, patches.shape[-1])  # (g, C/g kh kw, L): unfold orders channel-major
+    filters = weight.reshape(groups, weight.shape[0] // groups, -1)  # (g, C_out/g, C/g kh kw)
+    return (filters @ patches).reshape(1, *op.out_shape)
 
 
 def vector_upper_bound(op: ConvOperator, x: torch.Tensor, known: torch.Tensor | None = None) -> float:
@@ -64,16 +75,14 @@ def vector_upper_bound(op: ConvOperator, x: torch.Tensor, known: torch.Tensor | 
     length = math.sqrt(max(float(deflate(x.square().sum(), op.in_dim)), 0.0)) * (1 - 4 * UNIT_ROUNDOFF)
     if not length > 0:
         return math.inf
-    double = ConvOperator(
-        op.weight.detach().double(), op.input_size, op.stride, op.pad.pads, op.dilation, op.groups, op.pad.mode
-    )
+    weight = op.weight.detach().to(device=x.device, dtype=torch.float64)
     rows = (
         torch.ones((), dtype=torch.float64, device=x.device)
         if known is None
         else known.reshape(1, *op.out_shape).to(x.device, torch.float64)
     )
-    image = double.forward(x) * rows
-    magnitude = abs_operator(op).forward(x.abs()) * rows  # |A| |x|, computed: inflated below for its own sums
+    image = _products(op, weight, x) * rows
+    magnitude = _products(op, weight.abs(), x.abs()) * rows  # |A| |x|, computed: inflated below for its own sums
     terms = 4 * op.patch_size  # the products in one output, with room for copies of a padded pixel
     spread = inflate(magnitude, terms)
     rounding = gamma(terms) * _norm_upper(spread)
