@@ -281,7 +281,7 @@ def banded_cholesky_certificate(
         return -math.inf
     sizes = [d.numel() for d in diagonals]
     width = min(diagonal.numel(), max(sum(sizes[max(0, i - reach) : i + 1]) for i in range(count)))
-    # the margin's trace: the largest of the band's windows of 2q + 1 diagonal blocks (see _banded_trace)
+    # the margin's trace: the largest of the band's windows of 2q + 1 diagonal blocks (the docstring says why)
     sums = torch.stack([d.sum() for d in diagonals])
     windows = [(max(0, i - reach), min(count, i + reach + 1)) for i in range(count)]
     window_trace = max(inflate(sums[lo:hi].sum(), sum(sizes[lo:hi])) for lo, hi in windows)
