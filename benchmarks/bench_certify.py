@@ -41,7 +41,13 @@ import torch
 from _timing import print_machine, touch_memory
 
 from invertnet.activeset import activation_constraints, certify, clip_levels
-from invertnet.analysis.injectivity import LayerSpectrum, _layer_spectrum, _records, injectivity_report
+from invertnet.analysis.injectivity import (
+    LayerSpectrum,
+    _layer_spectrum,
+    _records,
+    format_spectrum,
+    injectivity_report,
+)
 from invertnet.capture.graph import capture
 from invertnet.io.files import load_image
 from invertnet.linalg.spectrum import sigma_max
@@ -68,20 +74,7 @@ PROOF_FLOPS = 2e13
 
 def _report_table(title: str, report: list[LayerSpectrum], seconds: float, target: float | None) -> None:
     print(f"\n{title}: {seconds:.1f} s" + (f" (target {target:.0f} s)" if target else ""))
-    print(
-        f"  {'layer':<16} {'unknowns':>9} {'sigma_min':>11} {'proven >=':>11} {'gap':>6} {'proven <=':>11} "
-        f"{'by':<10} {'proof':<11} {'s':>6}  verdict"
-    )
-    for r in report:
-        proven = f"{r.sigma_min_lower:.6g}" if r.proof and r.proof != "singular" else "-"
-        gap = f"{r.gap:.3g}" if r.sigma_min_lower > 0 else "-"
-        above = f"{r.sigma_min_upper:.6g}" if math.isfinite(r.sigma_min_upper) else "-"
-        print(
-            f"  {r.name:<16} {r.unknowns:>9} {r.sigma_min:>11.6g} {proven:>11} {gap:>6} {above:>11} "
-            f"{r.sigma_method:<10} {r.proof or '-':<11} {r.seconds:>6.1f}  {r.verdict}"
-            + ("" if r.converged else " (estimate not converged)"),
-            flush=True,
-        )
+    print(format_spectrum(report, seconds=True), flush=True)
     undecided = [r.name for r in report if not r.verdict.startswith(DECIDED)]
     print(f"  decided: {len(report) - len(undecided)} of {len(report)}" + (f"; not: {undecided}" if undecided else ""))
 

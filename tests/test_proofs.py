@@ -318,6 +318,8 @@ def test_spectrum_never_calls_an_estimate_a_proof(monkeypatch):
     assert row.sigma_min <= truth * (1 + 1e-6)
     assert truth <= row.sigma_min_upper <= truth * (1 + 1e-6)  # the other side, proven by the Ritz vector
     assert "proven <=" in format_spectrum([row]).splitlines()[1]
+    assert format_spectrum([row], seconds=True).splitlines()[1].split()[-2:] == ["s", "verdict"]
+    assert f"{row.seconds:.1f}" in format_spectrum([row], seconds=True).splitlines()[2]
 
 
 def test_spectrum_proves_a_large_layer_by_the_banded_cholesky(monkeypatch):

@@ -438,13 +438,14 @@ def injectivity_report(
     return report
 
 
-def format_spectrum(report: list[LayerSpectrum], title: str = "") -> str:
+def format_spectrum(report: list[LayerSpectrum], title: str = "", seconds: bool = False) -> str:
     """The report as a table: ``title`` and a legend on one line, the header, then one line per layer.
 
     Columns: in, out and unknowns (``C/2`` behind a CReLU input); ``sigma_min``, the estimate (exact for
     ``dft`` and ``dense``; a Lanczos or LOBPCG value is an upper bound); ``proven >=``, the proof's lower bound;
     ``gap``, their ratio; ``proven <=``, the proven upper bound from LOBPCG's vector; ``sigma_max`` and the
-    condition number; how ``sigma_min`` was computed, the proof and the verdict.
+    condition number; how ``sigma_min`` was computed, the proof and the verdict. With ``seconds``, the time
+    spent on each layer before the verdict (for benchmarks).
     """
     width = max([len("layer"), *(len(r.name) for r in report)])
     lines = [
@@ -453,7 +454,9 @@ def format_spectrum(report: list[LayerSpectrum], title: str = "") -> str:
         "value is an upper bound); proven >=: the proof's lower bound; gap = their ratio; proven <=: from the "
         "estimate's vector)",
         f"{'layer':<{width}} {'in':>9} {'out':>9} {'unknowns':>9} {'sigma_min':>11} {'proven >=':>11} {'gap':>6} "
-        f"{'proven <=':>11} {'sigma_max':>10} {'cond':>9}  {'sigma by':<14} {'proof':<11}  verdict",
+        f"{'proven <=':>11} {'sigma_max':>10} {'cond':>9}  {'sigma by':<14} {'proof':<11} "
+        + (f"{'s':>7} " if seconds else "")
+        + " verdict",
     ]
     for r in report:
         flag = "" if r.converged else " (sigma_min not converged)"
@@ -463,6 +466,6 @@ def format_spectrum(report: list[LayerSpectrum], title: str = "") -> str:
         lines.append(
             f"{r.name:<{width}} {r.in_dim:>9} {r.out_dim:>9} {r.unknowns:>9} {r.sigma_min:>11.6g} {proven:>11} "
             f"{gap:>6} {above:>11} {r.sigma_max:>10.4g} {r.condition:>9.3g}  {r.sigma_method:<14} "
-            f"{r.proof or '-':<11}  {r.verdict}{flag}"
+            f"{r.proof or '-':<11} " + (f"{r.seconds:>7.1f} " if seconds else "") + f" {r.verdict}{flag}"
         )
     return "\n".join(lines)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from invertnet.linalg.verified import UNIT_ROUNDOFF, deflate, gamma, inflate
 from invertnet.operators import ConvOperator
@@ -36,13 +35,11 @@ def _norm_upper(v: torch.Tensor) -> float:
     return math.sqrt(float(inflate(v.square().sum(), v.numel()))) * (1 + 4 * UNIT_ROUNDOFF)
 
 
-def _products(op: ConvOperator, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """:math:`A x` for ``weight`` in place of the filters: every output an inner product of a patch with a filter."""
-    patches = F.unfold(op.pad(x), op.kernel_size, op.dilation, 0, op.stride)  # (1, C kh kw, L)
-    groups = op.groups
-    patches = patches.reshape(groups, -1, patches.shape[-1])  # (g, C/g kh kw, L): unfold orders channel-major
-    filters = weight.reshape(groups, weight.shape[0] // groups, -1)  # (g, C_out/g, C/g kh kw)
-    return (filters @ patches).reshape(1, *op.out_shape)
+def _products(op: ConvOperator, filters: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """:math:`A x` with ``filters`` (the groups' patch matrices): every output a patch's inner product with a filter."""
+    patches = op.patches(x)  # (1, C kh kw, L), channel-major
+    grouped = patches.reshape(op.groups, -1, patches.shape[-1])  # (g, C/g kh kw, L)
+    return (filters @ grouped).reshape(1, *op.out_shape)
 
 
 def vector_upper_bound(op: ConvOperator, x: torch.Tensor, known: torch.Tensor | None = None) -> float:
@@ -75,14 +72,14 @@ def vector_upper_bound(op: ConvOperator, x: torch.Tensor, known: torch.Tensor | 
     length = math.sqrt(max(float(deflate(x.square().sum(), op.in_dim)), 0.0)) * (1 - 4 * UNIT_ROUNDOFF)
     if not length > 0:
         return math.inf
-    weight = op.weight.detach().to(device=x.device, dtype=torch.float64)
+    filters = op.patch_matrices(x).detach()  # (g, C_out/g, C/g kh kw), float64 on x's device
     rows = (
         torch.ones((), dtype=torch.float64, device=x.device)
         if known is None
         else known.reshape(1, *op.out_shape).to(x.device, torch.float64)
     )
-    image = _products(op, weight, x) * rows
-    magnitude = _products(op, weight.abs(), x.abs()) * rows  # |A| |x|, computed: inflated below for its own sums
+    image = _products(op, filters, x) * rows
+    magnitude = _products(op, filters.abs(), x.abs()) * rows  # |A| |x|, computed: inflated below for its own sums
     terms = 4 * op.patch_size  # the products in one output, with room for copies of a padded pixel
     spread = inflate(magnitude, terms)
     rounding = gamma(terms) * _norm_upper(spread)
