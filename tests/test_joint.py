@@ -3,12 +3,14 @@
 import pytest
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
+from torch.func import jvp
 
 from invertnet import CReLU, JointOptions, OptionError, invert_jointly, reconstruct
 from invertnet.linalg.lbfgs import BatchLBFGS
 from invertnet.linalg.solvers import lsqr
 from invertnet.operators import MatrixOperator
-from invertnet.reconstruction.joint import match_features
+from invertnet.reconstruction.joint import FeatureProblem, FeatureTarget, _Linearisation, match_features
 
 
 def _stack() -> nn.Sequential:
@@ -162,3 +164,63 @@ def test_batch_lbfgs_minimises_each_sample_alone_within_its_budget():
 def test_joint_options_refuse_a_forcing_term_outside_0_1():
     with pytest.raises(OptionError, match=r"expected 0 < inner_tol < 1, got 1.5; 0.03 is the default"):
         JointOptions(inner_tol=1.5)
+
+
+def _stacked_problem(f, x):
+    """The Gauss-Newton residual of matching ``f(x)``'s features, half of them as bounds, with the box penalty."""
+    value = f(x).detach()
+    upper = torch.where(value > value.median(), torch.inf, value)
+    problem = FeatureProblem(f, FeatureTarget.between(value, upper), box=(0.0, 1.0), box_penalty=True)
+    index = torch.arange(x.shape[0])
+    return lambda u: problem.stacked(u, index)
+
+
+def test_the_linearisation_applies_j_as_the_transpose_of_its_vjp():
+    """J v from the vjp of the vjp: torch.func.jvp's J v to rounding (measured: bit for bit), and the exact transpose
+    of the adjoint (<J v, u> = <v, J^T u>), through convolution, CReLU, max-pooling, clamps and the box rows."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), CReLU(), nn.MaxPool2d(2), nn.Conv2d(12, 8, 3)).double()
+    x = torch.rand(2, 3, 12, 12, dtype=torch.float64)
+    f = _stacked_problem(net, x)
+    point = (x + 0.2 * torch.randn_like(x)).detach()  # some pixels outside the box: its rows are active
+    linear = _Linearisation(f, point)
+    v, u = torch.randn_like(x), torch.randn(2, *linear.out_shape, dtype=torch.float64)
+    jv = linear.forward(v)
+    expected = jvp(f, (point,), (v,))[1].detach().flatten(1)
+    assert linear._double_backward
+    assert float((jv - expected).abs().max()) <= 1e-13 * float(expected.abs().max())
+    assert float((jv * u).sum()) == pytest.approx(float((v * linear.adjoint(u).detach()).sum()), rel=1e-12)
+
+
+class _Cube(torch.autograd.Function):
+    """x^3 with a backward autograd cannot differentiate again (``once_differentiable``), and a jvp."""
+
+    @staticmethod
+    def forward(x):
+        return x**3
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+        ctx.save_for_forward(inputs[0])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return 3 * x**2 * grad
+
+    @staticmethod
+    def jvp(ctx, tangent):
+        (x,) = ctx.saved_tensors
+        return 3 * x**2 * tangent
+
+
+def test_a_backward_that_cannot_be_differentiated_falls_back_to_forward_mode():
+    """Under torch.func the double backward of a once_differentiable backward silently gives 0, not J: the
+    transpose check sees it and J v comes from torch.func.jvp (the hand-derived 3 x^2 v)."""
+    x = torch.randn(2, 5, dtype=torch.float64)
+    v = torch.randn_like(x)
+    linear = _Linearisation(_Cube.apply, x)
+    assert torch.allclose(linear.forward(v), 3 * x**2 * v, rtol=1e-15, atol=0)
+    assert not linear._double_backward

@@ -112,8 +112,8 @@ class LayerSpectrum:
         One of :data:`VERDICTS`.
     singular_values : torch.Tensor or None
         The whole spectrum where it is exact (DFT of circular layers, the dense matrix of small ones),
-        else the circulant approximation on the same grid (for plots) when the stride divides the
-        input; ``None`` otherwise.
+        else the circulant approximation on the same grid (for plots; computed in float32, whose rounding is far
+        below the approximation's own error) when the stride divides the input; ``None`` otherwise.
     sigma_method : str
         How ``sigma_min`` was computed: ``"dft"``, ``"dense"``, ``"cholesky"`` (shift-and-invert Lanczos through the
         verified Cholesky factor of the Gram matrix), ``"lobpcg, border"`` / ``"lobpcg"`` (image scale: LOBPCG on
@@ -322,7 +322,8 @@ def _layer_spectrum(
         _iteratively(op, sides, window, progress, proof_flops)
     (h, w), (sh, sw) = op.in_shape[1:], op.stride
     if sides.values is None and h % sh == 0 and w % sw == 0:
-        sides.values = circulant_singular_values(op, torch.zeros((), dtype=torch.float64))  # the approximation
+        approximation = circulant_singular_values(op, torch.zeros((), dtype=torch.float32))
+        sides.values = approximation.to(torch.float64)
     verdict = _verdict(sides, (out_dim, in_dim), free, rtol)
     proven = sides.proof.injective is True
     lower = sides.proof.lower_bound if sides.proof.injective is not None else 0.0

@@ -42,6 +42,7 @@ __all__ = [
     "depth_to_space",
     "space_to_depth",
     "symbol",
+    "symbol_singular_values",
 ]
 
 
@@ -116,10 +117,7 @@ def symbol(op: ConvOperator, like: torch.Tensor) -> torch.Tensor:
 def circulant_singular_values(op: ConvOperator, like: torch.Tensor) -> torch.Tensor:
     r"""The singular values of every :math:`M(f)`, descending: :class:`CirculantFactorization`'s, without :math:`U, V`.
 
-    The weights are real, so :math:`M(-f) = \overline{M(f)}` has the same singular values: only the half
-    spectrum :math:`0 \le f_v \le W'/2` is decomposed (``svdvals``) and mirrored. When every
-    :math:`\lfloor m_a / s_h \rfloor` and :math:`\lfloor n_b / s_w \rfloor` is zero (a 1x1 convolution, or a
-    kernel inside one stride cell) the symbol is the same real matrix at every frequency: one ``svdvals``.
+    :func:`symbol_singular_values` of the layer's :func:`symbol`.
 
     Examples
     --------
@@ -129,12 +127,24 @@ def circulant_singular_values(op: ConvOperator, like: torch.Tensor) -> torch.Ten
     >>> bool(torch.allclose(values, torch.linalg.svdvals(op.to_dense())))
     True
     """
-    matrices = symbol(op, like)
+    return symbol_singular_values(symbol(op, like))
+
+
+def symbol_singular_values(matrices: torch.Tensor, half: torch.Tensor | None = None) -> torch.Tensor:
+    r"""The singular values of every :math:`M(f)` of a symbol ``(H', W', p, q)``, descending, flattened.
+
+    The weights are real, so :math:`M(-f) = \overline{M(f)}` has the same singular values: only the half
+    spectrum :math:`0 \le f_v \le W'/2` is decomposed (``svdvals``) and mirrored; ``half`` passes those values
+    (``(H', W'//2 + 1, r)``) when the caller has them. When every :math:`\lfloor m_a / s_h \rfloor` and
+    :math:`\lfloor n_b / s_w \rfloor` is zero (a 1x1 convolution, or a kernel inside one stride cell) the symbol
+    is the same real matrix at every frequency: one ``svdvals``.
+    """
     hh, ww = matrices.shape[:2]
-    if bool((matrices == matrices[:1, :1]).all()):  # every phase is exp(0) = 1 exactly
+    if half is None and bool((matrices == matrices[:1, :1]).all()):  # every phase is exp(0) = 1 exactly
         values = torch.linalg.svdvals(matrices[0, 0].real).repeat(hh * ww)
     else:
-        half = torch.linalg.svdvals(matrices[:, : ww // 2 + 1])  # (H', W'//2 + 1, r)
+        if half is None:
+            half = torch.linalg.svdvals(matrices[:, : ww // 2 + 1])  # (H', W'//2 + 1, r)
         u = torch.arange(hh, device=half.device)
         v = torch.arange(ww, device=half.device)
         mirrored = v > ww // 2  # f_v > W'/2: the conjugate of (-f_u, W' - f_v)
