@@ -30,8 +30,11 @@ def _torch(image: np.ndarray) -> torch.Tensor:
 @pytest.mark.parametrize("setting", ["wang", "skimage-default"])
 @pytest.mark.parametrize("strip_elements", [2**16, 1], ids=["one-strip", "8-row-strips"])
 def test_ssim_agrees_with_skimage(index, setting, strip_elements, monkeypatch):
-    # 2**16: the whole image in one strip; 1: strips of 8 output rows, the last one shorter (86 and 70 rows)
+    # 2**16: the whole image in one strip; 1: strips of 16 output rows (STRIP_MIN_ROWS), the last one shorter (86
+    # and 70 rows); the calibration gets that size as its only candidate
     monkeypatch.setattr(metrics, "STRIP_ELEMENTS", strip_elements)
+    monkeypatch.setattr(metrics, "STRIP_CANDIDATES", (strip_elements,))
+    monkeypatch.setattr(metrics, "_STRIP_PLANS", {})
     a, b = _pairs()[index]
     channel_axis = 2 if a.ndim == 3 else None
     if setting == "wang":

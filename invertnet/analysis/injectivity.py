@@ -234,9 +234,9 @@ def _iteratively(
         sides.method, sides.s_min = "lanczos max", 0.0
         return
     if op.in_dim <= GRAM_MAX_UNKNOWNS:
-        proof, estimate, top = gram_proof(op)
+        proof, estimate = gram_proof(op)
         if proof.injective is True and math.isfinite(estimate):
-            sides.s_max = top
+            sides.s_max = sigma_max(op)
             sides.proof, sides.s_min, sides.method = proof, estimate, "cholesky"
             return
         # too ill-conditioned for the Gram's rounding margin: the SVD certificate reaches further

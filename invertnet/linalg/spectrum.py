@@ -14,13 +14,14 @@ Which layers of a model can be inverted at all, and the per-layer report, are in
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import torch
-from scipy.sparse.linalg import ArpackNoConvergence, eigsh
+from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, eigsh, lobpcg
 from scipy.sparse.linalg import LinearOperator as ScipyOperator
 from torch import nn
 
@@ -133,6 +134,29 @@ def _gram_eigenvalue(
         return float(values[0]), True
     except ArpackNoConvergence as err:
         return (float(err.eigenvalues[0]) if len(err.eigenvalues) else math.nan), False
+    except ArpackError:  # error -9: an invariant subspace it cannot restart from (e.g. exactly decoupled blocks)
+        return _lobpcg_eigenvalue(operator, v0, which, tol, maxiter or max(1000, n))
+
+
+def _lobpcg_eigenvalue(
+    operator: ScipyOperator, v0: np.ndarray, which: Literal["SA", "LA"], tol: float, maxiter: int
+) -> tuple[float, bool]:
+    r"""An extreme eigenvalue of :math:`G` by LOBPCG, where ARPACK stops, and whether it converged.
+
+    Converged when :math:`\|G x - \theta x\| \le` ``tol`` :math:`|\theta|` for the unit Ritz vector :math:`x`: an
+    eigenvalue of :math:`G` lies within that residual norm of :math:`\theta`.
+    """
+    n = v0.shape[0]
+    block = np.random.default_rng(1).standard_normal((n, min(4, n // 3 or 1)))  # a block converges faster
+    block[:, 0] = v0
+    scale = abs(float(v0 @ operator.matvec(v0))) / float(v0 @ v0) or 1.0  # the residual tolerance is absolute
+    with warnings.catch_warnings():  # its own "exited at iteration" warnings: convergence is returned instead
+        warnings.simplefilter("ignore", UserWarning)
+        values, vectors = lobpcg(operator, block, tol=tol * scale, maxiter=maxiter, largest=which == "LA")
+    pick = int(np.argmax(values) if which == "LA" else np.argmin(values))
+    theta, vector = float(values[pick]), vectors[:, pick] / np.linalg.norm(vectors[:, pick])
+    residual = float(np.linalg.norm(operator.matvec(vector) - theta * vector))
+    return theta, residual <= tol * max(abs(theta), scale)
 
 
 def sigma_max(op: LinearOperator, *, tol: float = 1e-10, maxiter: int | None = None) -> float:

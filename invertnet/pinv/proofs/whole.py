@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 import torch
-from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, eigsh
+from scipy.sparse.linalg import ArpackNoConvergence, eigsh
 from scipy.sparse.linalg import LinearOperator as ScipyOperator
 
 from invertnet.errors import RouteError, TooLargeError
@@ -164,34 +164,6 @@ def masked_gram(op: ConvOperator, known: torch.Tensor | None = None) -> torch.Te
     return gram.reshape(n + 1, n + 1)[1:, 1:]
 
 
-def _largest_eigenvalue(gram: torch.Tensor, low: torch.Tensor) -> float:
-    """The largest eigenvalue of a dense symmetric matrix, from its float32 copy ``low``, polished in float64.
-
-    Lanczos (ARPACK, relative tolerance 1e-6) on ``low`` reads half the memory a step of the float64 matrix does;
-    the Rayleigh quotient of its Ritz vector on ``gram`` itself is then accurate to about 1e-12 relative (measured
-    on All-CNN-B's conv4 and conv7 at 64 px, against float64 Lanczos at 1e-10), in a third of the time. The dense
-    solver up to 64 rows, and wherever ARPACK stops on an invariant subspace it cannot restart from (error -9, e.g.
-    a Gram matrix made of exactly decoupled blocks).
-    """
-    n = gram.shape[0]
-    if n <= 64:
-        return float(torch.linalg.eigvalsh(gram)[-1])
-
-    def apply(v: np.ndarray) -> np.ndarray:
-        b = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)).to(low.device)
-        out: np.ndarray = (low @ b).to(torch.float64).cpu().numpy()
-        return out
-
-    operator = ScipyOperator((n, n), matvec=apply, rmatvec=apply, dtype=np.float64)
-    v0 = np.random.default_rng(0).standard_normal(n)
-    try:
-        _, vectors = eigsh(operator, k=1, which="LA", tol=1e-6, v0=v0, ncv=min(n - 1, 40))
-    except ArpackError:
-        return float(torch.linalg.eigvalsh(gram)[-1])
-    x = torch.from_numpy(vectors[:, 0]).to(gram)
-    return float(x @ (gram @ x)) / float(x @ x)
-
-
 def _shift_invert_lambda(factor: torch.Tensor, tol: float = 1e-12) -> float | None:
     r"""The largest eigenvalue of :math:`(L L^T)^{-1}` by Lanczos (two triangular solves a step), or ``None``."""
     n = factor.shape[0]
@@ -216,13 +188,10 @@ def _shift_invert_lambda(factor: torch.Tensor, tol: float = 1e-12) -> float | No
     return float(values[0])
 
 
-def _estimate_in_float32(gram: torch.Tensor, low: torch.Tensor) -> float | None:
-    r"""An estimate of :math:`\lambda_{\min}(G)` from a float32 Cholesky factor (shift-and-invert), or ``None``.
-
-    ``low``, the float32 copy of ``gram``, is scaled and factored in place.
-    """
+def _estimate_in_float32(gram: torch.Tensor) -> float | None:
+    r"""An estimate of :math:`\lambda_{\min}(G)` from a float32 Cholesky factor (shift-and-invert), or ``None``."""
     scale = float(gram.diagonal().max())
-    low.div_(scale)
+    low = gram.to(torch.float32).div_(scale)
     info = torch.zeros((), dtype=torch.int32, device=gram.device)
     torch.linalg.cholesky_ex(low, out=(low, info))
     if int(info) != 0:
@@ -233,7 +202,7 @@ def _estimate_in_float32(gram: torch.Tensor, low: torch.Tensor) -> float | None:
 
 def gram_proof(
     op: ConvOperator, known: torch.Tensor | None = None, *, estimate: float | None = None
-) -> tuple[Proof, float, float]:
+) -> tuple[Proof, float]:
     r"""A verified Cholesky proof of :math:`\sigma_{\min}(M A)`, and an estimate of it to many digits.
 
     See the module docstring. ``estimate`` (of :math:`\sigma_{\min}`) replaces the float32 factorisation when the
@@ -241,16 +210,15 @@ def gram_proof(
 
     Returns
     -------
-    (Proof, float, float)
+    (Proof, float)
         The proof (``injective=None`` when no shift could be proven, ``False`` by count or when :math:`G` has no
-        float64 Cholesky factor even unshifted: shown numerically singular), the estimate of
-        :math:`\sigma_{\min}` (``nan`` when none), and :math:`\sigma_{\max}` by Lanczos on the dense Gram matrix's
-        float32 copy, polished by one float64 Rayleigh quotient (cheaper than on the operator).
+        float64 Cholesky factor even unshifted: shown numerically singular), and the estimate of
+        :math:`\sigma_{\min}` (``nan`` when none).
 
     Examples
     --------
     >>> op = ConvOperator(torch.randn(16, 2, 3, 3, dtype=torch.float64), (9, 9), padding=1)
-    >>> proof, sigma, _ = gram_proof(op)
+    >>> proof, sigma = gram_proof(op)
     >>> exact = float(torch.linalg.svdvals(op.placed_matrix())[-1])
     >>> proof.injective, 0.99 * exact <= proof.lower_bound <= exact, abs(sigma - exact) < 1e-10 * exact
     (True, True, True)
@@ -262,7 +230,7 @@ def gram_proof(
             "use window_proof, or a smaller input size"
         )
     if (counted := count_proof(_known_rows(op, known), n)) is not None:
-        return counted, 0.0, math.nan
+        return counted, 0.0
 
     def build() -> torch.Tensor:
         if known is None and op.pad.mode == "zeros":
@@ -271,10 +239,7 @@ def gram_proof(
 
     error = conv_gram_error(op, known, terms=op.out_shape[0] + 4 * op.kernel_size[0] * op.kernel_size[1] + 8)
     gram = build()
-    low = gram.to(torch.float32)
-    top = math.sqrt(max(_largest_eigenvalue(gram, low), 0.0))
-    guess = estimate**2 if estimate is not None else _estimate_in_float32(gram, low)
-    del low
+    guess = estimate**2 if estimate is not None else _estimate_in_float32(gram)
     shifts = [guess * f for f in _SHIFTS] if guess is not None else []
     shifts.append(2 * error)  # positive definite at all: the weakest claim
     for i, tau in enumerate(shifts):
@@ -289,10 +254,10 @@ def gram_proof(
         sigma = math.sqrt(scale * (shift + 1.0 / largest)) if largest is not None and largest > 0 else math.nan
         value = math.sqrt(bound) * (1 - 4 * UNIT_ROUNDOFF)
         reason = f"gram: a verified Cholesky factorisation of A^T A - {tau:.4g} I: sigma_min >= {value:.4g}, proven"
-        return Proof(True, value, "gram", reason), sigma, top
+        return Proof(True, value, "gram", reason), sigma
     reason = "gram: the Gram matrix has no Cholesky factor in float64 (numerically singular, or too close to prove)"
     proof = Proof(None if guess is not None else False, 0.0, "singular" if guess is None else "", reason)
-    return proof, math.nan, top
+    return proof, math.nan
 
 
 def _phase_reach(op: ConvOperator) -> int:
