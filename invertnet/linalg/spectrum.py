@@ -49,6 +49,10 @@ DENSE_SPECTRUM_ENTRIES = 2**23
 #: factored in place; about 13 s of Cholesky on one thread).
 GRAM_MAX_UNKNOWNS = 12_288
 
+#: Steps of the block LOBPCG that :func:`sigma_max` and :func:`sigma_min` fall back to where ARPACK raises (each one
+#: application of :math:`A^T A` to 4 vectors).
+LOBPCG_FALLBACK_STEPS = 1000
+
 #: Lanczos steps :func:`cholesky_pays` expects :func:`sigma_min` to take (All-CNN-B's conv4 and conv7 at 64 px
 #: took 700-1,400), each one forward and one adjoint.
 LANCZOS_STEPS_GUESS = 1000
@@ -134,8 +138,8 @@ def _gram_eigenvalue(
         return float(values[0]), True
     except ArpackNoConvergence as err:
         return (float(err.eigenvalues[0]) if len(err.eigenvalues) else math.nan), False
-    except ArpackError:  # error -9: an invariant subspace it cannot restart from (e.g. exactly decoupled blocks)
-        return _lobpcg_eigenvalue(operator, v0, which, tol, maxiter or max(1000, n))
+    except ArpackError:  # error -9, "starting vector is zero": e.g. a layer whose every tap reads padding
+        return _lobpcg_eigenvalue(operator, v0, which, tol, LOBPCG_FALLBACK_STEPS)
 
 
 def _lobpcg_eigenvalue(
