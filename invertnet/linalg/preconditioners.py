@@ -172,8 +172,8 @@ def _chunked_matvec(matrices: torch.Tensor, columns: torch.Tensor, chunk: int) -
     """``matrices @ columns[..., None]`` by elementwise products summed along the rows, ``chunk`` elements at once.
 
     ``chunk`` 0: ``bmm`` itself; :data:`_ROW_PRODUCT`: :math:`(v^T M^T)^T`, one ``(1, n) x (n, n)^T`` product per
-    matrix, which reads each matrix row by row (2-2.6x faster than ``bmm`` and 1.9-2.6x faster than the best chunk
-    for All-CNN-B conv1's pieces on an AVX512 Xeon).
+    matrix, which reads each matrix row by row (for All-CNN-B conv1's pieces on an AVX512 Xeon: 2.6-4x faster than
+    ``bmm`` and 1.9-2.7x faster than the best chunk).
     """
     batch, n, _ = matrices.shape
     if chunk == 0:
